@@ -1,0 +1,66 @@
+"""Shared helpers for the benchmarks: timing medians, machine description, and writing one section of docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "benchmarks.md"
+DOC_TITLE = "# Benchmarks\n\nEach section is written by a script in `bench/` and records the exact command that produced it.\n"
+
+
+def command_line() -> str:
+    """The command that is running, as one would type it from the repository root."""
+    exe = sys.executable
+    rel = os.path.relpath(exe, ROOT) if exe.startswith(str(ROOT)) else exe
+    script = os.path.relpath(os.path.abspath(sys.argv[0]), ROOT)
+    return " ".join([rel, script] + [shlex.quote(a) for a in sys.argv[1:]])
+
+
+def machine() -> str:
+    """One line describing the CPU, core count and load when the benchmark ran."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return f"{cpu}, {os.cpu_count()} cores, load average {load:.1f} at the time, {platform.python_version()}"
+
+
+def median_time(fn, repeats: int, warmup: int = 1) -> float:
+    """Median wall time of fn() over repeats calls, after warmup calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def write_section(heading: str, body: str, doc: Path = DOC) -> None:
+    """Replace (or append) the section '## heading' of docs/benchmarks.md with body; other sections stay untouched."""
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    text = doc.read_text() if doc.exists() else DOC_TITLE
+    block = f"## {heading}\n\n{body.strip()}\n\n"
+    pattern = re.compile(rf"^## {re.escape(heading)}\n.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: block, text, count=1)
+    else:
+        text = text.rstrip("\n") + "\n\n" + block
+    tmp = doc.with_suffix(".md.tmp")
+    tmp.write_text(text.rstrip("\n") + "\n")
+    tmp.replace(doc)
