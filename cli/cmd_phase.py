@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 
@@ -61,7 +62,9 @@ def register(subparsers) -> None:
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("input", metavar="INPUT", help="3D intensity: FILE[.npy|.npz|.tif|.cxi|.h5][:KEY or :/path]")
     p.add_argument("--out", required=True, metavar="OUT.cxi", help="output CXI file (its directory must exist)")
-    p.add_argument("--mask", metavar="MASK", help="mask in the same forms as INPUT, same shape; nonzero = masked")
+    p.add_argument("--mask", metavar="MASK",
+                   help="mask in the same forms as INPUT, same shape; nonzero = masked (default: a 'mask' array "
+                        "stored with the intensity in the same .npz or CXI file, if any)")
     p.add_argument("--recipe", default=DEFAULT_RECIPE, metavar="R",
                    help=f"algorithm chain, applied left to right (default {DEFAULT_RECIPE})")
     p.add_argument("--runs", type=int, default=1, metavar="N", help="independent runs from random starts (default 1)")
@@ -75,7 +78,7 @@ def register(subparsers) -> None:
                    help="only re-threshold a band of n voxels around the support border (default 0 = everywhere)")
     p.add_argument("--engine", default="builtin", metavar="NAME",
                    help="builtin (our torch engine, default) or pynx (Debian python3-pynx, CPU)")
-    p.add_argument("--device", default="cpu", metavar="DEV", help="cpu (default) or cuda (builtin engine only)")
+    p.add_argument("--device", default="cpu", metavar="DEV", help="cpu (default), cuda or cuda:N (builtin engine only)")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed for starts/thresholds (default 0)")
     p.add_argument("--previews", metavar="DIR",
                    help="also write PNG previews (intensity + reciprocal phase, modulus + phase) into DIR")
@@ -111,48 +114,39 @@ def _check_options(args):
         raise InputError(f"--seed must be >= 0, got {args.seed}")
     if args.engine not in ("builtin", "pynx"):
         raise InputError(f"unknown engine {args.engine!r}: choose builtin or pynx")
-    if args.device not in ("cpu", "cuda"):
-        raise InputError(f"unknown device {args.device!r}: choose cpu or cuda")
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", args.device):
+        raise InputError(f"unknown device {args.device!r}: choose cpu, cuda or cuda:N")
     if not args.recipe.strip():
         raise InputError("--recipe is empty")
     return out, previews, keep
 
 
 def _check_engine(args):
-    """Check the engine and device can run here; returns phase_runs of the chosen engine."""
+    """Check the engine, device and recipe can run here; returns phase_runs of the chosen engine."""
     from physics.errors import InputError
 
     if args.engine == "pynx":
-        if args.device == "cuda":
+        if args.device != "cpu":
             raise InputError("--engine pynx runs on the CPU here; use --device cpu (or the builtin engine on CUDA)")
         from workers.engines import pynx_engine
 
         if not pynx_engine.pynx_available():
             raise InputError(f"--engine pynx: PyNX is not installed for {pynx_engine.PYNX_PYTHON} "
                              f"(run {pynx_engine.INSTALL_HINT})")
+        _check_recipe(args.recipe)
         return pynx_engine.pynx_phase_runs
-    if args.device == "cuda":
-        import torch
+    from physics.phasing import phase_runs, resolve_device
 
-        if not torch.cuda.is_available():
-            raise InputError("--device cuda: no CUDA GPU is available here (torch.cuda.is_available() is False)")
-    from physics.phasing import phase_runs
-
+    resolve_device(args.device)  # InputError when CUDA is asked for but absent
+    _check_recipe(args.recipe)
     return phase_runs
 
 
 def _check_recipe(recipe: str) -> None:
-    """Reject a malformed recipe before reading data (uses the engine's own parser)."""
-    from physics.errors import InputError
+    """Reject a malformed recipe before reading data (the engine's parser raises a one-line InputError)."""
+    from physics.phasing import parse_recipe
 
-    try:
-        from physics.phasing import parse_recipe
-    except ImportError:  # older engine without a public parser: let the run report it
-        return
-    try:
-        parse_recipe(recipe)
-    except (ValueError, KeyError) as e:
-        raise InputError(f"--recipe {recipe!r}: {' '.join(str(e).split())}") from None
+    parse_recipe(recipe)
 
 
 def _peak_warning(iobs) -> str | None:
@@ -165,6 +159,10 @@ def _peak_warning(iobs) -> str | None:
         return (f"warning: the intensity maximum is at {tuple(int(p) for p in peak)}, far from the centre "
                 f"{tuple(n // 2 for n in iobs.shape)}; the input should be centred on the Bragg peak")
     return None
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
 
 
 def _as_dict(run) -> dict:
@@ -208,6 +206,11 @@ def _summarise(result, keep_default: int) -> dict:
         res["runs"] = {k: np.asarray(v) for k, v in per_run.items() if len(v) == len(runs)}
     if kept:
         res["kept_runs"] = np.asarray([int(k) if isinstance(k, (int, np.integer)) else -1 for k in kept])
+    if runs:
+        res["run_status"] = ",".join(str(r.get("status", "?")) for r in runs)
+    warnings = list(getattr(result, "warnings", None) or [])
+    if warnings:
+        res["warnings"] = "; ".join(warnings)
     w = getattr(result, "first_mode_weight", None)
     if w is not None:
         res["first_mode_weight"] = float(w)
@@ -217,18 +220,23 @@ def _summarise(result, keep_default: int) -> dict:
 def run(args) -> int:
     """Validate, read, phase, write CXI (+ previews) atomically; returns the exit code."""
     out, previews_dir, keep = _check_options(args)
-    phase_runs = _check_engine(args)
-    if args.engine == "builtin":
-        _check_recipe(args.recipe)
 
-    from workers.io.formats import read_intensity, read_mask
+    from workers.io.formats import companion_mask_spec, read_intensity, read_mask
 
     t0 = time.perf_counter()
-    iobs = read_intensity(args.input)
-    mask = read_mask(args.mask, iobs.shape) if args.mask else None
+    iobs = read_intensity(args.input)  # cheap checks and reading first, the engine (torch) import after
+    mask_spec = args.mask or companion_mask_spec(args.input)
+    mask = read_mask(mask_spec, iobs.shape) if mask_spec else None
+    if mask is not None and not args.mask and not mask.any():
+        mask, mask_spec = None, None  # the stored mask masks nothing
+    if mask is not None and not args.mask and not args.quiet:
+        print(f"bcdi-recon: using the mask stored with the data: {mask_spec} ({int(mask.sum())} masked voxels)",
+              file=sys.stderr)
     warning = _peak_warning(iobs)
     if warning and not args.quiet:
         print(f"bcdi-recon: {warning}", file=sys.stderr)
+    t_read = time.perf_counter()
+    phase_runs = _check_engine(args)
 
     from tqdm import tqdm
 
@@ -241,14 +249,28 @@ def run(args) -> int:
         bar.n = done
         bar.refresh()
 
-    t_read = time.perf_counter()
+    from physics.phasing import SupportTooLarge, SupportTooSmall
+
+    t_start = time.perf_counter()
     try:
         result = phase_runs(iobs, mask=mask, recipe=args.recipe, nb_run=args.runs, nb_keep=keep,
                             threshold_range=args.support_threshold, seed=args.seed, device=args.device,
                             update_period=args.update_period, border_n=args.border_n, progress=progress)
+    except (SupportTooSmall, SupportTooLarge) as e:
+        print(f"bcdi-recon: error: phasing failed: {_one_line(e)} (try another --support-threshold or more "
+              f"--runs)", file=sys.stderr)
+        return 1
+    except RuntimeError as e:
+        if type(e).__name__ != "PyNXError":
+            raise
+        print(f"bcdi-recon: error: {_one_line(e)}", file=sys.stderr)
+        return 1
     finally:
         bar.close()
     t_phase = time.perf_counter()
+    if not args.quiet:
+        for w in getattr(result, "warnings", None) or []:
+            print(f"bcdi-recon: warning: {w}", file=sys.stderr)
 
     import numpy as np
 
@@ -257,9 +279,10 @@ def run(args) -> int:
     obj = np.asarray(result.obj)
     support = np.asarray(result.support)
     results = _summarise(result, keep)
-    results["timings"] = {"read_s": t_read - t0, "phasing_s": t_phase - t_read}
+    results["timings"] = {"read_s": t_read - t0, "engine_setup_s": t_start - t_read,
+                          "phasing_s": t_phase - t_start}
     process = {
-        "input": args.input, "mask": args.mask, "recipe": args.recipe, "engine": args.engine,
+        "input": args.input, "mask": mask_spec, "recipe": args.recipe, "engine": args.engine,
         "device": args.device, "seed": args.seed, "nb_run": args.runs, "nb_run_keep": keep,
         "support_threshold": np.asarray(args.support_threshold), "support_update_period": args.update_period,
         "support_update_border_n": args.border_n,
@@ -279,7 +302,7 @@ def run(args) -> int:
         parts = [f"wrote {out}", f"{int(np.count_nonzero(support))} support voxels"]
         if llk is not None:
             parts.append(f"LLK {llk:.4g}" + (f" (free {free:.4g})" if free is not None else ""))
-        parts.append(f"{t_phase - t_read:.1f} s phasing")
+        parts.append(f"{t_phase - t_start:.1f} s phasing")
         if written:
             parts.append("previews " + ", ".join(str(p) for p in written.values()))
         print("; ".join(parts))

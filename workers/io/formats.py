@@ -217,6 +217,31 @@ def read_mask(spec: str | os.PathLike, shape: tuple[int, ...]) -> np.ndarray:
     return mask
 
 
+def companion_mask_spec(spec: str | os.PathLike) -> str | None:
+    """The spec of a mask stored in the same file as an intensity (npz 'mask' array, CXI detector/image_2 mask).
+
+    Only for files where the intensity was found by default or under its usual name; None when there is none.
+    """
+    path, key = split_spec(spec)
+    suffix = path.suffix.lower()
+    if not path.is_file():
+        return None
+    try:
+        if suffix == ".npz" and key in (None,) + NPZ_INTENSITY_KEYS:
+            with np.load(path, allow_pickle=False) as z:
+                return f"{path}:mask" if "mask" in z.files and len(z.files) > 1 else None
+        if suffix in HDF5_SUFFIXES and (key is None or key.lstrip("/") in CXI_INTENSITY_PATHS):
+            import h5py
+
+            with h5py.File(path, "r") as f:
+                for name in CXI_MASK_PATHS:
+                    if isinstance(f.get(name), h5py.Dataset):
+                        return f"{path}:/{name}"
+    except (OSError, ValueError, KeyError):
+        return None
+    return None
+
+
 def check_output_path(path: str | os.PathLike, *, suffixes: tuple[str, ...] | None = None,
                       what: str = "output") -> Path:
     """Check an output file can be created (directory exists, expected suffix, not a directory); returns it."""
