@@ -14,66 +14,60 @@ import time
 
 import numpy as np
 
-ALGORITHMS = ("ER", "HIO", "RAAR", "CF")
+CYCLES = ("ER", "HIO", "RAAR", "CF")
+STEPS = CYCLES + ("Sup", "FAA", "LLK")
 _STEP = re.compile(r"^\s*([A-Za-z]+)\s*(?:\*\*\s*(\d+))?\s*$")
 
 
 def parse_recipe(recipe):
-    """Split our left-to-right recipe string ("HIO**400,RAAR**1000,ER**300") into [(name, n), ...]; ValueError if bad."""
+    """Expand a simple left-to-right recipe ("HIO**400,RAAR**1000,ER**300") into a flat list of steps.
+
+    Used only when the child runs alone; the parent sends steps parsed by physics.phasing's full grammar.
+    """
     if not isinstance(recipe, str) or not recipe.strip():
         raise ValueError("empty recipe: expected e.g. 'HIO**400,RAAR**1000,ER**300'")
+    names = {n.lower(): n for n in STEPS}
     steps = []
     for part in recipe.split(","):
         m = _STEP.match(part)
-        if m is None:
-            raise ValueError(f"bad recipe step {part.strip()!r}: expected NAME**N with NAME in {', '.join(ALGORITHMS)}")
-        name, n = m.group(1).upper(), int(m.group(2) or 1)
-        if name not in ALGORITHMS:
-            raise ValueError(f"unknown algorithm {m.group(1)!r} in recipe: use one of {', '.join(ALGORITHMS)}")
-        if n < 1:
-            raise ValueError(f"bad cycle count in recipe step {part.strip()!r}: must be >= 1")
-        steps.append((name, n))
+        if m is None or m.group(1).lower() not in names:
+            raise ValueError(f"bad recipe step {part.strip()!r}: expected NAME**N with NAME in {', '.join(STEPS)}")
+        steps += [names[m.group(1).lower()]] * int(m.group(2) or 1)
     return steps
 
 
-def schedule(steps, update_period):
-    """Cut steps into segments [(name, n, support_update_after)] so a support update follows every update_period-th cycle.
-
-    The cycle counter runs over the whole recipe (like the built-in engine), so updates keep their period across steps.
-    """
-    segments = []
-    c = 0
-    for name, n in steps:
-        left = n
-        while left > 0:
-            if update_period and update_period > 0:
-                k = min(left, update_period - (c % update_period))
-                sup = (c + k) % update_period == 0
-            else:
-                k, sup = left, False
-            segments.append((name, k, sup))
-            c += k
-            left -= k
+def compile_steps(steps, update_period=20, auto_support=True):
+    """Run-length encode a flat step list into segments [[name, n], ...], inserting ["Sup", 1] after every
+    update_period-th cycle (counted from the start, like the built-in run_recipe) unless the recipe names Sup."""
+    auto = auto_support and update_period and update_period > 0 and "Sup" not in steps
+    segments, c = [], 0
+    for name in steps:
+        if name not in STEPS:
+            raise ValueError(f"unknown step {name!r}: use one of {', '.join(STEPS)}")
+        if segments and segments[-1][0] == name and name in CYCLES:
+            segments[-1][1] += 1
+        else:
+            segments.append([name, 1])
+        if name in CYCLES:
+            c += 1
+            if auto and c % update_period == 0:
+                segments.append(["Sup", 1])
     return segments
 
 
 def chain_string(segments):
-    """PyNX-style (right-to-left) text of the operator chain, grouping repeated segments; for logs and docs."""
-    groups = []  # [(name, k, sup, repeat)] in application order
-    for seg in segments:
-        if groups and groups[-1][:3] == seg:
-            groups[-1] = seg + (groups[-1][3] + 1,)
+    """PyNX-style (right-to-left) text of the operator chain, grouping repeated segment pairs; for logs and docs."""
+    ops = [f"{n}**{k}" if k > 1 else n for n, k in segments]
+    groups = []  # [(text, repeat)] in application order; a cycle block followed by Sup becomes one unit
+    i = 0
+    while i < len(ops):
+        unit = f"Sup*{ops[i]}" if i + 1 < len(ops) and ops[i + 1] == "Sup" and ops[i] != "Sup" else ops[i]
+        i += 2 if unit.startswith("Sup*") else 1
+        if groups and groups[-1][0] == unit:
+            groups[-1][1] += 1
         else:
-            groups.append(seg + (1,))
-    parts = []
-    for name, k, sup, rep in groups:
-        op = f"{name}**{k}" if k > 1 else name
-        if sup:
-            op = f"Sup*{op}"
-        if rep > 1:
-            op = f"({op})**{rep}"
-        parts.append(op)
-    return "*".join(reversed(parts))
+            groups.append([unit, 1])
+    return "*".join(f"({u})**{r}" if r > 1 else u for u, r in reversed(groups))
 
 
 def _import_pynx():
@@ -90,13 +84,17 @@ def _import_pynx():
 
 def build_chain(pc, segments, sup_kwargs, beta=0.9):
     """Compose the PyNX operator chain for the segments (PyNX applies the right-most operator first)."""
-    ops = {"ER": lambda: pc.ER(), "HIO": lambda: pc.HIO(beta=beta), "RAAR": lambda: pc.RAAR(beta=beta),
-           "CF": lambda: pc.CF()}
+    make = {"ER": lambda: pc.ER(), "HIO": lambda: pc.HIO(beta=beta), "RAAR": lambda: pc.RAAR(beta=beta),
+            "CF": lambda: pc.CF(), "FAA": lambda: pc.FourierApplyAmplitude(), "LLK": lambda: pc.LLK(),
+            "Sup": lambda: pc.SupportUpdate(**sup_kwargs)}
     chain = None
-    for name, k, sup in segments:
-        op = ops[name]() ** k if k > 1 else ops[name]()
-        if sup and sup_kwargs is not None:
-            op = pc.SupportUpdate(**sup_kwargs) * op
+    for name, k in segments:
+        if name == "Sup" and sup_kwargs is None:
+            continue
+        op = make[name]() ** k if k > 1 and name in CYCLES else make[name]()
+        if k > 1 and name not in CYCLES:
+            for _ in range(k - 1):
+                op = make[name]() * op
         chain = op if chain is None else op * chain
     return chain
 
@@ -113,7 +111,10 @@ def _sup_kwargs(su, threshold, min_fraction, max_fraction):
 
 
 def _one_run(pc, arrays, params, run):
-    """One PyNX run from the given (or random) start; returns (obj, support, free_mask, info), arrays centred."""
+    """One PyNX run from the given (or random) start; returns (obj, support, free_mask, info), arrays centred.
+
+    obj is the last iterate (what the final LLK is computed from, as the built-in engine's get_obj after a recipe);
+    info["projected"] is the object after PyNX's final FourierApplyAmplitude (what PyNX's runner saves)."""
     fftshift = np.fft.fftshift
     seed = int(run.get("seed", 0))
     np.random.seed(seed % (2 ** 32))
@@ -127,17 +128,21 @@ def _one_run(pc, arrays, params, run):
         cdi = pc.InitFreePixels(ratio=0.05, island_radius=3, exclude_zone_center=0.05) * cdi
     else:
         cdi.set_free_pixel_mask(np.zeros(iobs.shape, dtype=bool))
-    if arrays.get("support") is not None:
-        cdi.set_support(fftshift(arrays["support"].astype(bool)))
+    support0 = arrays.get(run.get("support", "support"))
+    obj0 = arrays.get(run.get("obj", "obj"))
+    if support0 is not None:
+        cdi.set_support(fftshift(support0.astype(bool)))
     else:
         cdi = pc.AutoCorrelationSupport(threshold=float(run.get("autocorr_threshold", 0.1))) * cdi
-    if arrays.get("obj") is not None:
-        cdi.set_obj(fftshift(arrays["obj"].astype(np.complex64)))
+    if obj0 is not None:
+        cdi.set_obj(fftshift(obj0.astype(np.complex64)))
     else:
         cdi = pc.InitObjRandom(src="support", amin=0, amax=1, phirange=2 * np.pi) * cdi
-    if params.get("scale_obj"):
-        cdi = pc.ScaleObj(method=str(params["scale_obj"])) * cdi
-    segments = schedule(parse_recipe(params["recipe"]), int(params.get("update_period", 20)))
+    # No PyNX ScaleObj here: its 2025.1 CPU version scales by 1/sqrt(N) too little (non-unitary FFT); the parent
+    # scales the starting object instead.
+    segments = params.get("segments") or compile_steps(parse_recipe(params["recipe"]),
+                                                       int(params.get("update_period", 20)),
+                                                       params.get("support_update") is not None)
     thr = float(run.get("threshold_relative", (params.get("support_update") or {}).get("threshold_relative", 0.25)))
     sup = _sup_kwargs(params.get("support_update"), thr, params.get("min_fraction", 1e-4),
                       params.get("max_fraction", 0.7))
@@ -176,9 +181,8 @@ def _one_run(pc, arrays, params, run):
                 nb_observed_points=int(cdi.nb_observed_points), nb_free_points=int(cdi.nb_free_points or 0),
                 obj2_out=obj2_out, support_size=int(cdi.get_support().sum()), seconds=seconds, chain_seconds=chain_seconds,
                 nb_cycle=int(cdi.cycle), threshold_relative=thr, tries=tries, chain=chain_string(segments), seed=seed)
-    info["last"] = last
-    return (fftshift(cdi.get_obj()).astype(np.complex64), fftshift(cdi.get_support() > 0),
-            fftshift(cdi.get_free_pixel_mask()), info)
+    info["projected"] = fftshift(cdi.get_obj()).astype(np.complex64)
+    return last, fftshift(cdi.get_support() > 0), fftshift(cdi.get_free_pixel_mask()), info
 
 
 def run_job(arrays, params):
@@ -197,9 +201,9 @@ def run_job(arrays, params):
             infos.append(dict(error=str(e), seed=int(run.get("seed", 0))))
             continue
         out[f"obj_{i}"], out[f"support_{i}"] = obj, support
-        last = info.pop("last")
-        if params.get("return_last", False):
-            out[f"last_{i}"] = last
+        projected = info.pop("projected")
+        if params.get("return_projected", False):
+            out[f"projected_{i}"] = projected
         out["free_mask"] = free
         if arrays.get("free_mask") is None:  # every run shares the first run's free mask, as in PyNX's runner
             arrays = dict(arrays, free_mask=free)

@@ -155,33 +155,48 @@ def _support_params(support_update) -> dict | None:
     if su["method"] not in ("rms", "max", "average"):
         raise InputError(f"support method must be rms, max or average, got {su['method']!r}")
     sw = su["smooth_width"]
-    su["smooth_width"] = [float(v) for v in sw] if isinstance(sw, (list, tuple)) else float(sw)
+    su["smooth_width"] = ([None if v is None else float(v) for v in sw] if isinstance(sw, (list, tuple))
+                          else float(sw))
     su["threshold_relative"] = float(su["threshold_relative"])
     su["border_n"] = int(su["border_n"])  # ignored by PyNX's CPU back-end (documented above)
     return su
 
 
-def validate_recipe(recipe: str) -> list[tuple[str, int]]:
-    """Parse our recipe string; InputError with the reason if it is malformed."""
-    try:
-        return pynx_child.parse_recipe(recipe)
-    except ValueError as e:
-        raise InputError(str(e)) from None
+def compile_recipe(recipe: str, update_period: int, support_update: dict | None) -> tuple[list, dict | None]:
+    """Our recipe string -> PyNX segments [[name, n], ...] (support updates inserted like run_recipe does), and the
+    support settings with a (begin, end, None) smooth schedule resolved to the recipe's HIO+RAAR cycle count."""
+    from physics.phasing.recipe import parse_recipe  # our grammar (InputError on a bad recipe)
+
+    steps = parse_recipe(recipe)
+    if update_period is None or int(update_period) < 0:
+        raise InputError(f"update_period must be >= 0, got {update_period}")
+    su = _support_params(support_update)
+    if su is not None and isinstance(su["smooth_width"], list):
+        if len(su["smooth_width"]) != 3:
+            raise InputError(f"smooth_width must be a float or (begin, end, n_cycles), got {su['smooth_width']!r}")
+        if su["smooth_width"][2] is None or su["smooth_width"][2] != su["smooth_width"][2]:
+            su["smooth_width"][2] = sum(s in ("HIO", "RAAR") for s in steps)
+    segments = pynx_child.compile_steps(steps, int(update_period), su is not None)
+    return segments, su
 
 
 def our_llk(iobs, obj_last, mask=None, free_mask=None, support=None) -> dict:
-    """Our LLK numbers (physics.metrics) for the last iterate of a PyNX run, so both engines are scored alike."""
-    from physics import metrics
+    """Our LLK numbers (physics.phasing's LLK operator) for the last iterate of a PyNX run, so both engines are
+    scored by the same code on the same state (support and free mask included)."""
+    from physics.phasing import CDI, LLK
 
-    return metrics.llk_from_object(iobs, obj_last, mask=mask, free_mask=free_mask, support=support)
+    cdi = CDI(iobs, mask=mask, obj=obj_last, support=support, free_mask=free_mask)
+    cdi = LLK() * cdi
+    return cdi.get_llk()
 
 
 def pynx_run_recipe(iobs, mask=None, obj=None, support=None, free_mask=None, recipe: str = DEFAULT_RECIPE,
-                    support_update: dict | None = None, update_period: int = 20, seed: int = 0,
+                    support_update: dict | None = DEFAULT_SUPPORT_UPDATE, update_period: int = 20, seed: int = 0,
                     timeout: float | None = None) -> dict:
     """Run our recipe string once in PyNX from the given start; returns centred obj/support and LLK figures.
 
-    obj None: random start inside the support; support None: autocorrelation support (threshold 0.1).
+    obj None: random start inside the support; support None: autocorrelation support (threshold 0.1);
+    support_update None: no support update (as in run_recipe); its border_n is ignored by PyNX's CPU back-end.
     ``llk_poisson``/``llk_poisson_free`` are ours (physics.metrics on PyNX's last iterate); PyNX's own normalised
     values are under ``pynx_llk_poisson``/``pynx_llk_poisson_free`` (its CPU helper is 2x the GPU kernels' scale).
     """
@@ -193,10 +208,9 @@ def pynx_run_recipe(iobs, mask=None, obj=None, support=None, free_mask=None, rec
     free_mask = _check_array("free_mask", free_mask, shape, "bool")
     if support is not None and not support.any():
         raise InputError("support is empty")
-    validate_recipe(recipe)
-    su = _support_params(DEFAULT_SUPPORT_UPDATE if support_update is None else support_update)
-    params = dict(recipe=recipe, update_period=int(update_period), support_update=su, runs=[dict(seed=int(seed))],
-                  return_last=True)
+    segments, su = compile_recipe(recipe, update_period, support_update)
+    params = dict(recipe=recipe, segments=segments, support_update=su, runs=[dict(seed=int(seed))],
+                  return_projected=True)
     t0 = time.perf_counter()
     out, info = _run_job(dict(iobs=iobs, mask=mask, obj=obj, support=support, free_mask=free_mask), params, timeout)
     run = info["runs"][0]
@@ -210,11 +224,121 @@ def _result(iobs, mask, out, run, i, info, wall) -> dict:
                seconds=run["seconds"], wall_seconds=wall, chain=run["chain"], threshold_relative=run["threshold_relative"],
                pynx_llk_poisson=run["llk_poisson"], pynx_llk_poisson_free=run["llk_poisson_free"],
                pynx_version=info.get("pynx_version"), seed=run["seed"])
-    last = out.get(f"last_{i}")
-    if last is not None:
-        ours = our_llk(iobs, last, mask=mask, free_mask=free, support=support)
-        res["llk_poisson"] = float(ours["llk_poisson"])
-        res["llk_poisson_free"] = float(ours["llk_poisson_free"])
-    else:
-        res["llk_poisson"], res["llk_poisson_free"] = run["llk_poisson"], run["llk_poisson_free"]
+    if f"projected_{i}" in out:
+        res["obj_projected"] = out[f"projected_{i}"]
+    ours = our_llk(iobs, obj, mask=mask, free_mask=free, support=support)
+    res["llk_poisson"] = float(ours["llk_poisson"])
+    res["llk_poisson_free"] = float(ours["llk_poisson_free"])
     return res
+
+
+def pynx_phase_runs(iobs, mask=None, recipe: str = DEFAULT_RECIPE, nb_run: int = 20, nb_keep: int = 5,
+                    threshold_range=(0.15, 0.40), seed: int = 0, device="cpu", update_period: int = 20,
+                    border_n: int = 0, progress=None, should_cancel=None, method: str = "rms",
+                    smooth_width=(2.0, 0.5, None), force_shrink: bool = False, max_obj2_out: float = 0.10,
+                    autocorrelation_range=(0.09, 0.11), free_mask=None, free_ratio: float = 0.05,
+                    max_restart: int = 5, upsample: int = 20, timeout: float | None = None):
+    """physics.phasing.phase_runs with the runs done by PyNX (CPU); same signature and MultiRunResult.
+
+    Each run starts exactly like the built-in one for the same seed (same free mask, autocorrelation support, random
+    object scaled by ScaleObj('F'), threshold drawn from threshold_range), built by our operators, then PyNX runs the
+    recipe. A diverging support restarts the run with the threshold retuned by 1.1 (PyNX runner style, at most
+    max_restart times; PyNX has no in-place retune). Selection (obj2_out <= max_obj2_out, lowest free LLK scored by
+    our LLK code on PyNX's result) and modes reuse physics.phasing. device is ignored; border_n too (PyNX CPU).
+    """
+    from physics.align import align
+    from physics.phasing import CDI
+    from physics.phasing.multirun import MultiRunResult, ortho_modes
+    from physics.phasing.operators import AutoCorrelationSupport, InitObjRandom, ScaleObj, free_pixel_mask
+
+    if nb_run < 1 or nb_keep < 1:
+        raise InputError(f"nb_run and nb_keep must be >= 1, got {nb_run} and {nb_keep}")
+    lo, hi = threshold_range
+    if not 0 < lo <= hi:
+        raise InputError(f"threshold_range must be 0 < low <= high, got {threshold_range}")
+    iobs = _check_iobs(iobs)
+    mask = _check_array("mask", mask, iobs.shape, "bool")
+    nb_keep = min(nb_keep, nb_run)
+    su = dict(threshold_relative=lo, method=method, smooth_width=smooth_width, force_shrink=force_shrink,
+              border_n=border_n)
+    segments, su = compile_recipe(recipe, update_period, su)
+    nb_cycles = sum(k for name, k in segments if name in pynx_child.CYCLES)
+    rng = np.random.default_rng(seed)  # same draws, in the same order, as phase_runs
+    base = CDI(iobs, mask=mask)
+    if free_mask is None:
+        free_mask = free_pixel_mask(base.shape, ratio=free_ratio, mask=base.get_mask(), seed=rng.integers(2**32))
+    free_mask = _check_array("free_mask", free_mask, iobs.shape, "bool")
+    starts, runs = [], []
+    for irun in range(nb_run):
+        thr = float(rng.uniform(lo, hi))
+        ac = float(rng.uniform(*autocorrelation_range))
+        obj_seed = int(rng.integers(2**32))
+        cdi = CDI(iobs, mask=mask, free_mask=free_mask)
+        AutoCorrelationSupport(ac) * cdi
+        ScaleObj("F") * InitObjRandom(seed=obj_seed) * cdi
+        starts.append((cdi.get_obj(), cdi.get_support()))
+        runs.append({"run": irun, "threshold_start": thr, "autocorrelation_threshold": ac, "status": "failed",
+                     "engine": "pynx"})
+    # progress granularity is one run: one child per run when progress/cancel is wanted, else one child for all
+    per_call = 1 if (progress is not None or should_cancel is not None) else nb_run
+    candidates = []
+    for first in range(0, nb_run, per_call):
+        if should_cancel is not None and should_cancel():
+            from physics.phasing.cdi import Cancelled
+
+            raise Cancelled(f"cancelled after {first} of {nb_run} PyNX runs")
+        idx = list(range(first, min(first + per_call, nb_run)))
+        arrays = dict(iobs=iobs, mask=mask, free_mask=free_mask)
+        prm_runs = []
+        for i in idx:
+            arrays[f"obj_start_{i}"], arrays[f"support_start_{i}"] = starts[i]
+            prm_runs.append(dict(seed=i, threshold_relative=runs[i]["threshold_start"], obj=f"obj_start_{i}",
+                                 support=f"support_start_{i}"))
+        params = dict(recipe=recipe, segments=segments, support_update=su, runs=prm_runs, keep_going=True,
+                      max_tries=max_restart + 1)
+        out, info = _run_job(arrays, params, timeout)
+        for j, rinfo in zip(idx, info["runs"]):
+            rec = runs[j]
+            if "error" in rinfo:
+                rec["error"] = rinfo["error"]
+                continue
+            k = idx.index(j)
+            obj, support = out[f"obj_{k}"], out[f"support_{k}"].astype(bool)
+            cdi = CDI(iobs, mask=mask, obj=obj, support=support, free_mask=free_mask)
+            llk = cdi.compute_llk()
+            rec.update(llk)
+            rec.update(threshold=rinfo["threshold_relative"], restarts=rinfo["tries"] - 1, seconds=rinfo["seconds"],
+                       pynx_llk_poisson=rinfo["llk_poisson"], pynx_llk_poisson_free=rinfo["llk_poisson_free"],
+                       pynx_obj2_out=rinfo["obj2_out"], chain=rinfo["chain"])
+            score = llk["llk_poisson_free"] if free_mask.any() else llk["llk_poisson"]
+            rec["score"] = score
+            rec["status"] = "rejected_obj2_out" if llk["obj2_out"] > max_obj2_out else "ok"
+            candidates.append((score, j, obj, support, rec["status"]))
+            candidates.sort(key=lambda c: (c[4] != "ok", c[0]))
+            del candidates[nb_keep:]
+        if progress is not None:
+            progress(min(first + per_call, nb_run) * nb_cycles, nb_run * nb_cycles)
+    warnings = []
+    good = [c for c in candidates if c[4] == "ok"]
+    if not good:
+        if not candidates:
+            errs = {r.get("error", "") for r in runs}
+            raise PyNXError(f"all {nb_run} PyNX runs failed: {sorted(errs)[0] if errs else 'unknown error'}")
+        warnings.append(f"all runs had obj2_out > {max_obj2_out}; kept the best by free LLK anyway")
+        good = candidates
+    for r in runs:
+        r["kept"] = False
+    for c in good:
+        runs[c[1]]["kept"] = True
+    best_obj, best_support = good[0][2], good[0][3]
+    aligned = [best_obj]
+    for c in good[1:]:
+        a, ainfo = align(best_obj, c[2], upsample=upsample)
+        runs[c[1]]["align"] = ainfo
+        aligned.append(a)
+    modes, weights = ortho_modes(aligned)
+    first_mode = modes[0] * (np.linalg.norm(best_obj) / max(np.linalg.norm(modes[0]), 1e-30))
+    first_mode = first_mode * np.exp(1j * np.angle(np.vdot(first_mode, best_obj)))
+    return MultiRunResult(obj=first_mode.astype(np.complex64), support=best_support, runs=runs,
+                          kept=[c[1] for c in good], modes=modes, first_mode_weight=float(weights[0]),
+                          mode_weights=weights, free_mask=free_mask, best_obj=best_obj, warnings=warnings)
