@@ -33,7 +33,7 @@ def _register(reference, candidate, upsample):
     """Sub-voxel shift that moves candidate onto reference, from the cross-correlation of the moduli."""
     shift, _, _ = phase_cross_correlation(np.abs(reference), np.abs(candidate), upsample_factor=upsample,
                                           normalization=None)
-    return np.asarray(shift, dtype=float)
+    return np.asarray(shift, dtype=float)  # the translation that registers candidate on reference
 
 
 def _match(reference, candidate):
@@ -48,7 +48,8 @@ def align(reference, candidate, upsample: int = 20, allow_twin: bool = True):
     """Align candidate on reference; returns (aligned_candidate, info).
 
     Tries the candidate and its twin, each registered by DFT-upsampled cross-correlation of the moduli
-    (skimage, x upsample) applied as a Fourier phase ramp, then rotated by the best constant phase; keeps the
+    (skimage, x upsample), refined by the complex cross-correlation when that matches better, applied as a
+    Fourier phase ramp, then rotated by the best constant phase; keeps the
     one with the higher normalised complex correlation. info: twin (bool), shift (voxels applied to the
     possibly-twinned candidate), phase_offset (rad added), mismatch (1 - normalised |correlation|).
     """
@@ -63,11 +64,17 @@ def align(reference, candidate, upsample: int = 20, allow_twin: bool = True):
     best = None
     options = [False, True] if allow_twin else [False]
     for is_twin in options:
-        c = twin(candidate) if is_twin else candidate.astype(np.complex64 if candidate.dtype != np.complex128
-                                                               else np.complex128)
-        shift = _register(reference, c, upsample)
-        c = fourier_shift(c, shift)
+        c0 = twin(candidate) if is_twin else candidate.astype(np.result_type(candidate.dtype, np.complex64))
+        shift = _register(reference, c0, upsample)
+        c = fourier_shift(c0, shift)
         offset, mismatch = _match(reference, c)
+        # refine with the complex correlation (sharper than moduli, whose sub-voxel shifts ring); keep if better
+        extra, _, _ = phase_cross_correlation(reference, c, upsample_factor=upsample, normalization=None)
+        if np.all(np.abs(extra) <= 1.0) and np.any(extra != 0):
+            c2 = fourier_shift(c0, shift + extra)
+            offset2, mismatch2 = _match(reference, c2)
+            if mismatch2 < mismatch:
+                c, shift, offset, mismatch = c2, shift + np.asarray(extra), offset2, mismatch2
         if best is None or mismatch < best[1]["mismatch"]:
             best = (c * np.exp(1j * offset).astype(c.dtype),
                     {"twin": is_twin, "shift": tuple(float(s) for s in shift), "phase_offset": offset,
