@@ -85,20 +85,24 @@ def hot_pixel_mask(frames: np.ndarray, mask2d: np.ndarray | None = None, thresho
 
 
 def build_mask(frames: np.ndarray, detector: str, pixel_mask: np.ndarray | None = None,
-               saturation: float | None = None, hot_pixels: bool = True) -> tuple[np.ndarray, dict[str, int]]:
+               saturation: float | None = None, hot_pixels: bool = True,
+               roi: tuple[int, int, int, int] | None = None) -> tuple[np.ndarray, dict[str, int]]:
     """3D bool mask (True = bad) from pixel_mask, detector gaps, hot pixels and invalid/saturated voxels.
 
-    Returns (mask, counts) where counts says how many detector pixels each source masked.
+    ``roi`` = (row0, col0, full_rows, full_cols) when ``frames`` is a detector region read on its own (Tiled path):
+    gaps and pixel_mask are then taken on the full frame and cut. Returns (mask, counts of masked pixels per source).
     """
     nz, rows, cols = frames.shape
+    r0, c0, full_rows, full_cols = roi if roi is not None else (0, 0, rows, cols)
+    cut = (slice(r0, r0 + rows), slice(c0, c0 + cols))
     counts: dict[str, int] = {}
-    m2 = detector_gap_mask(detector, (rows, cols))
+    m2 = detector_gap_mask(detector, (full_rows, full_cols))[cut]
     counts["gap_pixels"] = int(m2.sum())
     if pixel_mask is not None:
         pm = np.asarray(pixel_mask)
-        if pm.shape != (rows, cols):
-            raise InputError(f"pixel_mask shape {pm.shape} differs from the frame shape {(rows, cols)}")
-        pm = pm.astype(bool)
+        if pm.shape != (full_rows, full_cols):
+            raise InputError(f"pixel_mask shape {pm.shape} differs from the frame shape {(full_rows, full_cols)}")
+        pm = pm.astype(bool)[cut]
         counts["pixel_mask_pixels"] = int(pm.sum())
         m2 = m2 | pm
     if hot_pixels:
@@ -454,14 +458,15 @@ def load_scan(path: str | os.PathLike, scan: str | int = "1.1", detector: str | 
 
 
 def assemble(data: np.ndarray, detector: str, meta: dict[str, Any], *, pixel_mask=None, saturation=None,
-             hot_pixels: bool = True, monitor=None,
-             frame_selection: slice = slice(None)) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+             hot_pixels: bool = True, monitor=None, frame_selection: slice = slice(None),
+             roi: tuple[int, int, int, int] | None = None) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Masks, optional monitor normalisation and sanity checks on raw frames (shared by the HDF5 and Tiled paths)."""
     where = f"scan {meta.get('scan')} ({detector})"
     data = np.asarray(data)
     if data.ndim != 3 or data.shape[0] == 0:
         raise InputError(f"{where}: no frames selected (shape {data.shape})")
-    mask, counts = build_mask(data, detector, pixel_mask=pixel_mask, saturation=saturation, hot_pixels=hot_pixels)
+    mask, counts = build_mask(data, detector, pixel_mask=pixel_mask, saturation=saturation, hot_pixels=hot_pixels,
+                              roi=roi)
     out = np.where(mask, 0.0, data).astype(np.float32)
     if not np.any(out > 0):
         raise InputError(f"{where}: frames are all zero (missing detector data or everything masked)")
@@ -472,6 +477,7 @@ def assemble(data: np.ndarray, detector: str, meta: dict[str, Any], *, pixel_mas
     meta["frames_shape"] = list(out.shape)
     meta["frame_selection"] = [frame_selection.start, frame_selection.stop, frame_selection.step]
     meta["monitor_normalised"] = monitor is not None
+    meta["detector_roi_offset"] = [int(roi[0]), int(roi[1])] if roi is not None else [0, 0]
     if meta.get("rocking_angles_deg") and frame_selection != slice(None):
         meta["rocking_angles_deg"] = meta["rocking_angles_deg"][frame_selection]
     return out, mask, meta

@@ -1,0 +1,139 @@
+"""Start and stop a real Tiled server as a subprocess (tests, demo, a worker on a beamline PC).
+
+The server runs ``tiled serve config deploy/tiled/embedded.yml`` on a loopback port with its catalog and result
+files in a data folder and the raw-data folder as readable storage; the config reads its paths and the API key from
+environment variables, so the same file serves production-like runs and throw-away test runs.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from physics.errors import InputError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_CONFIG = REPO_ROOT / "deploy" / "tiled" / "embedded.yml"
+
+__all__ = ["TiledServer", "free_port", "tiled_executable", "DEFAULT_CONFIG"]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free on ``host`` right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def tiled_executable() -> str:
+    """The ``tiled`` command of this Python environment (next to sys.executable), else the one on PATH."""
+    local = Path(sys.executable).with_name("tiled")
+    if local.is_file():
+        return str(local)
+    found = shutil.which("tiled")
+    if not found:
+        raise InputError("the `tiled` command is not installed (pip install 'bcdi-recon[tiled]')")
+    return found
+
+
+class TiledServer:
+    """A Tiled server subprocess on loopback: ``with TiledServer(data_dir, raw_dir) as server: server.client()``."""
+
+    def __init__(self, data_dir: str | os.PathLike, raw_dir: str | os.PathLike, *, api_key: str | None = None,
+                 config: str | os.PathLike = DEFAULT_CONFIG, host: str = "127.0.0.1", port: int | None = None):
+        self.data_dir = Path(data_dir).resolve()
+        self.raw_dir = Path(raw_dir).resolve()
+        self.api_key = api_key or secrets.token_hex(16)
+        self.config = Path(config)
+        self.host = host
+        self.port = port
+        self.process: subprocess.Popen | None = None
+        self.log_path = self.data_dir / "tiled-server.log"
+
+    @property
+    def uri(self) -> str:
+        """Base URI of the running server."""
+        return f"http://{self.host}:{self.port}"
+
+    def env(self) -> dict[str, str]:
+        """Environment for the server and `tiled register`: paths and key used by the config file."""
+        env = dict(os.environ)
+        env.update(BCDI_TILED_DATA=str(self.data_dir), BCDI_TILED_RAW=str(self.raw_dir),
+                   TILED_SINGLE_USER_API_KEY=self.api_key)
+        return env
+
+    def start(self, timeout: float = 120.0) -> "TiledServer":
+        """Launch the server and wait until /healthz answers; raise RuntimeError with the log tail if it dies."""
+        if not self.config.is_file():
+            raise InputError(f"Tiled config not found: {self.config}")
+        (self.data_dir / "results").mkdir(parents=True, exist_ok=True)
+        self.raw_dir.mkdir(parents=True, exist_ok=True)
+        if self.port is None:
+            self.port = free_port(self.host)
+        cmd = [tiled_executable(), "serve", "config", str(self.config), "--host", self.host, "--port", str(self.port)]
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(cmd, env=self.env(), stdout=log, stderr=subprocess.STDOUT,
+                                        cwd=self.data_dir, start_new_session=True)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"Tiled server exited with code {self.process.returncode}: {self._log_tail()}")
+            try:
+                if httpx.get(f"{self.uri}/healthz", timeout=2.0).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        self.stop()
+        raise RuntimeError(f"Tiled server did not become healthy within {timeout:.0f} s: {self._log_tail()}")
+
+    def _log_tail(self, n: int = 1500) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-n:]
+        except OSError:
+            return "(no log)"
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Stop the server (SIGTERM to its process group, then SIGKILL after ``timeout``)."""
+        proc, self.process = self.process, None
+        if proc is None or proc.poll() is not None:
+            return
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+    def register(self, path: str | os.PathLike | None = None, prefix: str = "/raw", timeout: float = 300.0) -> None:
+        """Register raw files in place with ``tiled register`` (walks a folder; HDF5 groups become containers)."""
+        path = Path(path) if path is not None else self.raw_dir
+        cmd = [tiled_executable(), "register", self.uri, str(path), "--prefix", prefix, "--api-key", self.api_key]
+        result = subprocess.run(cmd, env=self.env(), capture_output=True, text=True, timeout=timeout)
+        if result.returncode != 0:
+            raise RuntimeError(f"tiled register failed ({result.returncode}): {result.stderr[-1500:]}")
+
+    def client(self):
+        """A Tiled client connected with the server's API key."""
+        from tiled.client import from_uri
+
+        return from_uri(self.uri, api_key=self.api_key)
+
+    def __enter__(self) -> "TiledServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,460 @@
+"""Tiled adapter: read ID01 scans that a Tiled server serves, write reconstructions back as browsable containers.
+
+Reading: a scan reference ``{"tiled_path": "raw/PtNP/PtNP_0001", "scan": "1.1", "detector": "mpx1x4"}`` points at a
+registered BLISS dataset file (or its folder). Only what is needed crosses the network: a few probe frames to find
+the Bragg peak, then a detector region around it for all frames (sliced on the server), plus scalar metadata.
+Masks and metadata use the same code as the HDF5 loader (workers.io.id01).
+
+Writing: one container per job at ``reconstructions/<sample>/<dataset>/<scan>/<job id>`` holding the arrays, uint8
+RGB previews (Tiled's browser shows them in colour) and metadata. Everything is validated before the first write,
+the container is marked ``status: complete`` last, and a complete job is never written twice (idempotent by job id).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from physics.errors import InputError
+from workers.io.id01 import DETECTORS, assemble, hot_pixel_mask, detector_gap_mask, resolve_scan_name, scan_metadata
+
+__all__ = [
+    "ScanRef",
+    "TiledUnavailable",
+    "connect",
+    "load_scan_tiled",
+    "build_result_arrays",
+    "make_previews",
+    "write_result",
+    "read_result",
+    "result_keys",
+    "REQUIRED_ARRAYS",
+]
+
+ALLOWED_PREFIXES = ("raw",)
+RESULT_ROOT = "reconstructions"
+REQUIRED_ARRAYS = ("amplitude", "phase", "phase_wrapped", "support", "object", "reciprocal_phase_predicted",
+                   "intensity_crop", "displacement", "strain")
+ARRAY_DOCS = {
+    "amplitude": ("|object|", "arb. units"),
+    "phase": ("phase, unwrapped, ramp and offset removed (mean 0 in the support)", "rad"),
+    "phase_wrapped": ("phase wrapped to [0, 2π)", "rad"),
+    "support": ("support (1 = crystal)", "1"),
+    "object": ("complex object (complex64)", "arb. units"),
+    "reciprocal_phase_predicted": ("reciprocal-space phase predicted by the CNN on the 64³ grid", "rad"),
+    "intensity_crop": ("log10(1 + cropped measured intensity)", "log10(counts)"),
+    "displacement": ("displacement along G", "see metadata strain.displacement_units"),
+    "strain": ("heterogeneous strain along G", "see metadata strain.strain_units"),
+}
+
+
+class TiledUnavailable(ConnectionError):
+    """The Tiled server could not be reached after retries (transient: the job may be retried later)."""
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# scan references and connection
+
+@dataclass(frozen=True)
+class ScanRef:
+    """Where a scan lives in Tiled: dataset path under an allowed prefix, scan entry, optional detector."""
+
+    tiled_path: str
+    scan: str
+    detector: str | None = None
+
+    @classmethod
+    def parse(cls, ref: "dict | ScanRef", allowed_prefixes=ALLOWED_PREFIXES) -> "ScanRef":
+        """Validate a reference; rejects paths outside ``allowed_prefixes``, '..' segments and empty fields."""
+        if isinstance(ref, ScanRef):
+            ref = asdict(ref)
+        if not isinstance(ref, dict):
+            raise InputError(f"scan reference must be a mapping with tiled_path and scan, got {type(ref).__name__}")
+        path, scan, det = ref.get("tiled_path"), ref.get("scan"), ref.get("detector")
+        if not isinstance(path, str) or not path.strip("/ "):
+            raise InputError("scan reference needs a non-empty 'tiled_path' (e.g. 'raw/PtNP/PtNP_0001')")
+        parts = [p for p in path.strip().strip("/").split("/") if p]
+        if any(p in (".", "..") for p in parts):
+            raise InputError(f"tiled_path {path!r} must not contain '.' or '..' segments")
+        if parts[0] not in allowed_prefixes:
+            raise InputError(f"tiled_path {path!r} is outside the allowed prefix "
+                             f"({', '.join(p + '/' for p in allowed_prefixes)})")
+        if scan is None or not str(scan).strip():
+            raise InputError("scan reference needs a 'scan' (e.g. '1.1')")
+        if det is not None and (not isinstance(det, str) or not det.strip()):
+            raise InputError("'detector' must be a detector name such as 'mpx1x4' or left out")
+        return cls("/".join(parts), str(scan).strip(), det)
+
+
+def connect(uri: str | None = None, api_key: str | None = None, *, attempts: int = 5, backoff_s: float = 0.5,
+            max_backoff_s: float = 8.0):
+    """Tiled client for ``uri`` (default env BCDI_TILED_URI), retrying with exponential backoff.
+
+    Probes /healthz with a short timeout first, so an unreachable server fails after about
+    backoff_s·(2^attempts) seconds with TiledUnavailable instead of hanging in the client's own long retries.
+    """
+    import httpx
+
+    uri = (uri or os.environ.get("BCDI_TILED_URI") or "").rstrip("/")
+    if not uri:
+        raise InputError("no Tiled server given (pass a URI or set BCDI_TILED_URI)")
+    api_key = api_key or os.environ.get("BCDI_TILED_API_KEY") or os.environ.get("TILED_API_KEY")
+    last: Exception | None = None
+    delay = backoff_s
+    for attempt in range(1, attempts + 1):
+        try:
+            response = httpx.get(f"{uri}/healthz", timeout=3.0)
+            if response.status_code == 200:
+                from tiled.client import from_uri
+
+                return from_uri(uri, api_key=api_key)
+            last = RuntimeError(f"HTTP {response.status_code}")
+        except httpx.HTTPError as exc:
+            last = exc
+        if attempt < attempts:
+            time.sleep(delay)
+            delay = min(delay * 2, max_backoff_s)
+    raise TiledUnavailable(f"Tiled server at {uri} is unreachable after {attempts} attempts ({last})")
+
+
+def _node(client, path: str):
+    """client[path] with a one-line error naming the missing path."""
+    try:
+        return client[path]
+    except KeyError:
+        raise InputError(f"no such Tiled path: {path}") from None
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# reading scans
+
+def _dataset_node(client, ref: ScanRef):
+    """The node of the BLISS dataset file: the path itself, or ``<folder>/<folder name>`` as `tiled register` makes."""
+    node = _node(client, ref.tiled_path)
+    keys = list(node)
+    last = ref.tiled_path.rsplit("/", 1)[-1]
+    if last in keys and not any("." in k and k.split(".")[-1].isdigit() for k in keys):
+        node = node[last]
+        keys = list(node)
+    return node, keys
+
+
+def _getter(entry):
+    """get(path) for id01.scan_metadata: the array value of a node, or None when absent."""
+    from tiled.client.array import ArrayClient
+
+    def get(path: str):
+        try:
+            node = entry[path]
+        except KeyError:
+            return None
+        if not isinstance(node, ArrayClient):
+            return None
+        value = node.read()
+        return value
+
+    return get
+
+
+def _find_detector_tiled(entry, detector: str | None, scan: str) -> str:
+    """Detector name present under measurement/ or instrument/ of a Tiled scan node."""
+    present: set[str] = set()
+    for group in ("measurement", "instrument"):
+        try:
+            present |= set(entry[group])
+        except KeyError:
+            pass
+    if detector is not None:
+        if detector in present:
+            return detector
+        raise InputError(f"detector {detector!r} not found in scan {scan} "
+                         f"(known detectors present: {', '.join(d for d in DETECTORS if d in present) or 'none'})")
+    for name in DETECTORS:
+        if name in present:
+            return name
+    raise InputError(f"no detector found in scan {scan} (looked for {', '.join(DETECTORS)})")
+
+
+def load_scan_tiled(client, ref: "dict | ScanRef", *, roi_size: tuple[int, int] | None = (256, 256),
+                    probe_frames: int = 7, hot_pixels: bool = True, monitor: str | None = None,
+                    allowed_prefixes=ALLOWED_PREFIXES) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Read one scan through Tiled: (frames float32 (z, y, x) of a detector region, mask bool, metadata).
+
+    The Bragg peak's detector position is found on ``probe_frames`` frames spread over the rocking curve, then
+    only a ``roi_size`` region around it is read for every frame (server-side slicing); ``roi_size=None`` reads full
+    frames. metadata["detector_roi_offset"] gives the region's (row, column) origin on the detector.
+    """
+    ref = ScanRef.parse(ref, allowed_prefixes)
+    node, keys = _dataset_node(client, ref)
+    name = resolve_scan_name(keys, ref.scan)
+    entry = node[name]
+    det = _find_detector_tiled(entry, ref.detector, name)
+    where = f"scan {name} ({det})"
+    try:
+        frames_node = entry[f"measurement/{det}"]
+    except KeyError:
+        frames_node = _node(entry, f"instrument/{det}/image")
+    shape = tuple(frames_node.shape)
+    if len(shape) != 3 or shape[0] == 0:
+        raise InputError(f"{where}: frames have shape {shape}, expected (frames, rows, columns)")
+    n, rows, cols = shape
+    get = _getter(entry)
+    pixel_mask = get(f"instrument/{det}/pixel_mask")
+    sat = get(f"instrument/{det}/saturation_value")
+    saturation = float(np.asarray(sat).ravel()[0]) if sat is not None else None
+    if roi_size is None or (roi_size[0] >= rows and roi_size[1] >= cols):
+        r0, c0, h, w = 0, 0, rows, cols
+    else:
+        h, w = min(int(roi_size[0]), rows), min(int(roi_size[1]), cols)
+        picks = np.unique(np.linspace(0, n - 1, min(probe_frames, n)).round().astype(int))
+        probe = np.stack([np.asarray(frames_node[int(i)]) for i in picks]).astype(np.float64)
+        bad = detector_gap_mask(det, (rows, cols))
+        if pixel_mask is not None and np.shape(pixel_mask) == (rows, cols):
+            bad |= np.asarray(pixel_mask).astype(bool)
+        if hot_pixels:
+            bad |= hot_pixel_mask(probe, bad)
+        total = np.where(bad, 0.0, np.clip(probe, 0, None).sum(axis=0))
+        if saturation:
+            total = np.where(probe.max(axis=0) >= saturation, 0.0, total)
+        if not np.any(total > 0):
+            raise InputError(f"{where}: frames are all zero (missing detector data or everything masked)")
+        pr, pc = np.unravel_index(int(np.argmax(total)), total.shape)
+        r0 = int(min(max(pr - h // 2, 0), rows - h))
+        c0 = int(min(max(pc - w // 2, 0), cols - w))
+    data = np.asarray(frames_node[:, r0:r0 + h, c0:c0 + w])
+    meta = scan_metadata(get, det, name, n)
+    mon = None
+    if monitor is not None:
+        mon = get(f"measurement/{monitor}")
+        if mon is None:
+            mon = get(f"instrument/{monitor}/data")
+        if mon is None:
+            raise InputError(f"{where}: monitor counter {monitor!r} not found")
+    meta.update(tiled_path=ref.tiled_path, tiled_entry="/".join(list(node.path_parts) + [name]))
+    return assemble(data, det, meta, pixel_mask=pixel_mask, saturation=saturation, hot_pixels=hot_pixels,
+                    monitor=mon, roi=(r0, c0, rows, cols))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# results
+
+def build_result_arrays(obj: np.ndarray, support: np.ndarray, intensity_crop: np.ndarray,
+                        reciprocal_phase_predicted: np.ndarray, scan_meta: dict[str, Any] | None = None,
+                        binning=(1, 1, 1)) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """All result arrays from the refined object: amplitude, phases, displacement and strain (physics.strain).
+
+    ``intensity_crop`` is the linear cropped intensity (stored as log10(1+I)). With ``scan_meta`` carrying the
+    geometry (energy, angles, distance, pixels, rocking step) the strain is along G through the detector-frame basis;
+    otherwise the phase gradient along the rocking axis in rad/voxel. Returns (arrays, strain metadata with units).
+    """
+    from physics.strain import Geometry, displacement_and_strain
+
+    obj = np.asarray(obj).astype(np.complex64)
+    support = np.asarray(support, dtype=bool)
+    geometry = None
+    if scan_meta:
+        try:
+            geometry = Geometry.from_metadata(scan_meta, binning)
+            geometry.real_space_basis(obj.shape)
+        except InputError:
+            geometry = None
+    derived, strain_meta = displacement_and_strain(obj, support, geometry)
+    strain_meta["geometry_used"] = geometry is not None
+    arrays = {
+        "amplitude": np.abs(obj).astype(np.float32),
+        "phase": derived["phase"],
+        "phase_wrapped": derived["phase_wrapped"],
+        "support": support,
+        "object": obj,
+        "reciprocal_phase_predicted": np.asarray(reciprocal_phase_predicted, dtype=np.float32),
+        "intensity_crop": np.log10(1.0 + np.clip(np.asarray(intensity_crop, dtype=np.float32), 0, None)),
+        "displacement": derived["displacement"],
+        "strain": derived["strain"],
+    }
+    return arrays, strain_meta
+
+
+def _strain_preview(strain: np.ndarray, support: np.ndarray, title: str | None = None) -> np.ndarray:
+    """Three central slices of the strain (diverging colormap, symmetric range, colour bar); RGB uint8."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from workers.io.previews import central_slices, figure_to_rgb, support_box
+
+    box = support_box(support)
+    s, sup = strain[box], support[box]
+    centre = np.argwhere(sup).mean(axis=0) if sup.any() else None
+    vals = np.where(sup, s, np.nan)
+    lim = float(np.nanpercentile(np.abs(vals), 99)) if np.isfinite(vals).any() else 1.0
+    lim = lim or 1e-6
+    fig = Figure(figsize=(11.5, 3.8), dpi=80, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 3)
+    for ax, sl, label in zip(axes, central_slices(vals, centre), ("z = centre (y, x)", "y = centre (z, x)",
+                                                                  "x = centre (z, y)")):
+        im = ax.imshow(sl, origin="lower", cmap="coolwarm", vmin=-lim, vmax=lim, interpolation="nearest")
+        ax.set_title(f"strain: {label}", fontsize=9)
+        ax.tick_params(labelsize=7)
+    bar = fig.colorbar(im, ax=list(axes), shrink=0.85, pad=0.01)
+    bar.ax.tick_params(labelsize=7)
+    if title:
+        fig.suptitle(title)
+    return figure_to_rgb(fig)
+
+
+def make_previews(arrays: dict[str, np.ndarray], title: str | None = None) -> dict[str, np.ndarray]:
+    """uint8 RGB previews: object (amplitude + wrapped phase), strain, and CNN reciprocal phase beside log intensity."""
+    from physics.preprocess import resize_to
+    from workers.io.previews import intensity_preview, object_preview
+
+    support = np.asarray(arrays["support"], dtype=bool)
+    log_i = np.asarray(arrays["intensity_crop"], dtype=np.float32)
+    phase64 = np.asarray(arrays["reciprocal_phase_predicted"], dtype=np.float32)
+    intensity64 = resize_to(np.power(10.0, log_i) - 1.0, phase64.shape)
+    return {
+        "preview_object": object_preview(arrays["object"], support, title=title),
+        "preview_strain": _strain_preview(np.asarray(arrays["strain"]), support, title=title),
+        "preview_reciprocal": intensity_preview(intensity64, phase64, title=title),
+    }
+
+
+def _jsonable(value: Any, where: str = "metadata") -> Any:
+    """Plain JSON types for Tiled metadata (numpy scalars/arrays to Python, NaN/inf to None); error otherwise."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(float(value)) else None
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist(), where)
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v, where) for v in value]
+    if isinstance(value, (_dt.datetime, _dt.date)):
+        return value.isoformat()
+    raise InputError(f"{where} holds a {type(value).__name__}, which cannot be stored as Tiled metadata")
+
+
+def _key_part(value: str, what: str) -> str:
+    """A safe Tiled key segment (no slashes, not empty, not '.'/'..')."""
+    value = str(value).strip()
+    if not value or "/" in value or value in (".", "..") or len(value) > 200:
+        raise InputError(f"{what} {value!r} cannot be used as a Tiled key")
+    return value
+
+
+def result_keys(ref: "dict | ScanRef", job_id: str, allowed_prefixes=ALLOWED_PREFIXES) -> list[str]:
+    """Keys of the result container: reconstructions/<sample>/<dataset>/<scan>/<job id>."""
+    ref = ScanRef.parse(ref, allowed_prefixes)
+    parts = ref.tiled_path.split("/")
+    dataset = parts[-1]
+    sample = parts[-2] if len(parts) >= 3 else dataset.rsplit("_", 1)[0]
+    return [RESULT_ROOT, _key_part(sample, "sample"), _key_part(dataset, "dataset"), _key_part(ref.scan, "scan"),
+            _key_part(job_id, "job id")]
+
+
+def _validate_arrays(arrays: dict[str, np.ndarray], previews: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Check names, shapes, dtypes and finiteness of everything before writing; return the arrays as stored."""
+    missing = [k for k in REQUIRED_ARRAYS if k not in arrays]
+    if missing:
+        raise InputError(f"result is missing arrays: {', '.join(missing)}")
+    shape = np.shape(arrays["object"])
+    if len(shape) != 3:
+        raise InputError(f"object must be 3D, got shape {shape}")
+    out: dict[str, np.ndarray] = {}
+    for key, value in arrays.items():
+        a = np.asarray(value)
+        if key in ("amplitude", "phase", "phase_wrapped", "support", "object", "displacement", "strain") \
+                and a.shape != shape:
+            raise InputError(f"array {key} has shape {a.shape}, expected the object shape {shape}")
+        if key == "reciprocal_phase_predicted" and a.ndim != 3:
+            raise InputError(f"reciprocal_phase_predicted must be 3D (64³), got shape {a.shape}")
+        if key == "object":
+            a = a.astype(np.complex64)
+        elif key == "support":
+            a = a.astype(bool).astype(np.uint8)  # 0/1: viewable in the browser, exact round trip
+        elif a.dtype.kind in "biuf":
+            a = a.astype(np.float32)
+        else:
+            raise InputError(f"array {key} has unsupported dtype {a.dtype}")
+        if a.dtype.kind in "fc" and not np.all(np.isfinite(a)):
+            raise InputError(f"array {key} contains NaN or infinite values")
+        out[key] = a
+    for key, value in previews.items():
+        a = np.asarray(value)
+        if a.dtype != np.uint8 or a.ndim != 3 or a.shape[2] != 3:
+            raise InputError(f"preview {key} must be an (H, W, 3) uint8 RGB array, got {a.dtype} {a.shape}")
+        out[key] = a
+    return out
+
+
+def _ensure_container(parent, key: str, metadata: dict | None = None):
+    """parent[key], created as a container when missing."""
+    try:
+        return parent[key]
+    except KeyError:
+        return parent.create_container(key, metadata=metadata or {})
+
+
+def write_result(client, ref: "dict | ScanRef", job_id: str, arrays: dict[str, np.ndarray],
+                 metadata: dict[str, Any], previews: dict[str, np.ndarray] | None = None,
+                 allowed_prefixes=ALLOWED_PREFIXES) -> str:
+    """Write one job's result container and return its Tiled path; a complete job is left as it is.
+
+    ``metadata`` carries model name/checksum, engine, recipe, parameters, LLK/free LLK/R-factor, support size,
+    obj2_out, timings and the input's metadata (free form, JSON types). Nothing is written when any input is bad.
+    """
+    import httpx
+
+    ref = ScanRef.parse(ref, allowed_prefixes)
+    keys = result_keys(ref, job_id, allowed_prefixes)
+    stored = _validate_arrays(arrays, previews or {})
+    meta = _jsonable(dict(metadata))
+    meta.update(_jsonable({
+        "bcdi_recon": {"kind": "reconstruction", "layout_version": 1},
+        "job_id": job_id,
+        "scan_ref": asdict(ref),
+        "arrays": {k: {"description": ARRAY_DOCS[k][0], "units": ARRAY_DOCS[k][1]} for k in REQUIRED_ARRAYS},
+        "previews": sorted(previews or {}),
+        "status": "writing",
+        "written_at": _dt.datetime.now(_dt.timezone.utc).isoformat(),
+    }))
+    path = "/".join(keys)
+    try:
+        node = client
+        for key in keys[:-1]:
+            node = _ensure_container(node, key)
+        if keys[-1] in node:
+            existing = node[keys[-1]]
+            if existing.metadata.get("status") == "complete":
+                return path  # idempotent: this job was already written completely
+            node.delete_contents(keys[-1], recursive=True, external_only=False)  # a crashed partial write
+        job = node.create_container(keys[-1], metadata=meta)
+        for key, value in stored.items():
+            extra = {"description": ARRAY_DOCS[key][0], "units": ARRAY_DOCS[key][1]} if key in ARRAY_DOCS else \
+                {"description": "preview, RGB"}
+            dims = ("row", "column", "rgb") if key.startswith("preview") else ("z", "y", "x")
+            job.write_array(value, key=key, metadata=extra, dims=dims)
+        job.update_metadata({"status": "complete"})
+    except httpx.TransportError as exc:
+        raise TiledUnavailable(f"Tiled server became unreachable while writing {path} ({exc})") from None
+    return path
+
+
+def read_result(client, path: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Read every array and the metadata of a result container (support back to bool)."""
+    node = _node(client, path)
+    arrays = {key: node[key].read() for key in node}
+    if "support" in arrays:
+        arrays["support"] = arrays["support"].astype(bool)
+    return arrays, dict(node.metadata)
