@@ -46,6 +46,7 @@ class TrainConfig:
     device: str = "auto"
     amp: bool = True  # bf16 autocast on CUDA only; ignored on CPU
     threads: int = 0  # torch intra-op threads on CPU (0 = torch default)
+    seed: int = 0  # weight initialisation
     sim: dict = field(default_factory=lambda: params_to_dict(SimParams()))
 
 
@@ -181,6 +182,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         stored.steps, stored.workers, stored.device, stored.threads = cfg.steps, cfg.workers, cfg.device, cfg.threads
         cfg = stored
     sim = params_from_dict(cfg.sim)
+    torch.manual_seed(cfg.seed)
     model = build_unet(cfg.width, **cfg.options)
     arch_config = model.config
     cpu_cl = device.type == "cpu"

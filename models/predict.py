@@ -1,0 +1,75 @@
+"""Inference: load a trained phase UNet once and predict the reciprocal phase of 64³ patterns."""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models.loss import normalise_intensity
+from models.unet import INPUT_SIZE, build_unet
+from physics.errors import InputError
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+DEFAULT_WEIGHTS = WEIGHTS_DIR / "unet_w0125.pt"
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for inference, with what a result must record about it."""
+
+    net: torch.nn.Module
+    device: torch.device
+    name: str
+    sha256: str
+    arch_config: dict
+    meta: dict
+
+    def predict_phase(self, intensity: np.ndarray) -> np.ndarray:
+        """Reciprocal phase (float32, 64³) predicted from a centred 64³ intensity (masked voxels set to 0)."""
+        return predict_phase(self, intensity)
+
+
+def file_sha256(path: str | Path) -> str:
+    """Checksum recorded with every result, so a reconstruction names the exact weights it used."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_model(path: str | Path | None = None, device: str | torch.device = "cpu") -> LoadedModel:
+    """Load weights written by `models.train.export_weights` (default: the shipped model)."""
+    path = Path(path) if path is not None else DEFAULT_WEIGHTS
+    if not path.is_file():
+        raise InputError(f"model weights not found: {path}")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("device cuda was requested but no CUDA device is available")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+        arch = dict(payload["arch_config"])
+        arch.pop("arch", None)
+        net = build_unet(arch.pop("width"), **arch)
+        net.load_state_dict(payload["state_dict"])
+    except (KeyError, RuntimeError, TypeError, ValueError) as e:
+        raise InputError(f"{path} is not a phase UNet weights file: {str(e).splitlines()[0]}") from None
+    net = net.to(device).eval()
+    if device.type == "cpu":
+        net = net.to(memory_format=torch.channels_last_3d)
+    return LoadedModel(net, device, path.stem, file_sha256(path), payload["arch_config"], payload.get("meta", {}))
+
+
+@torch.inference_mode()
+def predict_phase(model: LoadedModel, intensity: np.ndarray) -> np.ndarray:
+    """Run the CNN on one centred 64³ intensity; returns the predicted reciprocal phase (float32, 64³)."""
+    intensity = np.asarray(intensity, dtype=np.float32)
+    if intensity.shape != (INPUT_SIZE,) * 3:
+        raise InputError(f"the CNN takes a {INPUT_SIZE}³ intensity, got shape {intensity.shape}")
+    x = torch.from_numpy(normalise_intensity(intensity))[None, None].to(model.device)
+    if model.device.type == "cpu":
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    return model.net(x)[0, 0].float().cpu().numpy()

@@ -1,0 +1,89 @@
+"""Reconstruction pipeline mechanics on simulated crystals with a known answer.
+
+The CNN is replaced here by phase predictors with known quality (the true phase, or a wrong one): that
+checks every stage around the network (crop, resize, iFFT, re-interpolation, scaling, border-restricted ER)
+without depending on how well the shipped model is trained; the shipped model is tested in test_model_quality.py.
+"""
+import numpy as np
+import pytest
+
+from physics.errors import InputError
+from physics.metrics import compare_to_truth
+from physics.phasing import Cancelled
+from physics.simulate import SimParams, simulate_sample
+from workers.pipeline import ReconOptions, reconstruct
+
+SEED = 2_000_003
+
+
+@pytest.fixture(scope="module")
+def crystal():
+    return simulate_sample(SEED)
+
+
+def test_true_phase_gives_the_crystal_and_refinement_keeps_it(crystal):
+    truth = lambda i64: crystal["phase"]  # noqa: E731 - the perfect predictor
+    cnn_only = reconstruct(crystal["intensity"], crystal["mask"], truth, ReconOptions(refine=0))
+    refined = reconstruct(crystal["intensity"], crystal["mask"], truth, ReconOptions(refine=100))
+    for r in (cnn_only, refined):
+        m = compare_to_truth(r.obj, crystal["object"], truth_support=crystal["support"], recon_support=r.support)
+        assert m["phase_rmse"] < 0.1 and m["iou"] > 0.7
+        assert r.crop_offsets == (0, 0, 0) and r.obj.shape == (64, 64, 64)  # 64³ input: no crop
+    assert refined.llk["llk_poisson"] < 2.0  # ~1 for a statistically ideal fit
+    assert refined.llk["obj2_out"] < 0.05
+    assert set(refined.timings) == {"preprocess", "cnn", "ifft", "refine"}
+
+
+def test_wrong_phase_is_detected_by_the_data_metrics(crystal):
+    zeros = reconstruct(crystal["intensity"], crystal["mask"], lambda i: np.zeros_like(i), ReconOptions(refine=100))
+    m = compare_to_truth(zeros.obj, crystal["object"], truth_support=crystal["support"], recon_support=zeros.support)
+    assert m["phase_rmse"] > 0.5 and zeros.llk["llk_poisson"] > 10
+
+
+def test_border_restricted_refinement_only_moves_the_border(crystal):
+    from physics.phasing import CDI, SupportUpdate, dilate_box  # noqa: F401 - engine import for the band test
+
+    r0 = reconstruct(crystal["intensity"], crystal["mask"], lambda i: crystal["phase"], ReconOptions(refine=0))
+    r1 = reconstruct(crystal["intensity"], crystal["mask"], lambda i: crystal["phase"],
+                     ReconOptions(refine=40, update_period=20, border_n=1))
+    changed = r0.support ^ r1.support
+    from scipy import ndimage
+
+    box = np.ones((3, 3, 3), bool)
+    band2 = ndimage.binary_dilation(r0.support, box, iterations=2) & ~ndimage.binary_erosion(r0.support, box,
+                                                                                             iterations=2)
+    assert changed.sum() > 0
+    assert not (changed & ~band2).any()  # two updates of border_n=1 move the border by at most 2 voxels
+
+
+def test_large_array_is_cropped_around_the_peak_and_offsets_recorded():
+    s = simulate_sample(5, SimParams(size=64))
+    big = np.zeros((80, 96, 100), np.float32)
+    big[10:74, 20:84, 30:94] = s["intensity"]
+    r = reconstruct(big, None, lambda i: s["phase"], ReconOptions(refine=0, crop_size=64))
+    from physics.preprocess import find_peak
+
+    peak = np.add(find_peak(s["intensity"]), (10, 20, 30))  # the crop is centred on the peak (max, then COM)
+    assert r.obj.shape == (64, 64, 64)
+    assert r.crop_offsets == tuple(int(p) - 32 for p in peak)
+    o = r.crop_offsets
+    assert np.array_equal(r.intensity_crop, big[o[0]:o[0] + 64, o[1]:o[1] + 64, o[2]:o[2] + 64])
+
+
+def test_cancel_stops_between_cycles(crystal):
+    calls = []
+
+    def cancel():
+        calls.append(1)
+        return len(calls) > 5
+
+    with pytest.raises(Cancelled):
+        reconstruct(crystal["intensity"], crystal["mask"], lambda i: crystal["phase"], ReconOptions(refine=400),
+                    should_cancel=cancel)
+
+
+def test_bad_options_are_named():
+    with pytest.raises(InputError, match="border_n"):
+        ReconOptions(border_n=-1)
+    with pytest.raises(InputError, match="refine"):
+        ReconOptions(refine=-5)

@@ -1,0 +1,141 @@
+"""The reconstruction pipeline of Masto et al. (2025): crop -> 64³ -> CNN phase -> iFFT -> border-restricted ER.
+
+`reconstruct` works on arrays (no I/O) and returns everything a writer needs (CXI file, Tiled container):
+the refined object on the crop grid, its support, the CNN's 64³ phase, LLKs and per-stage timings.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from physics.errors import InputError
+from physics.preprocess import crop, crop_like, find_peak, fit_object_to, resize_to
+from physics.simulate import object_from_diffraction
+
+CNN_SIZE = 64
+Progress = Callable[[str, float], None]
+
+
+@dataclass
+class ReconOptions:
+    """Options of one reconstruction (recorded in the output's process information)."""
+
+    refine: int = 400  # ER cycles after the CNN (0: CNN-only object)
+    update_period: int = 20  # support update every K ER cycles
+    border_n: int = 2  # support updates may only change voxels within n of the border
+    threshold: float = 0.25  # shrink-wrap threshold, relative to the rms of the smoothed modulus in the support
+    smooth: float = 0.5  # Gaussian sigma (voxels) of the shrink-wrap smoothing during refinement
+    init_threshold: float = 0.2  # initial support: smoothed |object| > init_threshold * max
+    crop_size: int | None = None  # crop box (FFT-friendly); None: 64³ inputs are not cropped, others use the largest box
+    free_ratio: float = 0.05  # fraction of voxels withheld for free LLK
+    device: str = "cpu"
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.refine < 0:
+            raise InputError(f"refine must be >= 0 ER cycles, got {self.refine}")
+        if self.update_period < 1:
+            raise InputError(f"update period must be >= 1, got {self.update_period}")
+        if self.border_n < 0:
+            raise InputError(f"border_n must be >= 0, got {self.border_n}")
+        if not 0 < self.threshold < 1 or not 0 < self.init_threshold < 1:
+            raise InputError(f"support thresholds must be in (0, 1), got {self.threshold}, {self.init_threshold}")
+        if self.crop_size is not None and self.crop_size < 16:
+            raise InputError(f"crop size must be >= 16, got {self.crop_size}")
+
+
+@dataclass
+class ReconResult:
+    """Outcome of `reconstruct`, on the crop grid (centred arrays)."""
+
+    obj: np.ndarray  # complex64, crop grid
+    support: np.ndarray  # bool, crop grid
+    intensity_crop: np.ndarray  # float32 counts, crop grid (masked voxels 0)
+    mask_crop: np.ndarray  # bool, crop grid
+    phase_cnn: np.ndarray  # float32, 64³: the CNN's reciprocal phase
+    intensity_cnn: np.ndarray  # float32, 64³: the resized intensity the CNN saw
+    crop_offsets: tuple
+    input_shape: tuple
+    llk: dict
+    timings: dict
+    options: dict
+    free_mask: np.ndarray | None = None
+    warnings: list = field(default_factory=list)
+
+
+def _noop(stage: str, fraction: float) -> None:
+    return None
+
+
+def crop_for_cnn(intensity: np.ndarray, mask: np.ndarray | None, crop_size: int | None):
+    """Crop around the Bragg peak (max, box, centre of mass); a 64³ input without crop_size is kept as it is."""
+    if mask is None:
+        mask = np.zeros(intensity.shape, bool)
+    if crop_size is None and intensity.shape == (CNN_SIZE,) * 3:
+        return intensity, mask, (0, 0, 0)
+    centre = find_peak(intensity, mask)
+    cropped, offsets = crop(intensity, centre=centre, size=crop_size, mask=mask)
+    return cropped, crop_like(mask, offsets, cropped.shape), offsets
+
+
+def cnn_object(intensity_crop: np.ndarray, mask_crop: np.ndarray, predict: Callable[[np.ndarray], np.ndarray]):
+    """The CNN's first object: 64³ modulus and predicted phase -> iFFT -> back onto the crop grid.
+
+    Returns (object on the crop grid, predicted 64³ phase, the 64³ intensity the CNN saw).
+    Resizing reciprocal space keeps the q-range, so the real-space voxel size is unchanged and the 64³
+    object maps back onto the crop grid by a centred zero-pad/crop (physics.preprocess.fit_object_to).
+    """
+    i64 = resize_to(np.where(mask_crop, 0, intensity_crop).astype(np.float32), (CNN_SIZE,) * 3)
+    i64 = np.clip(i64, 0, None)
+    phase = np.asarray(predict(i64), dtype=np.float32)
+    if phase.shape != i64.shape:
+        raise InputError(f"the phase predictor returned shape {phase.shape}, expected {i64.shape}")
+    obj64 = object_from_diffraction(np.sqrt(i64), phase)
+    return fit_object_to(obj64, intensity_crop.shape), phase, i64
+
+
+def reconstruct(intensity: np.ndarray, mask: np.ndarray | None, predict: Callable[[np.ndarray], np.ndarray],
+                options: ReconOptions = ReconOptions(), progress: Progress = _noop,
+                should_cancel: Callable[[], bool] | None = None) -> ReconResult:
+    """Run the whole pipeline on a centred 3D intensity; predict(i64) -> 64³ phase is the CNN (or any predictor)."""
+    from physics.phasing import CDI, ER, LLK, InitFreePixels, ScaleObj, SupportUpdate, run_recipe
+
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    progress("preprocess", 0.0)
+    intensity = np.asarray(intensity, dtype=np.float32)
+    i_crop, m_crop, offsets = crop_for_cnn(intensity, mask, options.crop_size)
+    timings["preprocess"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    progress("cnn", 0.0)
+    obj, phase64, i64 = cnn_object(i_crop, m_crop, predict)
+    timings["cnn"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    progress("ifft", 0.0)
+    cdi = CDI(i_crop, mask=m_crop, obj=obj, device=options.device)
+    cdi = InitFreePixels(ratio=options.free_ratio, seed=options.seed) * cdi
+    cdi = ScaleObj("F") * cdi
+    # Initial support from the CNN object itself (the support starts as the whole array, so use the max).
+    cdi = SupportUpdate(threshold_relative=options.init_threshold, method="max", smooth_width=1.0) * cdi
+    timings["ifft"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    if options.refine > 0:
+        sup = SupportUpdate(threshold_relative=options.threshold, method="rms", smooth_width=options.smooth,
+                            border_n=options.border_n)
+        total = options.refine
+        run_recipe(cdi, f"ER**{options.refine}", support_update=sup, update_period=options.update_period,
+                   progress=lambda done, _tot: progress("refine", done / total), should_cancel=should_cancel)
+    cdi = LLK() * cdi
+    llk = dict(cdi.get_llk())
+    timings["refine"] = time.perf_counter() - t
+    progress("refine", 1.0)
+    return ReconResult(obj=cdi.get_obj(), support=cdi.get_support(), intensity_crop=i_crop, mask_crop=m_crop,
+                       phase_cnn=phase64, intensity_cnn=i64, crop_offsets=tuple(int(o) for o in offsets),
+                       input_shape=tuple(intensity.shape), llk=llk, timings=timings, options=asdict(options),
+                       free_mask=cdi.get_free_mask())
