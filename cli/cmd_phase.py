@@ -28,7 +28,9 @@ The recipe is a comma-separated chain applied left to right, e.g. "{DEFAULT_RECI
 --update-period cycles (threshold relative to the rms of |object| in the support; with several runs
 each run draws its threshold in the --support-threshold range). Runs start from random objects;
 the --keep runs with the lowest free log-likelihood are combined into the first mode.
-One run (the default) takes ~5 s at 64³ on a CPU; the benchmarks' standard is --runs 20 --keep 5.
+One run of the default recipe at 64³ took 98 s on a busy 2-core CPU (~25 ms per cycle of CPU time);
+use --device cuda where there is a GPU, a shorter --recipe for a quick look. The benchmarks' standard
+(like PyNX practice) is --runs 20 --keep 5.
 
 The CXI holds the object on the full grid of the input (centred), the support, the input intensity
 and mask, the options and the results (LLK, free LLK, obj2_out, timings) under
@@ -240,14 +242,15 @@ def run(args) -> int:
 
     from tqdm import tqdm
 
-    bar = tqdm(total=1, desc=f"phase ({args.engine}, {args.runs} run{'s' if args.runs > 1 else ''})",
+    bar = tqdm(total=None, desc=f"phase ({args.engine}, {args.runs} run{'s' if args.runs > 1 else ''})",
                unit="cycle", disable=True if args.quiet else None, file=sys.stderr, leave=False)
 
     def progress(done: int, total: int) -> None:
         if bar.total != total:
             bar.total = total
-        bar.n = done
-        bar.refresh()
+            bar.refresh()
+        if done > bar.n:
+            bar.update(done - bar.n)  # update() rate-limits redraws (mininterval)
 
     from physics.phasing import SupportTooLarge, SupportTooSmall
 

@@ -137,6 +137,7 @@ def test_phase_end_to_end(crystal, tmp_path):
              "--previews", tmp_path / "png")
     assert r.returncode == 0, r.stderr
     assert "Traceback" not in r.stderr and "using the mask stored with the data" in r.stderr
+    assert "cycle" not in r.stderr  # no progress bar when stderr is not a terminal
     assert f"wrote {out}" in r.stdout
     d = read_cxi(out)
     obj, support = d["obj"], d["support"]
@@ -265,3 +266,58 @@ def test_phase_ctrl_c_leaves_nothing(crystal, tmp_path):
     lines = [ln for ln in err.splitlines() if ln.strip() and "using the mask" not in ln]
     assert lines == ["bcdi-recon: interrupted"], err
     assert list(tmp_path.iterdir()) == []
+
+
+def _run_on_terminal(argv, cwd):
+    """Run the entry point on a pseudo-terminal (120 columns); returns (exit code, everything it printed)."""
+    import fcntl
+    import pty
+    import select
+    import struct
+    import termios
+
+    cmd = [str(BIN)] if BIN.exists() else [sys.executable, "-m", "cli.main"]
+    pid, fd = pty.fork()
+    if pid == 0:  # child
+        os.chdir(cwd)
+        os.execv(cmd[0], cmd + [str(a) for a in argv])
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    out = bytearray()
+    while select.select([fd], [], [], 120)[0]:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        out.extend(chunk)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), out.decode(errors="replace")
+
+
+def test_progress_bar_on_a_terminal(tmp_path):
+    code, text = _run_on_terminal(["simulate", "--out", "s.h5", "--n", "3", "--size", "16"], tmp_path)
+    assert code == 0, text
+    assert "simulate:" in text and "3/3" in text and "sample/s" in text
+    assert (tmp_path / "s.h5").exists()
+
+
+def _system_has_pynx() -> bool:
+    r = subprocess.run(["/usr/bin/python3", "-c", "import pynx.cdi"], capture_output=True,
+                       env={"PYNX_PU": "cpu", "PATH": "/usr/bin:/bin"}) if Path("/usr/bin/python3").exists() else None
+    return r is not None and r.returncode == 0
+
+
+@pytest.mark.pynx
+@pytest.mark.skipif(not _system_has_pynx(), reason="Debian's python3-pynx is not installed in /usr/bin/python3")
+def test_phase_with_pynx_engine(crystal, tmp_path):
+    """--engine pynx runs the same recipe in real PyNX and writes the same kind of CXI."""
+    path, sample = crystal
+    out = tmp_path / "p.cxi"
+    r = _cli("phase", path, "--out", out, "--engine", "pynx", "--recipe", SHORT, "--seed", "1")
+    assert r.returncode == 0, r.stderr
+    d = read_cxi(out)
+    assert d["process"]["engine"] == "pynx"
+    assert d["obj"].shape == (32, 32, 32) and d["support"].any()
+    assert np.isfinite(d["results"]["llk_poisson"]) and np.isfinite(d["results"]["pynx_llk_poisson"])
+    assert 0.5 < d["support"].sum() / sample["support"].sum() < 2.0
