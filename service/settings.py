@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     tiled_url: str = Field("http://127.0.0.1:8010", description="Tiled server with raw scans and results")
     tiled_api_key: str | None = Field(None, description="Tiled key with write access (workers) / read (health)")
     tiled_public_url: str | None = Field(None, description="Tiled URL as browsers see it (default: tiled_url)")
+    tiled_client_retry_attempts: int = Field(3, ge=1, description="tries per Tiled request inside the tiled "
+                                             "client (TILED_RETRY_ATTEMPTS) before the worker's own retry")
+    tiled_client_retry_timeout_s: float = Field(10.0, gt=0, description="TILED_RETRY_TIMEOUT of the tiled client")
 
     # --- gateway ---------------------------------------------------------------------------------------------
     submit_api_keys: KeyList = Field(default_factory=list, description="keys allowed to submit/cancel (and read)")

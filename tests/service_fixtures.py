@@ -67,7 +67,7 @@ def make_settings(**overrides):
                   submit_api_keys=[SUBMIT_KEY], read_api_keys=[READ_KEY], device="cpu", runner=RUNNER,
                   block_ms=200, retry_attempts=3, retry_backoff_s=0.2, cancel_poll_s=0.05,
                   progress_interval_s=0.05, tiled_url=f"http://127.0.0.1:{free_port()}", tiled_api_key=TILED_KEY,
-                  sse_keepalive_s=1.0, health_timeout_s=1.0)
+                  sse_keepalive_s=1.0, health_timeout_s=1.0, tiled_client_retry_attempts=1)
     values.update(overrides)
     return Settings(**values)
 

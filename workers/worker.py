@@ -59,6 +59,17 @@ def detect_device(requested: str = "auto") -> str:
     return "cuda:0" if torch.cuda.is_available() else "cpu"
 
 
+def configure_tiled_client_retries(attempts: int, timeout_s: float) -> None:
+    """Bound the tiled client's own retries (env TILED_RETRY_ATTEMPTS/TIMEOUT, default 10 tries over 45 s), so a
+    Tiled outage surfaces to the worker's retry loop, which logs it per job, in a predictable time."""
+    os.environ["TILED_RETRY_ATTEMPTS"] = str(attempts)
+    os.environ["TILED_RETRY_TIMEOUT"] = str(timeout_s)
+    utils = sys.modules.get("tiled.client.utils")
+    if utils is not None:  # already imported: it read the variables at import time
+        utils.TILED_RETRY_ATTEMPTS = attempts
+        utils.TILED_RETRY_TIMEOUT = timeout_s
+
+
 class _Progress:
     """The progress callback handed to the runner: per-stage timings, throttled writes to the job record."""
 
@@ -167,6 +178,7 @@ class Worker:
     def run(self, max_jobs: int | None = None) -> int:
         """Process jobs until stop is requested (or max_jobs handled). Returns the number of jobs handled."""
         self.q.ensure_groups()
+        configure_tiled_client_retries(self.s.tiled_client_retry_attempts, self.s.tiled_client_retry_timeout_s)
         self.device = detect_device(self.s.device)
         self._log(logging.INFO, "worker started", device=self.device, redis=self.s.redis_url,
                   prefix=self.s.key_prefix)
