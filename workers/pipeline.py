@@ -99,8 +99,12 @@ def cnn_object(intensity_crop: np.ndarray, mask_crop: np.ndarray, predict: Calla
 
 def reconstruct(intensity: np.ndarray, mask: np.ndarray | None, predict: Callable[[np.ndarray], np.ndarray],
                 options: ReconOptions = ReconOptions(), progress: Progress = _noop,
-                should_cancel: Callable[[], bool] | None = None) -> ReconResult:
-    """Run the whole pipeline on a centred 3D intensity; predict(i64) -> 64³ phase is the CNN (or any predictor)."""
+                should_cancel: Callable[[], bool] | None = None, free_mask: np.ndarray | None = None) -> ReconResult:
+    """Run the whole pipeline on a centred 3D intensity; predict(i64) -> 64³ phase is the CNN (or any predictor).
+
+    free_mask (crop grid): voxels withheld for free LLK, e.g. the same ones as a compared standard run; by
+    default ~5 % are drawn with options.seed.
+    """
     from physics.phasing import CDI, ER, LLK, InitFreePixels, ScaleObj, SupportUpdate, run_recipe
 
     timings: dict[str, float] = {}
@@ -118,7 +122,12 @@ def reconstruct(intensity: np.ndarray, mask: np.ndarray | None, predict: Callabl
     t = time.perf_counter()
     progress("ifft", 0.0)
     cdi = CDI(i_crop, mask=m_crop, obj=obj, device=options.device)
-    cdi = InitFreePixels(ratio=options.free_ratio, seed=options.seed) * cdi
+    if free_mask is None:
+        cdi = InitFreePixels(ratio=options.free_ratio, seed=options.seed) * cdi
+    elif np.shape(free_mask) != i_crop.shape:
+        raise InputError(f"free mask shape {np.shape(free_mask)} differs from the crop shape {i_crop.shape}")
+    else:
+        cdi.set_free_mask(free_mask)
     cdi = ScaleObj("F") * cdi
     # Initial support from the CNN object itself (the support starts as the whole array, so use the max).
     cdi = SupportUpdate(threshold_relative=options.init_threshold, method="max", smooth_width=1.0) * cdi
