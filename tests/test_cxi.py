@@ -12,7 +12,7 @@ import pytest
 
 from physics.errors import InputError
 from workers.io.cxi import read_cxi, write_cxi
-from workers.io.previews import intensity_preview, object_preview, reciprocal_phase, write_previews
+from workers.io.previews import reciprocal_phase, render_previews, save_png
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 
@@ -158,21 +158,22 @@ print(json.dumps({"dtype": str(o.dtype), "shape": list(o.shape), "llk": r["llk"]
 
 def test_previews(tmp_path, result):
     obj, support, iobs, mask = result
-    rgb_i = intensity_preview(iobs, reciprocal_phase(obj), mask)
-    rgb_o = object_preview(obj, support)
-    for rgb in (rgb_i, rgb_o):
+    images = render_previews(iobs=iobs, obj=obj, support=support, mask=mask, title="t")
+    assert sorted(images) == ["intensity", "object"]
+    for rgb in images.values():
         assert rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3
         assert rgb.shape[0] > 200 and rgb.shape[1] > 600
-        assert len(np.unique(rgb.reshape(-1, 3), axis=0)) > 50  # real pictures, not a blank canvas
+        packed = (rgb[..., 0].astype(np.uint32) << 16) | (rgb[..., 1].astype(np.uint32) << 8) | rgb[..., 2]
+        assert len(np.unique(packed)) > 50  # real pictures, not a blank canvas
     # the reciprocal phase of the object is the phase of its diffraction
     f = np.fft.fftshift(np.fft.fftn(np.fft.ifftshift(obj), norm="ortho"))
     strong = np.abs(f) > np.abs(f).max() * 1e-3
     d = np.angle(np.exp(1j * (reciprocal_phase(obj) - np.angle(f))))
     assert np.abs(d[strong]).max() < 1e-4
-    written = write_previews(tmp_path / "png", iobs=iobs, obj=obj, support=support, mask=mask, stem="r")
-    assert sorted(p.name for p in (tmp_path / "png").iterdir()) == ["r_intensity.png", "r_object.png"]
+    # PNG round trip is lossless and atomic (only the final file is left)
+    path = save_png(images["object"], tmp_path / "o.png")
+    assert [p.name for p in tmp_path.iterdir()] == ["o.png"]
     from matplotlib import image as mpimg
 
-    back = mpimg.imread(written["object"])
-    assert back.shape[:2] == rgb_o.shape[:2]
-    np.testing.assert_array_equal((back[..., :3] * 255).round().astype(np.uint8), rgb_o)
+    back = mpimg.imread(path)
+    np.testing.assert_array_equal((back[..., :3] * 255).round().astype(np.uint8), images["object"])

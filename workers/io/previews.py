@@ -137,19 +137,25 @@ def reciprocal_phase(obj: np.ndarray) -> np.ndarray:
     return np.angle(f).astype(np.float32)
 
 
+def render_previews(*, iobs: np.ndarray | None = None, obj: np.ndarray | None = None,
+                    support: np.ndarray | None = None, mask: np.ndarray | None = None,
+                    title: str | None = None) -> dict[str, np.ndarray]:
+    """RGB uint8 previews: 'intensity' (log I + reciprocal phase of obj) if iobs is given, 'object' if obj is."""
+    images: dict[str, np.ndarray] = {}
+    if iobs is not None:
+        phase = reciprocal_phase(obj) if obj is not None else None
+        images["intensity"] = intensity_preview(iobs, phase, mask, title=title)
+    if obj is not None:
+        images["object"] = object_preview(obj, support, title=title)
+    return images
+
+
 def write_previews(directory: str | os.PathLike, *, iobs: np.ndarray | None = None, obj: np.ndarray | None = None,
                    support: np.ndarray | None = None, mask: np.ndarray | None = None,
                    stem: str = "", title: str | None = None) -> dict[str, Path]:
-    """Write intensity.png (log I + reciprocal phase of obj) and object.png into `directory`; returns name -> path."""
+    """Write [stem_]intensity.png and [stem_]object.png (see render_previews) into `directory`; name -> path."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     prefix = f"{stem}_" if stem else ""
-    written: dict[str, Path] = {}
-    if iobs is not None:
-        phase = reciprocal_phase(obj) if obj is not None else None
-        rgb = intensity_preview(iobs, phase, mask, title=title)
-        written["intensity"] = save_png(rgb, d / f"{prefix}intensity.png")
-    if obj is not None:
-        rgb = object_preview(obj, support, title=title)
-        written["object"] = save_png(rgb, d / f"{prefix}object.png")
-    return written
+    images = render_previews(iobs=iobs, obj=obj, support=support, mask=mask, title=title)
+    return {name: save_png(rgb, d / f"{prefix}{name}.png") for name, rgb in images.items()}
