@@ -44,6 +44,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     import math
+    import os
 
     from models.data import params_to_dict
     from models.train import TrainConfig, export_weights, train
@@ -64,6 +65,8 @@ def run(args) -> int:
         summary = train(cfg, progress=not args.quiet)
     except ValueError as e:
         raise InputError(str(e)) from None
+    if os.environ.get("RANK", "0") != "0":
+        return 0  # one summary per torchrun job
     print(f"trained to step {summary['step']}, best validation WCA loss {summary['best_val']:.4f} -> {summary['out']}")
     if args.export:
         export_weights(f"{args.out}/checkpoint.pt", args.export)

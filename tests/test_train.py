@@ -55,3 +55,18 @@ def test_killed_run_resumes_from_its_checkpoint(tmp_path):
     assert summary["step"] == done + 1
     steps = [int(r.split(",")[0]) for r in (out / "learning_curve.csv").read_text().splitlines()[1:]]
     assert steps == list(range(1, done + 2))
+
+
+def test_ddp_with_torchrun_on_two_cpu_processes(tmp_path):
+    """The multi-GPU path (torchrun + DistributedDataParallel) run for real with the gloo backend on CPU."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    out = tmp_path / "ddp"
+    proc = subprocess.run([str(torchrun), "--nproc_per_node=2", "--master_port=29561", "-m", "cli.main", "train",
+                           "--out", str(out), "--width", "0.0625", "--steps", "2", "--batch", "1", "--val-every", "2",
+                           "--n-val", "1", "--workers", "0", "--quiet"],
+                          cwd=Path(__file__).parents[1], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("trained to step 2") == 1  # rank 0 only
+    row = (out / "learning_curve.csv").read_text().splitlines()[1].split(",")
+    assert row[0] == "2" and row[1] == "4"  # 2 steps x batch 1 x 2 processes
