@@ -75,6 +75,18 @@ def test_round_trip_and_layout(tmp_path, result):
         assert "entry_1/instrument_1/detector_1/data" not in f
 
 
+def test_process_values_of_any_type(tmp_path, result):
+    """Callers pass whatever their options hold: mixed lists, None, nested dicts, a crop_offsets entry."""
+    obj, support = result[0], result[1]
+    path = write_cxi(tmp_path / "r.cxi", obj, support, crop_offsets=(4, 5, 6),
+                     process={"crop_offsets": [1, 2, 3], "mixed": ["a", 1], "none": None, "ragged": [[1], [1, 2]],
+                              "nested": {"x": 1.5, "y": "z"}, "flag": True, "names": ("a", "b")})
+    p = read_cxi(path)["process"]
+    np.testing.assert_array_equal(p["crop_offsets"], [4, 5, 6])
+    assert p["mixed"] == "['a', 1]" and "none" not in p and p["ragged"] == "[[1], [1, 2]]"
+    assert p["nested"] == {"x": 1.5, "y": "z"} and p["flag"] is True and p["names"] == "a,b"
+
+
 def test_our_cxi_is_valid_input_for_phase(tmp_path, result):
     """The intensity stored in a result can be phased again (read_intensity finds image_2 by default)."""
     from workers.io.formats import read_intensity
@@ -92,9 +104,9 @@ def test_atomic_and_errors(tmp_path, result):
         write_cxi(tmp_path / "r.cxi", obj, support[:-1])
     with pytest.raises(ValueError, match="complex"):
         write_cxi(tmp_path / "r.cxi", np.abs(obj), support)
-    # a failure while writing (an unstorable value) leaves neither the file nor a temp file
-    with pytest.raises(TypeError):
-        write_cxi(tmp_path / "r.cxi", obj, support, process={"bad": np.array([object()])})
+    # a failure while writing leaves neither the file nor a temp file
+    with pytest.raises(ValueError):
+        write_cxi(tmp_path / "r.cxi", obj, support, results={"bad": b"nul\x00inside"})
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(InputError, match="not found"):
         read_cxi(tmp_path / "nope.cxi")

@@ -50,9 +50,13 @@ def _h5_value(v: Any):
     if isinstance(v, (list, tuple)):
         if all(isinstance(x, str) for x in v):
             return ",".join(v)
-        return np.asarray(v)
+        try:
+            arr = np.asarray(v)
+        except ValueError:  # ragged
+            return str(v)
+        return arr if arr.dtype.kind in "biufc" else str(v)
     if isinstance(v, np.ndarray):
-        return v
+        return v if v.dtype.kind in "biufc" else str(v.tolist())
     return str(v)
 
 
@@ -108,6 +112,8 @@ def write_cxi(path: str | os.PathLike, obj: np.ndarray, support: np.ndarray, *,
         raise ValueError(f"write_cxi: iobs shape {np.shape(iobs)} != object shape {obj.shape}")
     if mask is not None and np.shape(mask) != obj.shape:
         raise ValueError(f"write_cxi: mask shape {np.shape(mask)} != object shape {obj.shape}")
+    if free_mask is not None and np.shape(free_mask) != obj.shape:
+        raise ValueError(f"write_cxi: free_mask shape {np.shape(free_mask)} != object shape {obj.shape}")
     out = check_output_path(path)
     now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     version = _version()
@@ -153,10 +159,15 @@ def write_cxi(path: str | os.PathLike, obj: np.ndarray, support: np.ndarray, *,
             config = proc.create_group("configuration")
             config.attrs["NX_class"] = "NXcollection"
             _write_collection(config, process)
-            config.create_dataset("iobs_shape", data=np.asarray(obj.shape))
-            if crop_offsets is not None:
+            if "iobs_shape" not in config:
+                config.create_dataset("iobs_shape", data=np.asarray(obj.shape))
+            if crop_offsets is not None:  # the argument wins over a same-named process entry
+                if "crop_offsets" in config:
+                    del config["crop_offsets"]
                 config.create_dataset("crop_offsets", data=np.asarray(crop_offsets, dtype=np.int64))
             if free_mask is not None and np.any(free_mask):
+                if "free_pixel_mask" in config:
+                    del config["free_pixel_mask"]
                 fm = config.create_dataset("free_pixel_mask", data=np.asarray(free_mask, dtype=bool),
                                            chunks=True, shuffle=True, compression="gzip")
                 fm.attrs["note"] = "Mask of voxels used for the free log-likelihood (centred)"
