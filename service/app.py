@@ -52,16 +52,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        import redis.asyncio as aioredis
-
-        app.state.aredis = aioredis.Redis.from_url(settings.redis_url, decode_responses=True,
-                                                   socket_connect_timeout=2.0)
         try:
             await run_in_threadpool(queue.ensure_groups)
         except Exception:  # Redis down at start: /health reports it, requests get 503 until it is back
             pass
         yield
-        await app.state.aredis.aclose()
         client.close()
 
     app = FastAPI(title="bcdi-recon gateway", version="1", description=DESCRIPTION, lifespan=lifespan)
@@ -156,12 +151,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                         404: {"model": ErrorReply}, **_ERRORS})
     async def reconstruction_events(request: Request, job_id: str = JobId, _: str = Depends(require_read)):
         """Server-sent events: the job record now, then at every change, until it succeeds, fails or is cancelled."""
-        aredis = request.app.state.aredis
+        import redis.asyncio as aioredis
+
+        # one async client per stream: it lives on this request's event loop and closes with the stream
+        aredis = aioredis.Redis.from_url(settings.redis_url, decode_responses=True, socket_connect_timeout=2.0)
         pubsub = aredis.pubsub()
-        await pubsub.subscribe(queue.channel(job_id))  # subscribe first, then read: no change is missed
-        raw = await aredis.hgetall(queue.job_key(job_id))
+        try:
+            await pubsub.subscribe(queue.channel(job_id))  # subscribe first, then read: no change is missed
+            raw = await aredis.hgetall(queue.job_key(job_id))
+        except BaseException:
+            await pubsub.aclose()
+            await aredis.aclose()
+            raise
         if not raw:
             await pubsub.aclose()
+            await aredis.aclose()
             raise HTTPException(404, f"no reconstruction job {job_id}")
         first = queue.decode(raw)
         lk = links(request, job_id)
@@ -186,6 +190,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                         return
             finally:
                 await pubsub.aclose()
+                await aredis.aclose()
 
         return StreamingResponse(stream(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -10,7 +10,7 @@ import json
 from enum import Enum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 JOB_ID_PATTERN = r"^[0-9a-f]{32}$"
 PATH_PATTERN = r"^[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*$"
@@ -46,6 +46,13 @@ class ScanRef(BaseModel):
                                  description="detector name, e.g. mpx1x4")
     run_uid: str | None = Field(None, min_length=8, max_length=64, pattern=UID_PATTERN,
                                 description="Bluesky run start uid (alternative to tiled_path)")
+
+    @field_validator("tiled_path")
+    @classmethod
+    def _no_dot_segments(cls, v: str | None) -> str | None:
+        if v is not None and any(part in (".", "..") for part in v.split("/")):
+            raise ValueError("path segments '.' and '..' are not allowed")
+        return v
 
     @model_validator(mode="after")
     def _one_kind(self) -> "ScanRef":
