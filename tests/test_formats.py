@@ -95,6 +95,16 @@ def _write(path, data: bytes):
     return path
 
 
+def test_pynx_result_is_not_mistaken_for_an_intensity(tmp_path, cube):
+    """A CXI result without intensity holds a complex object and a support: neither is taken as the data."""
+    with h5py.File(tmp_path / "r.cxi", "w") as f:
+        f["entry_1/image_1/data"] = cube.astype(np.complex64)
+        f["entry_1/image_1/mask"] = (cube > 50).astype(np.uint8)
+        f["entry_1/data_1/data"] = h5py.SoftLink("/entry_1/image_1/data")
+    assert "no 3D intensity dataset" in _err(tmp_path / "r.cxi")
+    assert "complex" in _err(f"{tmp_path}/r.cxi:/entry_1/image_1/data")
+
+
 def test_min_size_option(tmp_path):
     np.save(tmp_path / "s.npy", np.ones((8, 8, 8)))
     assert read_intensity(tmp_path / "s.npy", min_size=8).shape == (8, 8, 8)
@@ -115,6 +125,10 @@ def test_read_mask(tmp_path, cube):
     np.save(tmp_path / "all.npy", np.ones(cube.shape))
     with pytest.raises(InputError, match="masks every voxel"):
         read_mask(tmp_path / "all.npy", cube.shape)
+    with h5py.File(tmp_path / "only_data.h5", "w") as f:
+        f["data"] = cube
+    with pytest.raises(InputError, match="no mask at"):  # a mask is never guessed
+        read_mask(tmp_path / "only_data.h5", cube.shape)
     with pytest.raises(InputError, match="mask file not found"):
         read_mask(tmp_path / "nope.npy", cube.shape)
 

@@ -129,7 +129,11 @@ def _read_hdf5(path: Path, key: str | None, defaults: tuple[str, ...], what: str
                 obj = None
             if isinstance(obj, h5py.Dataset) and not np.issubdtype(obj.dtype, np.complexfloating):
                 return _read_dataset(path, obj)
-        candidates = [n for n in _datasets_3d(f) if not np.issubdtype(f[n].dtype, np.complexfloating)]
+        if what == "mask":  # never guess a mask: the only 3D dataset is most likely the intensity itself
+            raise InputError(f"{path}: no mask at {', '.join('/' + n for n in defaults)}; "
+                             f"name it with {path}:/path/to/mask")
+        candidates = [n for n in _datasets_3d(f) if not np.issubdtype(f[n].dtype, np.complexfloating)
+                      and not any(w in n.rsplit("/", 1)[-1].lower() for w in ("mask", "support"))]
         if len(candidates) == 1:
             return _read_dataset(path, f[candidates[0]])
         if not candidates:
