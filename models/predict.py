@@ -41,14 +41,23 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def load_model(path: str | Path | None = None, device: str | torch.device = "cpu") -> LoadedModel:
-    """Load weights written by `models.train.export_weights` (default: the shipped model)."""
+def load_model(path: str | Path | None = None, device: str | torch.device = "cpu",
+               keras_width: float = 1.0) -> LoadedModel:
+    """Load weights written by `models.train.export_weights` (default: the shipped model), or the authors'
+    Keras .h5 weights (the paper's w=1 model, e.g. model_paper.h5), converted by models.keras_import."""
     path = Path(path) if path is not None else DEFAULT_WEIGHTS
     if not path.is_file():
         raise InputError(f"model weights not found: {path}")
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InputError("device cuda was requested but no CUDA device is available")
+    if path.suffix.lower() in (".h5", ".hdf5", ".keras"):
+        from models.keras_import import import_keras_model
+
+        net = import_keras_model(path, width=keras_width).to(device).eval()
+        if device.type == "cpu":
+            net = net.to(memory_format=torch.channels_last_3d)
+        return LoadedModel(net, device, path.stem, file_sha256(path), net.config, {"source": "keras"})
     try:
         payload = torch.load(path, map_location="cpu", weights_only=False)
         arch = dict(payload["arch_config"])
