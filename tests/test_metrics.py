@@ -1,6 +1,7 @@
 """Tests of physics.metrics: comparison with a known crystal, and data-only metrics shared with the engine."""
 import numpy as np
 import pytest
+import torch
 
 from physics.align import fourier_shift, twin
 from physics.errors import InputError
@@ -18,6 +19,15 @@ def crystal(n=32, counts=1e6, seed=0):
     scale = counts / (np.abs(f) ** 2).max()
     iobs = np.random.default_rng(seed).poisson(np.abs(f) ** 2 * scale).astype(np.float32)
     return (obj * np.sqrt(scale)).astype(np.complex64), sup, iobs
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """One intra-op thread: on this shared 2-core machine, 2 OpenMP threads under load make torch FFTs ~50x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

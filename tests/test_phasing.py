@@ -8,7 +8,7 @@ from physics.errors import InputError
 from physics.metrics import compare_to_truth
 from physics.phasing import (CDI, ER, HIO, LLK, RAAR, AutoCorrelationSupport, Cancelled, FourierApplyAmplitude,
                              InitFreePixels, InitObjRandom, ScaleObj, SupportTooSmall, SupportUpdate,
-                             parse_recipe, phase_runs, run_recipe)
+                             center_on_support, ortho_modes, parse_recipe, phase_runs, run_recipe)
 
 
 def crystal(n=32, semi=(6.0, 5.0, 4.5), phase_amp=1.0, counts=1e6, seed=0):
@@ -23,6 +23,15 @@ def crystal(n=32, semi=(6.0, 5.0, 4.5), phase_amp=1.0, counts=1e6, seed=0):
     iclean = (np.abs(f) ** 2 * scale).astype(np.float32)
     iobs = np.random.default_rng(seed).poisson(iclean).astype(np.float32)
     return {"obj": obj, "support": sup, "iobs": iobs, "iclean": iclean}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """One intra-op thread: on this shared 2-core machine, 2 OpenMP threads under load make torch FFTs ~50x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +99,30 @@ def test_phase_runs_selects_and_builds_modes(xtal):
     m = compare_to_truth(res.obj, xtal["obj"], truth_support=xtal["support"])
     assert m["phase_rmse"] < 0.3 and m["iou"] > 0.8, m
     assert res.support.shape == xtal["iobs"].shape and res.support.dtype == bool
+    com = np.array(ndi.center_of_mass(res.support))
+    np.testing.assert_allclose(com, 16, atol=1.0)  # centred at n//2
+
+
+def test_center_on_support_unwraps_a_crystal_split_across_the_edges(xtal):
+    obj = np.roll(xtal["obj"], (16, 3, -16), axis=(0, 1, 2))
+    sup = np.roll(xtal["support"], (16, 3, -16), axis=(0, 1, 2))
+    o, s, roll = center_on_support(obj, sup)
+    assert (s == xtal["support"]).all() and np.array_equal(o, xtal["obj"])
+    assert all((r + k) % 32 == 0 for r, k in zip(roll, (16, 3, -16)))
+
+
+def test_ortho_modes_weights():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(8, 8, 8)) + 1j * rng.normal(size=(8, 8, 8))
+    modes, w = ortho_modes([a, 2 * a * np.exp(1j), a])
+    assert w[0] == pytest.approx(1.0) and modes.shape[0] == 1
+    assert np.linalg.norm(modes[0]) == pytest.approx(1.0, rel=1e-5)
+    b = rng.normal(size=(8, 8, 8)) + 0j
+    b -= np.vdot(a, b) / np.vdot(a, a) * a  # orthogonal to a, same norm below
+    b *= np.linalg.norm(a) / np.linalg.norm(b)
+    modes, w = ortho_modes([a, b])
+    np.testing.assert_allclose(w, [0.5, 0.5], atol=1e-6)
+    assert abs(np.vdot(modes[0], modes[1])) < 1e-5
 
 
 def test_phase_runs_all_rejected_by_obj2_out_warns(xtal):

@@ -4,7 +4,7 @@ Same code on CPU and CUDA (device argument); arrays are fft-shifted inside, cent
 """
 from physics.phasing.cdi import CDI, Cancelled, SupportTooLarge, SupportTooSmall, dilate_box, resolve_device
 from physics.phasing.llk import llk_sums, normalise_llk
-from physics.phasing.multirun import MultiRunResult, ortho_modes, phase_runs
+from physics.phasing.multirun import MultiRunResult, center_on_support, ortho_modes, phase_runs
 from physics.phasing.operators import (ER, HIO, LLK, RAAR, AutoCorrelationSupport, FourierApplyAmplitude,
                                        InitFreePixels, InitObjRandom, Operator, ScaleObj, SupportUpdate,
                                        free_pixel_mask)
@@ -12,7 +12,7 @@ from physics.phasing.recipe import count_cycles, parse_recipe, run_recipe
 
 __all__ = [
     "CDI", "Cancelled", "SupportTooLarge", "SupportTooSmall", "dilate_box", "resolve_device",
-    "llk_sums", "normalise_llk", "MultiRunResult", "ortho_modes", "phase_runs",
+    "llk_sums", "normalise_llk", "MultiRunResult", "center_on_support", "ortho_modes", "phase_runs",
     "ER", "HIO", "LLK", "RAAR", "AutoCorrelationSupport", "FourierApplyAmplitude", "InitFreePixels",
     "InitObjRandom", "Operator", "ScaleObj", "SupportUpdate", "free_pixel_mask",
     "count_cycles", "parse_recipe", "run_recipe",

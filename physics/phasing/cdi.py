@@ -194,8 +194,8 @@ class CDI:
         if calc_llk:
             self._store_llk(amp)
         amp.clamp_min_(1e-20)
-        torch.div(self._sqrt_m, amp, out=amp)
-        amp.add_(self._notobs_f)  # ratio 1 on masked and free voxels: they keep the calculated value
+        # ratio sqrt(Iobs)/|Psi| on observed voxels, 1 on masked and free voxels (they keep the calculated value)
+        torch.addcdiv(self._notobs_f, self._sqrt_m, amp, out=amp)
         psi.mul_(amp)
         return torch.fft.ifftn(psi, norm="ortho")
 
@@ -222,7 +222,7 @@ class CDI:
             self._obj = pm.mul_(self._support_f)
         else:
             a, b = self._coefs(kind, beta)
-            self._obj.mul_(a).add_(pm.mul_(b))
+            self._obj.mul_(a).addcmul_(pm, b)
         self.nb_cycle += 1
 
     def fourier_apply_amplitude(self, calc_llk: bool = False) -> None:

@@ -36,6 +36,24 @@ class MultiRunResult:
     warnings: list = field(default_factory=list)
 
 
+def center_on_support(obj: np.ndarray, support: np.ndarray):
+    """Roll obj and support (periodically, whole voxels) so the support's circular centre of mass sits at n//2.
+
+    Phasing solutions are translation invariant and may wrap across the box edges; this puts them back in the
+    middle without interpolation. Returns (obj, support, roll).
+    """
+    if not support.any():
+        return obj, support, (0,) * obj.ndim
+    roll = []
+    for axis, n in enumerate(support.shape):
+        profile = support.sum(axis=tuple(i for i in range(support.ndim) if i != axis))
+        angle = np.angle(np.sum(profile * np.exp(2j * np.pi * np.arange(n) / n)))
+        com = (angle % (2 * np.pi)) * n / (2 * np.pi)
+        roll.append(int(round(n // 2 - com)))
+    axes = tuple(range(obj.ndim))
+    return np.roll(obj, roll, axes), np.roll(support, roll, axes), tuple(roll)
+
+
 def ortho_modes(objs) -> tuple[np.ndarray, np.ndarray]:
     """Orthonormal modes of a set of objects from the eigen-decomposition of their Gram matrix <x_i, x_j>.
 
@@ -58,12 +76,13 @@ def phase_runs(iobs, mask=None, recipe: str = "HIO**400,RAAR**1000,ER**300", nb_
                border_n: int = 0, progress=None, should_cancel=None, method: str = "rms",
                smooth_width=(2.0, 0.5, None), force_shrink: bool = False, max_obj2_out: float = 0.10,
                autocorrelation_range=(0.09, 0.11), free_mask=None, free_ratio: float = 0.05,
-               max_restart: int = 5, upsample: int = 20) -> MultiRunResult:
+               max_restart: int = 5, upsample: int = 20, center: bool = True) -> MultiRunResult:
     """Run nb_run independent reconstructions of iobs (centred) and combine the nb_keep best into modes.
 
     progress(done, total) counts cycles over all runs; should_cancel() is checked between cycles.
     A run whose support update still diverges after in-place retuning is restarted with the threshold
-    retuned by 1.1 (at most max_restart times), then recorded as failed.
+    retuned by 1.1 (at most max_restart times), then recorded as failed. center=True rolls the best run so its
+    support is centred (whole voxels) before the others are aligned on it.
     """
     if nb_run < 1 or nb_keep < 1:
         raise InputError(f"nb_run and nb_keep must be >= 1, got {nb_run} and {nb_keep}")
@@ -132,6 +151,8 @@ def phase_runs(iobs, mask=None, recipe: str = "HIO**400,RAAR**1000,ER**300", nb_
     for c in good:
         runs[c[1]]["kept"] = True
     best_obj, best_support = good[0][2], good[0][3]
+    if center:
+        best_obj, best_support, _ = center_on_support(best_obj, best_support)
     aligned = [best_obj]
     for c in good[1:]:
         a, info = align(best_obj, c[2], upsample=upsample)
