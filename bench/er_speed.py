@@ -36,13 +36,13 @@ def make_data(shape, seed=0):
     return iobs, obj, support
 
 
-def time_builtin(iobs, obj, support, cycles, repeats):
-    """Median seconds per ER cycle of physics.phasing (torch CPU, 2 threads), over repeats blocks of `cycles` cycles."""
+def time_builtin(iobs, obj, support, cycles, repeats, threads=2):
+    """Median seconds per ER cycle of physics.phasing (torch CPU), over repeats blocks of `cycles` cycles."""
     import torch
 
     from physics.phasing import CDI, ER
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
     cdi = CDI(iobs, obj=obj, support=support)
     cdi = ER() ** 3 * cdi  # warm-up (allocations, FFT plans)
     per = []
@@ -53,11 +53,11 @@ def time_builtin(iobs, obj, support, cycles, repeats):
     return float(np.median(per))
 
 
-def time_fft_pair(shape, repeats):
-    """Median seconds of one torch fftn + ifftn pair (complex64, 2 threads) on an array of `shape`."""
+def time_fft_pair(shape, repeats, threads=2):
+    """Median seconds of one torch fftn + ifftn pair (complex64) on an array of `shape`."""
     import torch
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
     x = torch.randn(shape, dtype=torch.complex64)
     for _ in range(2):
         torch.fft.ifftn(torch.fft.fftn(x, norm="ortho"), norm="ortho")
@@ -80,6 +80,72 @@ def time_pynx(iobs, obj, support, cycles, repeats):
     return float(np.median(per)), info["pynx_version"]
 
 
+def agreement(sigmas=(0.5, 1.0), recipe="RAAR**100,ER**100", n=48) -> str:
+    """Same data, start, support, free mask and recipe in both engines (the test's set-up) for several final
+    smoothing widths; returns a markdown table of LLK, free LLK and support size."""
+    import torch
+
+    from physics.phasing import CDI, LLK, SupportUpdate, free_pixel_mask, run_recipe
+    from physics.simulate import SimParams, simulate_sample
+    from scipy.ndimage import binary_dilation
+    from workers.engines.pynx_engine import pynx_run_recipe
+
+    torch.set_num_threads(1)
+    s = simulate_sample(3, SimParams(size=n, phase_range=(0.5, 1.0), peak_counts=(1e6, 1e6)))
+    iobs, support = s["intensity"], binary_dilation(s["support"], iterations=3)
+    psi = np.fft.fftshift(np.fft.fftn(np.fft.ifftshift(s["object"]), norm="ortho"))
+    phase = np.angle(psi) + np.random.default_rng(0).normal(0, 1.0, psi.shape)
+    obj = np.fft.fftshift(np.fft.ifftn(np.fft.ifftshift(np.sqrt(iobs) * np.exp(1j * phase)), norm="ortho"))
+    obj = (obj * support).astype(np.complex64)
+    free = free_pixel_mask(iobs.shape, seed=1)
+    lines = ["| final smooth width (voxels) | engine | LLK Poisson | free LLK Poisson | PyNX's own LLK / free LLK "
+             "| support size | LLK diff | support diff |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for sig in sigmas:
+        su = dict(threshold_relative=0.25, method="rms", smooth_width=(2.0, sig, None), force_shrink=False,
+                  border_n=0)
+        cdi = CDI(iobs, obj=obj, support=support, free_mask=free)
+        run_recipe(cdi, recipe, SupportUpdate(**su), update_period=20)
+        a = (LLK() * cdi).get_llk()
+        b = pynx_run_recipe(iobs, obj=obj, support=support, free_mask=free, recipe=recipe, support_update=su)
+        lines.append(f"| {sig} | built-in | {a['llk_poisson']:.4f} | {a['llk_poisson_free']:.4f} | - | "
+                     f"{a['support_size']} | | |")
+        lines.append(f"| {sig} | PyNX | {b['llk_poisson']:.4f} | {b['llk_poisson_free']:.4f} | "
+                     f"{b['pynx_llk_poisson']:.4f} / {b['pynx_llk_poisson_free']:.4f} | {b['support_size']} | "
+                     f"{100 * (b['llk_poisson'] / a['llk_poisson'] - 1):+.1f} % | "
+                     f"{100 * (b['support_size'] / a['support_size'] - 1):+.1f} % |")
+    return "\n".join([
+        f"Command: `{command_line()}`",
+        "",
+        f"Set-up (as tests/test_pynx_engine.py): simulated {n}^3 crystal (phase range 0.5-1 rad, 1e6 photons at the "
+        "peak, Poisson noise), start = iFFT(sqrt(I) exp(i(true phase + N(0, 1 rad)))) inside the true support "
+        f"dilated by 3 voxels, same free mask, recipe `{recipe}`, support update every 20 cycles (rms, threshold "
+        "0.25, smooth 2 -> final width over the RAAR cycles, border_n 0). LLK columns are ours (physics.phasing LLK "
+        "on each engine's last iterate); PyNX's own `get_llk()` on the same iterate is shown beside it.",
+        "",
+        *lines,
+        "",
+        "Findings (PyNX 2025.1, CPU back-end, read from its installed source and checked by the runs above):",
+        "",
+        "- LLK normalisation: PyNX CPU `get_llk()` uses the numpy helper `pynx.utils.math.llk_poisson`, which returns "
+        "2 x (calc - obs + obs ln(obs/calc)) (2 x calc where obs = 0; calc floored at 0.1 inside the log), divided by "
+        "N_observed - N_support - N_free (free LLK: by N_free). Our engine uses the same factor 2 and normalisation, "
+        "so the numbers agree to ~0.1 % on the same iterate. PyNX's GPU kernels omit the factor 2: compare GPU PyNX "
+        "numbers only after multiplying them by 2.",
+        "- At a final smoothing width of 0.5 voxel the built-in support is ~5-6 % larger than PyNX's: the built-in "
+        "engine smooths with the exact Gaussian transfer function exp(-2 pi^2 sigma^2 f^2) (through an FFT), PyNX "
+        "with scipy's sampled, truncated kernel; at sigma = 0.5 they differ by up to 0.09 of the amplitude (at "
+        "sigma >= 1 by < 0.001). With sigma_end = 1 both engines agree to 0.1 %.",
+        "- PyNX's CPU SupportUpdate ignores `update_border_n` (border-only updates exist only on its CUDA/OpenCL "
+        "back-ends), so border_n has no effect with `--engine pynx`.",
+        "- PyNX's CPU ScaleObj('F') scales with a non-unitary FFT, i.e. 1/sqrt(N) too little; pynx_phase_runs "
+        "therefore builds and scales each starting object with our operators (same seeds as phase_runs) and "
+        "hands it to PyNX.",
+        "- PyNX's CPU SupportUpdate also raises SupportTooLarge when the absolute threshold falls below 1 (faint "
+        "data); pynx_phase_runs then restarts the run with the threshold x 1.1, as PyNX's runner does (at most 5 "
+        "times); the built-in engine retunes in place instead.",
+    ])
+
+
 def main(argv=None) -> int:
     """Measure every shape, print the table and write the docs section."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -87,7 +153,15 @@ def main(argv=None) -> int:
     p.add_argument("--cycles", type=int, default=20, help="ER cycles per timed block")
     p.add_argument("--shapes", default="64,128,128x256x256", help="comma list of N or AxBxC")
     p.add_argument("--no-doc", action="store_true", help="print only, do not write docs/benchmarks.md")
+    p.add_argument("--agreement", action="store_true",
+                   help="instead of timing, compare final LLK/support of both engines from the same start")
     a = p.parse_args(argv)
+    if a.agreement:
+        body = agreement()
+        print(body)
+        if not a.no_doc:
+            write_section("PyNX second engine: same start, same recipe", body)
+        return 0
     shapes = []
     for tok in a.shapes.split(","):
         dims = tuple(int(v) for v in tok.lower().split("x"))
@@ -96,31 +170,36 @@ def main(argv=None) -> int:
     for shape in shapes:
         iobs, obj, support = make_data(shape)
         cyc = a.cycles if np.prod(shape) <= 128 ** 3 else max(a.cycles // 4, 3)
-        fft = time_fft_pair(shape, a.repeats)
-        ours = time_builtin(iobs, obj, support, cyc, a.repeats)
+        fft = time_fft_pair(shape, a.repeats, 2)
+        ours = time_builtin(iobs, obj, support, cyc, a.repeats, 2)
+        ours1 = time_builtin(iobs, obj, support, cyc, a.repeats, 1)
         pynx, version = time_pynx(iobs, obj, support, cyc, a.repeats)
-        rows.append((shape, cyc, fft, ours, pynx))
-        print(f"{'x'.join(map(str, shape))}: fft pair {fft * 1e3:.2f} ms, built-in ER {ours * 1e3:.2f} ms, "
-              f"PyNX ER {pynx * 1e3:.2f} ms, ratio {ours / pynx:.3f}, vs FFT {ours / fft:.2f}", flush=True)
-    lines = ["| shape | cycles x repeats | torch FFT pair (ms) | built-in ER (ms/cycle) | PyNX CPU ER (ms/cycle) "
-             "| built-in / PyNX | built-in / FFT pair |", "|---|---|---:|---:|---:|---:|---:|"]
-    for shape, cyc, fft, ours, pynx in rows:
+        rows.append((shape, cyc, fft, ours, ours1, pynx))
+        print(f"{'x'.join(map(str, shape))}: fft pair {fft * 1e3:.2f} ms, built-in ER {ours * 1e3:.2f} ms "
+              f"(1 thread {ours1 * 1e3:.2f}), PyNX ER {pynx * 1e3:.2f} ms, ratio {ours / pynx:.3f}, "
+              f"vs FFT {ours / fft:.2f}", flush=True)
+    lines = ["| shape | cycles x repeats | torch FFT pair, 2 threads (ms) | built-in ER, 2 threads (ms/cycle) "
+             "| built-in ER, 1 thread (ms/cycle) | PyNX CPU ER (ms/cycle) | built-in (2 thr) / PyNX "
+             "| built-in (2 thr) / FFT pair |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for shape, cyc, fft, ours, ours1, pynx in rows:
         lines.append(f"| {'x'.join(map(str, shape))} | {cyc} x {a.repeats} | {fft * 1e3:.2f} | {ours * 1e3:.2f} | "
-                     f"{pynx * 1e3:.2f} | {ours / pynx:.3f} | {ours / fft:.2f} |")
+                     f"{ours1 * 1e3:.2f} | {pynx * 1e3:.2f} | {ours / pynx:.3f} | {ours / fft:.2f} |")
     verdict = []
-    for shape, cyc, fft, ours, pynx in rows:
+    for shape, cyc, fft, ours, ours1, pynx in rows:
         name = "x".join(map(str, shape))
         if shape[0] == shape[1] == shape[2] and shape[0] in (64, 128):
             ok = ours <= pynx / 4
             verdict.append(f"- {name}: built-in <= 1/4 of PyNX: **{'met' if ok else 'missed'}** "
-                           f"(ratio {ours / pynx:.3f}, PyNX/built-in = {pynx / ours:.1f}x)")
+                           f"(ratio {ours / pynx:.3f}; PyNX / built-in = {pynx / ours:.1f}x; with 1 thread "
+                           f"{ours1 / pynx:.3f})")
         ok = ours <= 2 * fft
         verdict.append(f"- {name}: built-in within 2x of one FFT pair: **{'met' if ok else 'missed'}** "
                        f"(ratio {ours / fft:.2f})")
     body = "\n".join([
         f"Command: `{command_line()}`",
         "",
-        f"Machine: {machine()}. Built-in engine: physics.phasing on torch CPU with 2 threads. "
+        f"Machine: {machine()}. Built-in engine: physics.phasing on torch CPU with 2 threads "
+        "(and 1 thread, for comparison under load). "
         f"PyNX {version} CPU back-end (PYNX_PU=cpu, numpy/scipy.fft, single-threaded FFT) in Debian's python3, "
         "timed inside its process (chain time only, no start-up). Same data for both: a simulated 64^3 strained "
         "crystal (1e6 photons at the peak) embedded in the array, Poisson noise, fixed support, no support update. "

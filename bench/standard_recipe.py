@@ -34,8 +34,9 @@ def config_key(a) -> dict:
     return dict(recipe=a.recipe, nb_run=a.nb_run, nb_keep=a.nb_keep, update_period=a.update_period, size=a.size)
 
 
-def load_results(path: Path = RESULTS) -> list[dict]:
+def load_results(path: Path | None = None) -> list[dict]:
     """All result lines written so far (a torn last line from an interrupted run is skipped)."""
+    path = RESULTS if path is None else path
     if not path.exists():
         return []
     out = []
@@ -47,8 +48,9 @@ def load_results(path: Path = RESULTS) -> list[dict]:
     return out
 
 
-def append_result(row: dict, path: Path = RESULTS) -> None:
+def append_result(row: dict, path: Path | None = None) -> None:
     """Append one JSON line and flush it to disk, so an interruption loses at most the crystal in progress."""
+    path = RESULTS if path is None else path
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f:
         f.write(json.dumps(row) + "\n")
@@ -64,10 +66,11 @@ def crystal(bin_name: str, i: int, size: int) -> dict:
 
 
 def score(obj, support, sample) -> dict:
-    """Phase RMSE (rad) and IoU of a reconstruction against the simulated truth (physics.metrics, after alignment)."""
+    """Phase RMSE (rad, over the true support, after twin/shift/offset alignment) and IoU of the engine's final
+    support with the true one, from physics.metrics.compare_to_truth."""
     from physics import metrics
 
-    m = metrics.compare_to_truth(obj, sample["object"], support=support, true_support=sample["support"])
+    m = metrics.compare_to_truth(obj, sample["object"], truth_support=sample["support"], recon_support=support)
     return dict(phase_rmse=float(m["phase_rmse"]), iou=float(m["iou"]))
 
 
@@ -104,25 +107,26 @@ def compute(a) -> None:
     done = {(r["bin"], r["index"], r["engine"]) for r in load_results() if r.get("config") == config_key(a)}
     engines = [e for e in ("builtin", "pynx") if e in a.engines.split(",")]
     bins = [b for b in BINS if b in a.bins.split(",")] if a.bins else list(BINS)
-    for b in bins:
-        for i in range(a.n_per_bin):
-            todo = [e for e in engines if (b, i, e) not in done]
-            if not todo:
-                continue
-            sample = crystal(b, i, a.size)
-            for e in todo:
-                try:
-                    row = run_engine(e, sample, a, seed=i)
-                    row["error"] = None
-                except Exception as ex:  # a failed engine run is a result too (counted as a failure)
-                    row = dict(phase_rmse=None, iou=None, seconds=None, error=f"{type(ex).__name__}: {ex}"[:300])
-                row.update(bin=b, index=i, engine=e, seed=BINS[b][1] + i, config=config_key(a),
-                           true_phase_range=float(sample["phase_range"]), peak_counts=float(sample["peak_counts"]),
-                           shape_kind=str(sample["shape_kind"]), field_kind=str(sample["field_kind"]))
-                row["success"] = bool(row["error"] is None and row["phase_rmse"] <= RMSE_MAX and row["iou"] >= IOU_MIN)
-                append_result(row)
-                print(f"{b} #{i} {e}: rmse={row['phase_rmse']} iou={row['iou']} t={row['seconds']} "
-                      f"{row['error'] or ''}", flush=True)
+    order = ([(b, i) for b in bins for i in range(a.n_per_bin)] if a.order == "bin" else
+             [(b, i) for i in range(a.n_per_bin) for b in bins])
+    for b, i in order:
+        todo = [e for e in engines if (b, i, e) not in done]
+        if not todo:
+            continue
+        sample = crystal(b, i, a.size)
+        for e in todo:
+            try:
+                row = run_engine(e, sample, a, seed=i)
+                row["error"] = None
+            except Exception as ex:  # a failed engine run is a result too (counted as a failure)
+                row = dict(phase_rmse=None, iou=None, seconds=None, error=f"{type(ex).__name__}: {ex}"[:300])
+            row.update(bin=b, index=i, engine=e, seed=BINS[b][1] + i, config=config_key(a), threads=a.threads,
+                       true_phase_range=float(sample["phase_range"]), peak_counts=float(sample["peak_counts"]),
+                       shape_kind=str(sample["shape_kind"]), field_kind=str(sample["field_kind"]))
+            row["success"] = bool(row["error"] is None and row["phase_rmse"] <= RMSE_MAX and row["iou"] >= IOU_MIN)
+            append_result(row)
+            print(f"{b} #{i} {e}: rmse={row['phase_rmse']} iou={row['iou']} t={row['seconds']} "
+                  f"{row['error'] or ''}", flush=True)
 
 
 def report(a) -> str:
@@ -176,6 +180,7 @@ def report(a) -> str:
 
 def main(argv=None) -> int:
     """Compute missing results (default) or write the docs section (--report)."""
+    global RESULTS
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n-per-bin", type=int, default=20, help="crystals per phase-range bin")
     p.add_argument("--nb-run", type=int, default=20, help="independent runs per crystal")
@@ -186,8 +191,12 @@ def main(argv=None) -> int:
     p.add_argument("--engines", default="builtin,pynx", help="comma list: builtin,pynx")
     p.add_argument("--bins", default="", help="comma list of bins (default all): " + ", ".join(BINS))
     p.add_argument("--threads", type=int, default=2, help="torch threads for the built-in engine")
+    p.add_argument("--order", choices=("bin", "index"), default="bin",
+                   help="finish one bin before the next (bin) or go round the bins crystal by crystal (index)")
+    p.add_argument("--results", default=str(RESULTS), help="JSON lines results file (appended, resumable)")
     p.add_argument("--report", action="store_true", help="write the docs section from the results file and exit")
     a = p.parse_args(argv)
+    RESULTS = Path(a.results)
     if a.report:
         body = report(a)
         print(body)
