@@ -167,12 +167,6 @@ def _one_line(err: BaseException) -> str:
     return " ".join(str(err).split()) or type(err).__name__
 
 
-def _as_dict(run) -> dict:
-    if isinstance(run, dict):
-        return run
-    return dict(getattr(run, "__dict__", {}))
-
-
 def _scalar_items(d: dict) -> dict:
     import numpy as np
 
@@ -183,31 +177,24 @@ def _scalar_items(d: dict) -> dict:
     return out
 
 
-def _summarise(result, keep_default: int) -> dict:
-    """Results for the CXI: the best kept run's LLKs at top level, per-run values as arrays."""
+def _summarise(result) -> dict:
+    """Results for the CXI: the best kept run's numbers at top level (PyNX style), every run's as arrays."""
     import numpy as np
 
-    runs = [_as_dict(r) for r in (getattr(result, "runs", None) or [])]
-    kept = list(getattr(result, "kept", None) or [])
-    res: dict = {}
-    best = None
-    if kept and runs and all(isinstance(k, (int, np.integer)) for k in kept):
-        best = runs[int(kept[0])]
-    elif runs:
-        best = runs[0]
-    if best is not None:
-        res.update(_scalar_items(best.get("llk", best) if isinstance(best.get("llk"), dict) else best))
-    per_run: dict = {}
-    for r in runs:
-        flat = _scalar_items(r.get("llk")) if isinstance(r.get("llk"), dict) else {}
-        flat.update(_scalar_items(r))
-        for k, v in flat.items():
-            if isinstance(v, (int, float)) and not isinstance(v, bool):
-                per_run.setdefault(k, []).append(float(v))
-    if per_run and len(runs) > 1:
-        res["runs"] = {k: np.asarray(v) for k, v in per_run.items() if len(v) == len(runs)}
+    runs = list(result.runs or [])
+    kept = [int(k) for k in (result.kept or [])]
+    best = runs[kept[0]] if kept else (runs[0] if runs else {})
+    res: dict = {k: v for k, v in _scalar_items(best).items() if k not in ("run", "kept", "status")}
     if kept:
-        res["kept_runs"] = np.asarray([int(k) if isinstance(k, (int, np.integer)) else -1 for k in kept])
+        res["best_run"] = kept[0]
+        res["kept_runs"] = np.asarray(kept)
+    if len(runs) > 1:
+        per_run: dict = {}
+        for r in runs:
+            for k, v in _scalar_items(r).items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    per_run.setdefault(k, []).append(float(v))
+        res["runs"] = {k: np.asarray(v) for k, v in per_run.items() if len(v) == len(runs)}
     if runs:
         res["run_status"] = ",".join(str(r.get("status", "?")) for r in runs)
     warnings = list(getattr(result, "warnings", None) or [])
@@ -217,6 +204,20 @@ def _summarise(result, keep_default: int) -> dict:
     if w is not None:
         res["first_mode_weight"] = float(w)
     return res
+
+
+def _saved_object_llk(iobs, mask, obj, support, free_mask) -> dict:
+    """LLK figures of the object actually written (the first mode), next to the best run's: prefixed 'mode_'."""
+    from physics.phasing import CDI
+
+    cdi = CDI(iobs, mask=mask, obj=obj, support=support, free_mask=free_mask)
+    llk = cdi.compute_llk()
+    keys = ("llk_poisson", "llk_poisson_free", "r_factor", "r_factor_free", "obj2_out")
+    return {f"mode_{k}": float(llk[k]) for k in keys if k in llk}
+
+
+NOTE = ("image_1/data is the first mode of the kept runs (the run itself when one is kept); "
+        "process_1/results/llk_*, obj2_out, ... are the best run's, results/mode_* those of the saved object.")
 
 
 def run(args) -> int:
@@ -281,7 +282,8 @@ def run(args) -> int:
 
     obj = np.asarray(result.obj)
     support = np.asarray(result.support)
-    results = _summarise(result, keep)
+    results = _summarise(result)
+    results.update(_saved_object_llk(iobs, mask, obj, support, getattr(result, "free_mask", None)))
     results["timings"] = {"read_s": t_read - t0, "engine_setup_s": t_start - t_read,
                           "phasing_s": t_phase - t_start}
     process = {
@@ -292,6 +294,7 @@ def run(args) -> int:
     }
     free_mask = getattr(result, "free_mask", None)
     write_cxi(out, obj, support, iobs=iobs, mask=mask, process=process, results=results, free_mask=free_mask,
+              note=NOTE,
               command="bcdi-recon " + " ".join(sys.argv[1:]) if sys.argv else None)
     written = {}
     if previews_dir is not None:
@@ -304,7 +307,12 @@ def run(args) -> int:
         free = results.get("llk_poisson_free")
         parts = [f"wrote {out}", f"{int(np.count_nonzero(support))} support voxels"]
         if llk is not None:
-            parts.append(f"LLK {llk:.4g}" + (f" (free {free:.4g})" if free is not None else ""))
+            parts.append(f"LLK {llk:.4g}" + (f" (free {free:.4g})" if free is not None else "")
+                         + (" best run" if len(result.kept or []) > 1 else ""))
+        if len(result.kept or []) > 1 and "mode_llk_poisson" in results:
+            parts.append(f"saved first mode ({results.get('first_mode_weight', float('nan')):.0%} of "
+                         f"{len(result.kept)} runs): LLK {results['mode_llk_poisson']:.4g} "
+                         f"(free {results.get('mode_llk_poisson_free', float('nan')):.4g})")
         parts.append(f"{t_phase - t_start:.1f} s phasing")
         if written:
             parts.append("previews " + ", ".join(str(p) for p in written.values()))

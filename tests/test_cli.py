@@ -147,7 +147,7 @@ def test_phase_end_to_end(crystal, tmp_path):
     assert d["process"]["recipe"] == SHORT and d["process"]["engine"] == "builtin"
     assert d["process"]["nb_run"] == 2 and d["process"]["nb_run_keep"] == 2
     assert d["results"]["run_status"].count(",") == 1
-    for key in ("llk_poisson", "llk_poisson_free", "free_llk_poisson", "obj2_out"):
+    for key in ("llk_poisson", "llk_poisson_free", "free_llk_poisson", "obj2_out", "mode_llk_poisson"):
         assert np.isfinite(d["results"][key]), key
     assert d["results"]["timings"]["phasing_s"] > 0
     # the support is a compact blob around the centre, of the order of the true crystal
