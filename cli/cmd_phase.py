@@ -136,6 +136,9 @@ def _check_engine(args):
             raise InputError(f"--engine pynx: PyNX is not installed for {pynx_engine.PYNX_PYTHON} "
                              f"(run {pynx_engine.INSTALL_HINT})")
         _check_recipe(args.recipe)
+        if args.border_n and not args.quiet:
+            print("bcdi-recon: warning: --border-n is ignored by PyNX's CPU back-end (the whole support is "
+                  "re-thresholded)", file=sys.stderr)
         return pynx_engine.pynx_phase_runs
     from physics.phasing import phase_runs, resolve_device
 

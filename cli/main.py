@@ -32,7 +32,8 @@ examples:
   bcdi-recon simulate --out train.h5 --n 1000 --gaps
   bcdi-recon phase crystal.npz --out crystal.cxi --previews previews/
 
-exit codes: 0 success, 1 unexpected failure, 2 bad input or options, 130 interrupted."""
+exit codes: 0 success, 1 unexpected failure, 2 bad input or options, 130 interrupted.
+Errors are one line; --traceback (or BCDI_RECON_TRACEBACK=1) shows the Python traceback instead."""
 
 
 class OneLineParser(argparse.ArgumentParser):
