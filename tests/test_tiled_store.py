@@ -157,3 +157,41 @@ def test_bad_result_writes_nothing(tiled_env, result):
         write_result(client, {**REF, "tiled_path": "elsewhere/x"}, "job-bad", arrays, metadata)
     scans = client["reconstructions/PtNP/PtNP_0001/1.1"] if "reconstructions" in client else {}
     assert "job-bad" not in scans
+
+
+@pytest.fixture(scope="module")
+def multi_user(tmp_path_factory):
+    """A second real server with deploy/tiled/production.yml (SQLite URIs here instead of PostgreSQL) and its keys."""
+    from workers.io.tiled_server import PRODUCTION_CONFIG, TiledServer, provision_keys
+
+    base = tmp_path_factory.mktemp("tiled_mu")
+    env = {"BCDI_TILED_CATALOG_URI": f"sqlite:///{base}/catalog.db", "BCDI_TILED_AUTHN_DB_URI":
+           f"sqlite:///{base}/authn.db", "BCDI_TILED_SECRET_KEY": "k" * 32, "BCDI_TILED_ADMIN_PASSWORD": "pw"}
+    server = TiledServer(base / "data", base / "raw", config=PRODUCTION_CONFIG, extra_env=env, multi_user=True)
+    server.start()
+    try:
+        yield server, provision_keys(server.uri, "pw")
+    finally:
+        server.stop()
+
+
+def test_production_config_workers_write_viewers_only_read(multi_user, result):
+    from tiled.client import from_uri
+    from tiled.client.utils import ClientError
+
+    server, keys = multi_user
+    arrays, previews, metadata = result
+    worker = from_uri(server.uri, api_key=keys["worker_key"])
+    path = write_result(worker, REF, "job-mu", arrays, metadata)
+    viewer = from_uri(server.uri, api_key=keys["viewer_key"])
+    back, meta = read_result(viewer, path)
+    np.testing.assert_array_equal(back["strain"], arrays["strain"])
+    with pytest.raises(ClientError, match="401"):
+        viewer[path].update_metadata({"status": "tampered"})
+    with pytest.raises(ClientError, match="401"):
+        write_result(viewer, REF, "job-viewer", arrays, metadata)
+    assert "job-viewer" not in worker["reconstructions/PtNP/PtNP_0001/1.1"]
+    import httpx
+
+    wrong = httpx.get(f"{server.uri}/api/v1/metadata/{path}", headers={"Authorization": "Apikey not-a-key"})
+    assert wrong.status_code == 401

@@ -23,8 +23,9 @@ from physics.errors import InputError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = REPO_ROOT / "deploy" / "tiled" / "embedded.yml"
+PRODUCTION_CONFIG = REPO_ROOT / "deploy" / "tiled" / "production.yml"
 
-__all__ = ["TiledServer", "free_port", "tiled_executable", "DEFAULT_CONFIG"]
+__all__ = ["TiledServer", "free_port", "tiled_executable", "provision_keys", "DEFAULT_CONFIG", "PRODUCTION_CONFIG"]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -49,7 +50,8 @@ class TiledServer:
     """A Tiled server subprocess on loopback: ``with TiledServer(data_dir, raw_dir) as server: server.client()``."""
 
     def __init__(self, data_dir: str | os.PathLike, raw_dir: str | os.PathLike, *, api_key: str | None = None,
-                 config: str | os.PathLike = DEFAULT_CONFIG, host: str = "127.0.0.1", port: int | None = None):
+                 config: str | os.PathLike = DEFAULT_CONFIG, host: str = "127.0.0.1", port: int | None = None,
+                 extra_env: dict[str, str] | None = None, multi_user: bool = False):
         self.data_dir = Path(data_dir).resolve()
         self.raw_dir = Path(raw_dir).resolve()
         self.api_key = api_key or secrets.token_hex(16)
@@ -58,6 +60,8 @@ class TiledServer:
         self.port = port
         self.process: subprocess.Popen | None = None
         self.log_path = self.data_dir / "tiled-server.log"
+        self.extra_env = dict(extra_env or {})
+        self.multi_user = multi_user  # production.yml: per-user keys, no single-user key in the environment
 
     @property
     def uri(self) -> str:
@@ -66,9 +70,11 @@ class TiledServer:
 
     def env(self) -> dict[str, str]:
         """Environment for the server and `tiled register`: paths and key used by the config file."""
-        env = dict(os.environ)
-        env.update(BCDI_TILED_DATA=str(self.data_dir), BCDI_TILED_RAW=str(self.raw_dir),
-                   TILED_SINGLE_USER_API_KEY=self.api_key)
+        env = {k: v for k, v in os.environ.items() if k != "TILED_SINGLE_USER_API_KEY"}
+        env.update(BCDI_TILED_DATA=str(self.data_dir), BCDI_TILED_RAW=str(self.raw_dir))
+        if not self.multi_user:
+            env["TILED_SINGLE_USER_API_KEY"] = self.api_key
+        env.update(self.extra_env)
         return env
 
     def start(self, timeout: float = 120.0) -> "TiledServer":
@@ -137,3 +143,36 @@ class TiledServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def provision_keys(uri: str, admin_password: str, *, provider: str = "local", username: str = "admin",
+                   timeout: float = 30.0) -> dict[str, str]:
+    """On a multi-user server (production.yml): API keys for the registrar (admin), the workers and the viewers.
+
+    The workers get a service principal (role 'user') whose key inherits read/create/write scopes; the viewers get
+    a service principal whose key only has read:metadata and read:data, so any write with it is refused (401).
+    """
+    base = uri.rstrip("/") + "/api/v1"
+    with httpx.Client(timeout=timeout) as http:
+        r = http.post(f"{base}/auth/provider/{provider}/token", data={"username": username, "password": admin_password})
+        if r.status_code != 200:
+            raise RuntimeError(f"admin log-in to {uri} failed: HTTP {r.status_code} {r.text[:200]}")
+        auth = {"Authorization": f"Bearer {r.json()['access_token']}"}
+
+        def post(path: str, **kw) -> dict:
+            resp = http.post(f"{base}{path}", headers=auth, **kw)
+            if resp.status_code != 200:
+                raise RuntimeError(f"POST {path} failed: HTTP {resp.status_code} {resp.text[:200]}")
+            return resp.json()
+
+        admin_key = post("/auth/apikey", json={"scopes": ["inherit"], "expires_in": None,
+                                               "note": "bcdi-recon registrar"})["secret"]
+        worker = post("/auth/principal", params={"role": "user"})["uuid"]
+        worker_key = post(f"/auth/principal/{worker}/apikey",
+                          json={"scopes": ["inherit"], "expires_in": None, "note": "bcdi-recon workers"})["secret"]
+        viewer = post("/auth/principal", params={"role": "user"})["uuid"]
+        viewer_key = post(f"/auth/principal/{viewer}/apikey",
+                          json={"scopes": ["read:metadata", "read:data"], "expires_in": None,
+                                "note": "viewers, read-only"})["secret"]
+    return {"admin_key": admin_key, "worker_key": worker_key, "viewer_key": viewer_key,
+            "worker_principal": worker, "viewer_principal": viewer}

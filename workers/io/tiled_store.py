@@ -182,7 +182,7 @@ def _find_detector_tiled(entry, detector: str | None, scan: str) -> str:
 
 
 def load_scan_tiled(client, ref: "dict | ScanRef", *, roi_size: tuple[int, int] | None = (256, 256),
-                    probe_frames: int = 7, hot_pixels: bool = True, monitor: str | None = None,
+                    probe_frames: int = 5, hot_pixels: bool = True, monitor: str | None = None,
                     allowed_prefixes=ALLOWED_PREFIXES) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Read one scan through Tiled: (frames float32 (z, y, x) of a detector region, mask bool, metadata).
 
@@ -317,8 +317,9 @@ def make_previews(arrays: dict[str, np.ndarray], title: str | None = None) -> di
     log_i = np.asarray(arrays["intensity_crop"], dtype=np.float32)
     phase64 = np.asarray(arrays["reciprocal_phase_predicted"], dtype=np.float32)
     intensity64 = resize_to(np.power(10.0, log_i) - 1.0, phase64.shape)
+    shown = np.asarray(arrays["amplitude"]) * np.exp(1j * np.asarray(arrays["phase"]))  # ramp/offset removed
     return {
-        "preview_object": object_preview(arrays["object"], support, title=title),
+        "preview_object": object_preview(shown, support, title=title),
         "preview_strain": _strain_preview(np.asarray(arrays["strain"]), support, title=title),
         "preview_reciprocal": intensity_preview(intensity64, phase64, title=title),
     }

@@ -1,0 +1,61 @@
+"""Screenshot one result container in Tiled's web UI with headless Chromium (docs/screenshots/).
+
+Starts the embedded Tiled server in a temporary folder, writes one result container (a simulated crystal standing in
+for a reconstruction: the true object, its support and diffraction, with real strain maps and previews), then saves
+PNGs of the container page and of the colour previews. Needs Debian's chromium (apt-get install -y chromium).
+Usage: python deploy/tiled/screenshot_result.py [OUT_DIR]
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from physics.simulate import SimParams, simulate_sample
+from workers.io.tiled_server import TiledServer
+from workers.io.tiled_store import build_result_arrays, make_previews, write_result
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--hide-scrollbars", "--virtual-time-budget=15000"]
+
+
+def screenshot(url: str, out: Path, size=(1400, 1000)) -> None:
+    """Save a PNG of ``url`` rendered by headless Chromium with a fresh profile."""
+    with tempfile.TemporaryDirectory() as profile:
+        cmd = ["chromium", *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--window-size={size[0]},{size[1]}",
+               f"--screenshot={out}", url]
+        subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+
+
+def main(out_dir: str = "docs/screenshots") -> None:
+    out = Path(out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp, TiledServer(Path(tmp) / "data", Path(tmp) / "raw") as server:
+        s = simulate_sample(11, SimParams(size=64, phase_range=(3 * np.pi, 3 * np.pi)))
+        recip = np.angle(np.fft.fftshift(np.fft.fftn(np.fft.ifftshift(s["object"]), norm="ortho")))
+        meta_in = {"energy_eV": 9000.0, "delta_deg": 36.0, "nu_deg": 0.5, "distance_m": 0.85,
+                   "pixel_size_x_m": 55e-6, "pixel_size_y_m": 55e-6, "rocking_motor": "eta",
+                   "rocking_step_deg": 0.005, "eta_deg": 18.0}
+        arrays, strain_meta = build_result_arrays(s["object"], s["support"], s["intensity"], recip, meta_in)
+        previews = make_previews(arrays, title="PtNP_0001 scan 1.1 (simulated crystal)")
+        metadata = {"engine": "simulated ground truth (screenshot of the result layout)", "input": meta_in,
+                    "strain": strain_meta, "metrics": {"support_size": int(s["support"].sum())}}
+        ref = {"tiled_path": "raw/PtNP/PtNP_0001", "scan": "1.1", "detector": "mpx1x4"}
+        path = write_result(server.client(), ref, "job-demo", arrays, metadata, previews)
+        key = f"api_key={server.api_key}"
+        pages = {"tiled_result_container.png": f"{server.uri}/ui/browse/{path}?{key}",
+                 "tiled_preview_object.png": f"{server.uri}/ui/browse/{path}/preview_object?{key}",
+                 "tiled_preview_strain.png": f"{server.uri}/ui/browse/{path}/preview_strain?{key}",
+                 "tiled_strain_array.png": f"{server.uri}/ui/browse/{path}/strain?{key}"}
+        for name, url in pages.items():
+            screenshot(url, out / name)
+            print(out / name)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
