@@ -237,18 +237,19 @@ def pynx_phase_runs(iobs, mask=None, recipe: str = DEFAULT_RECIPE, nb_run: int =
                     border_n: int = 0, progress=None, should_cancel=None, method: str = "rms",
                     smooth_width=(2.0, 0.5, None), force_shrink: bool = False, max_obj2_out: float = 0.10,
                     autocorrelation_range=(0.09, 0.11), free_mask=None, free_ratio: float = 0.05,
-                    max_restart: int = 5, upsample: int = 20, timeout: float | None = None):
+                    max_restart: int = 5, upsample: int = 20, center: bool = True, timeout: float | None = None):
     """physics.phasing.phase_runs with the runs done by PyNX (CPU); same signature and MultiRunResult.
 
     Each run starts exactly like the built-in one for the same seed (same free mask, autocorrelation support, random
     object scaled by ScaleObj('F'), threshold drawn from threshold_range), built by our operators, then PyNX runs the
     recipe. A diverging support restarts the run with the threshold retuned by 1.1 (PyNX runner style, at most
     max_restart times; PyNX has no in-place retune). Selection (obj2_out <= max_obj2_out, lowest free LLK scored by
-    our LLK code on PyNX's result) and modes reuse physics.phasing. device is ignored; border_n too (PyNX CPU).
+    our LLK code on PyNX's result), centring and modes reuse physics.phasing. device is ignored; border_n too
+    (PyNX CPU). timeout (s) bounds each PyNX child process.
     """
     from physics.align import align
     from physics.phasing import CDI
-    from physics.phasing.multirun import MultiRunResult, ortho_modes
+    from physics.phasing.multirun import MultiRunResult, center_on_support, ortho_modes
     from physics.phasing.operators import AutoCorrelationSupport, InitObjRandom, ScaleObj, free_pixel_mask
 
     if nb_run < 1 or nb_keep < 1:
@@ -331,6 +332,8 @@ def pynx_phase_runs(iobs, mask=None, recipe: str = DEFAULT_RECIPE, nb_run: int =
     for c in good:
         runs[c[1]]["kept"] = True
     best_obj, best_support = good[0][2], good[0][3]
+    if center:
+        best_obj, best_support, _ = center_on_support(best_obj, best_support)
     aligned = [best_obj]
     for c in good[1:]:
         a, ainfo = align(best_obj, c[2], upsample=upsample)
