@@ -14,6 +14,7 @@ inverse mapping of a 64³ reciprocal-space phase is a wrap-aware interpolation (
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
@@ -31,6 +32,8 @@ __all__ = [
     "resize_phase",
     "fit_object_to",
     "uncrop_index",
+    "prepare",
+    "Prepared",
 ]
 
 
@@ -241,3 +244,54 @@ def fit_object_to(obj: np.ndarray, shape: Sequence[int]) -> np.ndarray:
         dst.append(slice(d0, d0 + m))
     out[tuple(dst)] = obj[tuple(src)]
     return out
+
+
+@dataclass
+class Prepared:
+    """A measured peak ready for phasing: centred FFT-friendly crop (optionally binned) plus how it was made."""
+
+    intensity: np.ndarray  # float32, peak at n//2 per axis
+    mask: np.ndarray  # bool, True = bad
+    peak: tuple[int, ...]  # peak voxel in the input array
+    offsets: tuple[int, ...]  # crop start indices in the input array
+    binning: tuple[int, ...]
+    crop_shape: tuple[int, ...]  # before binning
+
+    def metadata(self) -> dict:
+        """JSON-friendly description (for CXI/Tiled metadata)."""
+        return {"peak": list(self.peak), "crop_offsets": list(self.offsets), "crop_shape": list(self.crop_shape),
+                "binning": list(self.binning), "shape": list(self.intensity.shape)}
+
+
+def prepare(intensity: np.ndarray, mask: np.ndarray | None = None, size: int | Sequence[int] | None = None,
+            binning: int | Sequence[int] = 1, min_size: int | Sequence[int] = 16, box: int | Sequence[int] = 32,
+            max_prime: int = 7) -> Prepared:
+    """find_peak -> centred FFT-friendly crop -> optional binning (sum; mask 'any'), keeping sizes FFT-friendly.
+
+    With binning, each cropped axis is first reduced to a multiple of the factor whose quotient is even and
+    7-smooth, trimming symmetrically so the peak stays at n//2.
+    """
+    intensity = np.asarray(intensity)
+    if mask is None:
+        mask = np.zeros(intensity.shape, dtype=bool)
+    mask = np.asarray(mask, dtype=bool)
+    if mask.shape != intensity.shape:
+        raise InputError(f"mask shape {mask.shape} differs from intensity shape {intensity.shape}")
+    peak = find_peak(intensity, mask, box=box)
+    factors = _as_tuple(binning, intensity.ndim, "binning")
+    cropped, offsets = crop(intensity, peak, size, min_size=min_size, max_prime=max_prime)
+    shape = list(cropped.shape)
+    offsets = list(offsets)
+    if any(f > 1 for f in factors):
+        for axis, f in enumerate(factors):
+            n_binned = fft_friendly_size(shape[axis] // f, max_prime)
+            if n_binned < 2:
+                raise InputError(f"binning {f} on axis {axis} leaves fewer than 2 voxels of a {shape[axis]}-voxel crop")
+            trim = shape[axis] - n_binned * f
+            offsets[axis] += trim // 2
+            shape[axis] = n_binned * f
+    crop_mask = crop_like(mask, offsets, shape)
+    cropped = crop_like(intensity, offsets, shape).astype(np.float32)
+    binned = bin_array(cropped, factors, mode="sum").astype(np.float32)
+    bmask = bin_array(crop_mask, factors, mode="any")
+    return Prepared(binned, bmask, tuple(peak), tuple(int(o) for o in offsets), factors, tuple(shape))

@@ -129,3 +129,26 @@ def test_fit_object_to_is_centred_pad_and_crop():
     assert big[25 + (30 - 32), 48 + (31 - 32), 40] == obj[30, 31, 32]
     back = fit_object_to(big, (64, 64, 64))
     assert np.array_equal(back, obj)
+
+
+def test_prepare_crops_bins_and_records_offsets():
+    from physics.preprocess import prepare
+
+    shape = (51, 200, 180)
+    intensity = gaussian_peak(shape, (25, 110, 70), sigma=3)
+    mask = np.zeros(shape, bool)
+    mask[:, 100, :] = True
+    p = prepare(intensity, mask, size=(64, 96, 96), binning=(1, 2, 2))
+    assert p.peak == (25, 110, 70) and p.crop_shape == (50, 96, 96)
+    assert p.intensity.shape == (50, 48, 48) and p.mask.shape == (50, 48, 48)
+    assert np.unravel_index(np.argmax(p.intensity), p.intensity.shape) in {(25, 23, 23), (25, 24, 24), (25, 23, 24),
+                                                                           (25, 24, 23)}
+    # binning by sum conserves the counts inside the crop box; the masked row becomes one binned masked row
+    box = tuple(slice(o, o + n) for o, n in zip(p.offsets, p.crop_shape))
+    assert p.intensity.sum() == pytest.approx(intensity[box].sum(), rel=1e-5)
+    assert p.mask[:, (100 - p.offsets[1]) // 2, :].all() and p.mask.sum() == 50 * 48
+    assert p.metadata()["crop_offsets"] == list(p.offsets)
+    # a 3-fold binning of a 96 crop: 32 is 2-smooth, kept; of 50 frames: 16 binned frames (48 used)
+    q = prepare(intensity, mask, size=(64, 96, 96), binning=(3, 3, 3))
+    assert q.intensity.shape == (16, 32, 32) and q.crop_shape == (48, 96, 96)
+    assert q.offsets[0] == 1  # trimmed symmetrically: the peak stays at the centre
