@@ -153,8 +153,8 @@ class CDI:
     def _update_fourier_cache(self) -> None:
         """Precompute what the magnitude projection needs: sqrt(Iobs) on projected voxels, 1 elsewhere."""
         self._observed = ~self._mask & ~self._free  # voxels whose amplitude is imposed
-        self._sqrt_m = torch.sqrt(self._iobs) * self._observed
-        self._notobs_f = (~self._observed).to(torch.float32)
+        self._sqrt_iobs = torch.sqrt(self._iobs)
+        self._unobs_idx = torch.nonzero(~self._observed.reshape(-1)).reshape(-1)
         self.nb_observed = int((~self._mask).sum())
         self.nb_free = int(self._free.sum())
 
@@ -187,16 +187,18 @@ class CDI:
     def _project(self, calc_llk: bool = False) -> torch.Tensor:
         """Return P_M(obj): unitary FFT, |Psi| replaced by sqrt(Iobs) on observed non-free voxels, inverse FFT.
 
-        (torch's FFT with out= is slower on CPU than a fresh result, so FFT outputs are not preallocated.)
+        Psi <- sgn(Psi) * sqrt(Iobs) in place (sgn(0) = 0, and much cheaper than complex abs on CPU), with the
+        few masked and free voxels saved before and written back (they keep the calculated value).
+        torch's FFT with out= is slower on CPU than a fresh result, so FFT outputs are not preallocated.
         """
         psi = torch.fft.fftn(self._obj, norm="ortho")
-        amp = torch.abs(psi)
         if calc_llk:
-            self._store_llk(amp)
-        amp.clamp_min_(1e-20)
-        # ratio sqrt(Iobs)/|Psi| on observed voxels, 1 on masked and free voxels (they keep the calculated value)
-        torch.addcdiv(self._notobs_f, self._sqrt_m, amp, out=amp)
-        psi.mul_(amp)
+            self._store_llk(torch.abs(psi))
+        flat = psi.view(-1)
+        keep = flat.index_select(0, self._unobs_idx) if self._unobs_idx.numel() else None
+        psi.sgn_().mul_(self._sqrt_iobs)
+        if keep is not None:
+            flat.index_copy_(0, self._unobs_idx, keep)
         return torch.fft.ifftn(psi, norm="ortho")
 
     def _store_llk(self, amp: torch.Tensor) -> None:
