@@ -29,12 +29,17 @@ class ReconOptions:
     threshold: float = 0.25  # shrink-wrap threshold, relative to the rms of the smoothed modulus in the support
     smooth: float = 0.5  # Gaussian sigma (voxels) of the shrink-wrap smoothing during refinement
     init_threshold: float = 0.2  # initial support: smoothed |object| > init_threshold * max
-    crop_size: int | None = None  # crop box (FFT-friendly); None: 64³ inputs are not cropped, others use the largest box
+    crop_size: int | tuple | None = None  # crop box (FFT-friendly); None: 64³ inputs are not cropped, else largest box
     free_ratio: float = 0.05  # fraction of voxels withheld for free LLK
     device: str = "cpu"
     seed: int = 0
+    engine: str = "builtin"  # refinement engine: builtin (torch) or pynx (CPU back-end ignores border_n)
 
     def __post_init__(self):
+        if self.engine == "torch":
+            self.engine = "builtin"
+        if self.engine not in ("builtin", "pynx"):
+            raise InputError(f"unknown engine {self.engine!r}: use builtin or pynx")
         if self.refine < 0:
             raise InputError(f"refine must be >= 0 ER cycles, got {self.refine}")
         if self.update_period < 1:
@@ -43,8 +48,8 @@ class ReconOptions:
             raise InputError(f"border_n must be >= 0, got {self.border_n}")
         if not 0 < self.threshold < 1 or not 0 < self.init_threshold < 1:
             raise InputError(f"support thresholds must be in (0, 1), got {self.threshold}, {self.init_threshold}")
-        if self.crop_size is not None and self.crop_size < 16:
-            raise InputError(f"crop size must be >= 16, got {self.crop_size}")
+        if self.crop_size is not None and min(np.atleast_1d(self.crop_size)) < 16:
+            raise InputError(f"crop size must be >= 16 per axis, got {self.crop_size}")
 
 
 @dataclass
@@ -134,7 +139,19 @@ def reconstruct(intensity: np.ndarray, mask: np.ndarray | None, predict: Callabl
     timings["ifft"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    if options.refine > 0:
+    if options.refine > 0 and options.engine == "pynx":
+        from workers.engines.pynx_engine import pynx_run_recipe
+
+        progress("refine", 0.0)
+        out = pynx_run_recipe(i_crop, mask=m_crop, obj=cdi.get_obj(), support=cdi.get_support(),
+                              free_mask=cdi.get_free_mask(), recipe=f"ER**{options.refine}",
+                              support_update=dict(threshold_relative=options.threshold, method="rms",
+                                                  smooth_width=options.smooth, force_shrink=False,
+                                                  border_n=options.border_n),
+                              update_period=options.update_period, seed=options.seed)
+        cdi.set_obj(out["obj"])
+        cdi.set_support(out["support"])
+    elif options.refine > 0:
         sup = SupportUpdate(threshold_relative=options.threshold, method="rms", smooth_width=options.smooth,
                             border_n=options.border_n)
         total = options.refine
@@ -148,3 +165,74 @@ def reconstruct(intensity: np.ndarray, mask: np.ndarray | None, predict: Callabl
                        phase_cnn=phase64, intensity_cnn=i64, crop_offsets=tuple(int(o) for o in offsets),
                        input_shape=tuple(intensity.shape), llk=llk, timings=timings, options=asdict(options),
                        free_mask=cdi.get_free_mask())
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The service's job runner: scan from Tiled -> reconstruct -> strain -> results and previews into Tiled.
+
+_MODELS: dict = {}
+
+
+def _model(device: str, path: str | None = None):
+    """The CNN, loaded once per (weights, device) and kept across jobs."""
+    from models.predict import load_model
+
+    key = (path, device)
+    if key not in _MODELS:
+        _MODELS[key] = load_model(path, device=device)
+    return _MODELS[key]
+
+
+def warm_up(device: str | None = None) -> None:
+    """Load the model before the first job (the worker calls this once at start)."""
+    _model(device or "cpu")
+
+
+def run_job(spec: dict, progress: Progress = _noop, should_cancel: Callable[[], bool] | None = None) -> dict:
+    """Run one queued job: spec has job_id, scan (Tiled reference), options, device and tiled {url, api_key}.
+
+    Returns a small summary (Tiled path of the results, LLKs, support size, timings); the arrays go to Tiled.
+    """
+    from workers.io.tiled_store import build_result_arrays, connect, load_scan_tiled, make_previews, write_result
+
+    opts_in = dict(spec.get("options") or {})
+    device = spec.get("device") or "cpu"
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    progress("read", 0.0)
+    tiled = spec.get("tiled") or {}
+    client = connect(tiled.get("url"), tiled.get("api_key"))
+    frames, mask, meta = load_scan_tiled(client, spec["scan"])
+    timings["read"] = time.perf_counter() - t
+    crop_size = opts_in.get("crop_size")
+    options = ReconOptions(refine=int(opts_in.get("er_cycles", 400)),
+                           threshold=float(opts_in.get("support_threshold", 0.25)),
+                           border_n=int(opts_in.get("border_n", 2)),
+                           crop_size=tuple(crop_size) if crop_size else None,
+                           engine=opts_in.get("engine", "builtin"), device=device)
+    model = _model(device, opts_in.get("model"))
+    res = reconstruct(frames, mask, model.predict_phase, options, progress=progress, should_cancel=should_cancel)
+    timings.update(res.timings)
+    t = time.perf_counter()
+    progress("strain", 0.0)
+    arrays, strain_meta = build_result_arrays(res.obj, res.support, res.intensity_crop, res.phase_cnn, meta)
+    previews = make_previews(arrays, title=f"job {spec['job_id']}")
+    timings["strain"] = time.perf_counter() - t
+    if should_cancel is not None and should_cancel():
+        from physics.phasing import Cancelled
+
+        raise Cancelled("cancelled before publishing")
+    t = time.perf_counter()
+    progress("publish", 0.0)
+    llk = {k: v for k, v in res.llk.items() if isinstance(v, (int, float))}
+    metadata = {"scan": spec["scan"], "model": {"name": model.name, "sha256": model.sha256,
+                                                "arch": model.arch_config},
+                "engine": options.engine, "recipe": f"ER**{options.refine}", "parameters": asdict(options),
+                "metrics": {**llk, "support_size": int(res.support.sum())}, "timings": timings,
+                "crop_offsets": list(res.crop_offsets), "input": meta, "strain": strain_meta}
+    path = write_result(client, spec["scan"], spec["job_id"], arrays, metadata, previews)
+    timings["publish"] = time.perf_counter() - t
+    progress("publish", 1.0)
+    return {"tiled_path": path, "llk_poisson": llk.get("llk_poisson"), "llk_poisson_free": llk.get("llk_poisson_free"),
+            "obj2_out": llk.get("obj2_out"), "support_size": int(res.support.sum()),
+            **{f"t_{k}": round(v, 4) for k, v in timings.items()}}
