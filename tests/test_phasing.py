@@ -302,3 +302,14 @@ def test_cuda_gives_the_same_result_as_cpu(xtal):
     np.testing.assert_allclose(out["cuda"][0], out["cpu"][0], atol=1e-3 * np.abs(out["cpu"][0]).max())
     assert (out["cuda"][1] == out["cpu"][1]).mean() > 0.999
     assert out["cuda"][2]["llk_poisson"] == pytest.approx(out["cpu"][2]["llk_poisson"], rel=1e-3)
+
+
+def test_conventions_match_the_simulator():
+    simulate = pytest.importorskip("physics.simulate")
+    s = simulate.simulate_sample(0, simulate.SimParams(size=32, phase_range=(1.0, 2.0), oversampling=(3.0, 3.5),
+                                                        peak_counts=(1e6, 1e6)))
+    cdi = CDI(s["intensity_clean"], obj=s["object"], support=s["support"])
+    llk = cdi.compute_llk()
+    assert llk["r_factor"] < 1e-3 and abs(llk["llk_gaussian"]) < 1e-3
+    np.testing.assert_allclose(np.abs(fourier(cdi.get_obj())) ** 2, s["intensity_clean"],
+                               atol=1e-4 * s["intensity_clean"].max())

@@ -151,7 +151,7 @@ class CDI:
 
     # ---------------------------------------------------------------- caches
     def _update_fourier_cache(self) -> None:
-        """Precompute what the magnitude projection needs: sqrt(Iobs) on projected voxels, 1 elsewhere."""
+        """Precompute what the magnitude projection needs: sqrt(Iobs) and the indices of masked/free voxels."""
         self._observed = ~self._mask & ~self._free  # voxels whose amplitude is imposed
         self._sqrt_iobs = torch.sqrt(self._iobs)
         self._unobs_idx = torch.nonzero(~self._observed.reshape(-1)).reshape(-1)
