@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from contextlib import ExitStack
 import sys
 
 import pytest
@@ -141,7 +142,8 @@ def test_events_stream_progress_until_success_and_metrics(qsettings):
         job = api.post(API, json={**BODY, "options": {"er_cycles": 60, "crop_size": [16, 16, 16]}},
                        headers=SUB).json()["id"]
         events = []
-        with worker_thread(s, "sse-worker"), api.stream("GET", f"{API}/{job}/events", headers=READ) as r:
+        with ExitStack() as stack:
+            r = stack.enter_context(api.stream("GET", f"{API}/{job}/events", headers=READ))
             assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
             name = None
             for line in r.iter_lines():
@@ -149,6 +151,8 @@ def test_events_stream_progress_until_success_and_metrics(qsettings):
                     name = line.split(":", 1)[1].strip()
                 elif line.startswith("data:"):
                     events.append((name, json.loads(line[5:])))
+                    if len(events) == 1:  # the queued snapshot arrived: now let a worker take the job
+                        stack.enter_context(worker_thread(s, "sse-worker"))
         assert all(n == "status" for n, _ in events)
         states = [e["state"] for _, e in events]
         assert states[0] == "queued" and states[-1] == "succeeded" and "running" in states
