@@ -1,4 +1,4 @@
-"""Shared helpers for the benchmarks: timing medians, machine description, and writing one section of docs/benchmarks.md."""
+"""Shared helpers for the benchmarks: timing medians, machine description, one section of docs/benchmarks.md."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "benchmarks.md"
-DOC_TITLE = "# Benchmarks\n\nEach section is written by a script in `bench/` and records the exact command that produced it.\n"
+DOC_TITLE = ("# Benchmarks\n\nEach section is written by a script in `bench/` and records the exact command that "
+             "produced it.\n")
 
 
 def command_line() -> str:

@@ -1,4 +1,4 @@
-"""PyNX as a second engine: recipe translation, availability errors, and real-PyNX agreement with the built-in engine."""
+"""PyNX as a second engine: recipe translation, availability errors, real-PyNX agreement with the built-in engine."""
 
 import numpy as np
 import pytest

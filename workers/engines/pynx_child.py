@@ -179,7 +179,8 @@ def _one_run(pc, arrays, params, run):
                 llk_poisson_free=float(llk[3]), llk_gaussian_free=float(llk[4]), llk_euclidian_free=float(llk[5]),
                 llk_poisson_sum=float(raw[0]), llk_poisson_free_sum=float(raw[3]),
                 nb_observed_points=int(cdi.nb_observed_points), nb_free_points=int(cdi.nb_free_points or 0),
-                obj2_out=obj2_out, support_size=int(cdi.get_support().sum()), seconds=seconds, chain_seconds=chain_seconds,
+                obj2_out=obj2_out, support_size=int(cdi.get_support().sum()), seconds=seconds,
+                chain_seconds=chain_seconds,
                 nb_cycle=int(cdi.cycle), threshold_relative=thr, tries=tries, chain=chain_string(segments), seed=seed)
     info["projected"] = fftshift(cdi.get_obj()).astype(np.complex64)
     return last, fftshift(cdi.get_support() > 0), fftshift(cdi.get_free_pixel_mask()), info

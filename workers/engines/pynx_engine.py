@@ -221,7 +221,8 @@ def _result(iobs, mask, out, run, i, info, wall) -> dict:
     """Assemble the per-run result dict (ours + PyNX's own LLK numbers)."""
     obj, support, free = out[f"obj_{i}"], out[f"support_{i}"].astype(bool), out["free_mask"].astype(bool)
     res = dict(obj=obj, support=support, free_mask=free, obj2_out=run["obj2_out"], support_size=int(support.sum()),
-               seconds=run["seconds"], wall_seconds=wall, chain=run["chain"], threshold_relative=run["threshold_relative"],
+               seconds=run["seconds"], wall_seconds=wall, chain=run["chain"],
+               threshold_relative=run["threshold_relative"],
                pynx_llk_poisson=run["llk_poisson"], pynx_llk_poisson_free=run["llk_poisson_free"],
                pynx_version=info.get("pynx_version"), seed=run["seed"])
     if f"projected_{i}" in out:
