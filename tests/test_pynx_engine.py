@@ -136,3 +136,31 @@ def test_pynx_phase_runs_selects_and_combines_like_phase_runs():
     assert kept_scores == sorted(kept_scores)
     # the reconstructed support covers a sensible fraction of the true crystal (not empty, not the whole box)
     assert 0.3 * s["support"].sum() < res.support.sum() < 4 * s["support"].sum()
+
+
+@pytest.mark.pynx
+@pytest.mark.skipif(not pynx_available(), reason=f"PyNX not installed: run {INSTALL_HINT}")
+def test_child_protocol_standalone(tmp_path):
+    """The child script alone (Debian python3, no package of ours): npz + JSON in, npz + JSON out, or error.txt."""
+    import json
+    import subprocess
+
+    iobs, obj, support, free, _ = _crystal(32)
+    np.savez(tmp_path / "in.npz", iobs=iobs, obj=obj, support=support, free_mask=free)
+    (tmp_path / "params.json").write_text(json.dumps(dict(recipe="ER**30", update_period=10,
+                                                          support_update=dict(threshold_relative=0.25))))
+    r = subprocess.run([pynx_engine.PYNX_PYTHON, str(pynx_engine.CHILD), str(tmp_path)], env=pynx_engine._child_env(),
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    info = json.loads((tmp_path / "out.json").read_text())
+    run = info["runs"][0]
+    assert info["pynx_version"] and run["nb_cycle"] == 30 and run["chain"] == "(Sup*ER**10)**3"
+    with np.load(tmp_path / "out.npz") as f:
+        assert f["obj_0"].shape == iobs.shape and np.array_equal(f["free_mask"], free)
+        assert f["support_0"].sum() == run["support_size"]
+    (tmp_path / "in.npz").unlink()
+    r = subprocess.run([pynx_engine.PYNX_PYTHON, str(pynx_engine.CHILD), str(tmp_path)], env=pynx_engine._child_env(),
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1
+    err = (tmp_path / "error.txt").read_text()
+    assert "\n" not in err.strip() and "in.npz" in err

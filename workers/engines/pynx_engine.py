@@ -197,8 +197,10 @@ def pynx_run_recipe(iobs, mask=None, obj=None, support=None, free_mask=None, rec
 
     obj None: random start inside the support; support None: autocorrelation support (threshold 0.1);
     support_update None: no support update (as in run_recipe); its border_n is ignored by PyNX's CPU back-end.
-    ``llk_poisson``/``llk_poisson_free`` are ours (physics.metrics on PyNX's last iterate); PyNX's own normalised
-    values are under ``pynx_llk_poisson``/``pynx_llk_poisson_free`` (its CPU helper is 2x the GPU kernels' scale).
+    obj is PyNX's last iterate (as get_obj() after run_recipe), obj_projected the object after its final magnitude
+    projection. ``llk_poisson``/``llk_poisson_free`` are ours (physics.phasing's LLK on PyNX's last iterate, support
+    and free mask); PyNX's own get_llk() values are ``pynx_llk_poisson``/``pynx_llk_poisson_free`` (same scale on
+    the CPU back-end; PyNX's GPU kernels are 2x smaller).
     """
     iobs = _check_iobs(iobs)
     shape = iobs.shape
