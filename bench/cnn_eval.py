@@ -15,7 +15,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -23,7 +22,6 @@ from pathlib import Path
 import numpy as np
 
 RESULTS = Path(__file__).parent / "results"
-DOC = Path(__file__).parents[1] / "docs" / "benchmarks.md"
 SECTION = "CNN + ER against the standard recipe (simulated, held-out crystals)"
 REAL = Path(__file__).parents[2] / "shared" / "data" / "aps_34idc_crystal_64" / "ft_crop_64.tif"
 STANDARD = "HIO**400,RAAR**1000,ER**300"
@@ -158,10 +156,11 @@ def _bin_rows(recs: list[dict]) -> list[tuple]:
 
 def report(args) -> str:
     """Markdown tables from whatever has been computed (counts are stated, nothing is extrapolated)."""
-    lines = [f"## {SECTION}", "",
-             f"Command: `{' '.join(['python -m bench.cnn_eval'] + sys.argv[1:])}` (computation: "
-             "`python -m bench.cnn_eval run ...`); machine: "
-             f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, CPU only.", "",
+    from bench.common import machine
+
+    lines = [f"Command: `.venv/bin/python -m bench.cnn_eval report` over results computed by "
+             "`.venv/bin/python -m bench.cnn_eval run ...` (the run's options are in each file name); "
+             f"machine: {machine()}.", "",
              f"Success = phase RMSE ≤ {SUCCESS['phase_rmse']} rad and support IoU ≥ {SUCCESS['iou']} after "
              "twin / sub-voxel shift / global-phase alignment; medians per bin; free LLK on the same withheld "
              "voxels for every method.", ""]
@@ -176,20 +175,6 @@ def report(args) -> str:
                   for b, n, s, p, i, llk, w in _bin_rows(recs)]
         lines.append("")
     return "\n".join(lines)
-
-
-def write_section(text: str, heading: str = SECTION) -> None:
-    """Replace (or append) one '## heading' section of docs/benchmarks.md."""
-    DOC.parent.mkdir(exist_ok=True)
-    doc = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    marker = f"## {heading}"
-    if marker in doc:
-        start = doc.index(marker)
-        nxt = doc.find("\n## ", start + len(marker))
-        doc = doc[:start] + text.rstrip() + "\n" + (doc[nxt:] if nxt >= 0 else "")
-    else:
-        doc = doc.rstrip() + "\n\n" + text.rstrip() + "\n"
-    DOC.write_text(doc)
 
 
 def main(argv=None) -> int:
@@ -211,8 +196,10 @@ def main(argv=None) -> int:
     if args.cmd == "run":
         run(args)
     else:
-        write_section(report(args))
-        print(f"wrote section '{SECTION}' of {DOC}")
+        from bench.common import write_section
+
+        write_section(SECTION, report(args))
+        print(f"wrote section '{SECTION}' of docs/benchmarks.md")
     return 0
 
 
