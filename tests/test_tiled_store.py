@@ -105,8 +105,13 @@ def test_write_read_round_trip_and_idempotent(tiled_env, result):
     path = write_result(client, REF, "job-0001", arrays, metadata, previews)
     assert path == "reconstructions/PtNP/PtNP_0001/1.1/job-0001"
     back, meta = read_result(client, path)
-    assert set(back) == set(REQUIRED_ARRAYS) | set(previews)
-    for key in REQUIRED_ARRAYS:
+    lab = {"amplitude_lab", "support_lab", "displacement_lab", "strain_lab"}
+    assert set(back) == set(REQUIRED_ARRAYS) | set(previews) | lab
+    # same crystal volume on the lab grid as on the (sheared) detector grid
+    det_voxel = abs(np.linalg.det(np.array(metadata["strain"]["real_space_basis_nm"])))
+    lab_voxel = metadata["strain"]["lab_frame"]["voxel_size_nm"][0] ** 3
+    assert back["support_lab"].sum() * lab_voxel == pytest.approx(arrays["support"].sum() * det_voxel, rel=0.15)
+    for key in set(REQUIRED_ARRAYS) | lab:
         expected = np.asarray(arrays[key])
         assert back[key].shape == expected.shape, key
         np.testing.assert_array_equal(back[key], expected.astype(back[key].dtype), err_msg=key)

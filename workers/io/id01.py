@@ -489,7 +489,8 @@ def assemble(data: np.ndarray, detector: str, meta: dict[str, Any], *, pixel_mas
 def write_bliss_scan(root: str | os.PathLike, sample: str, dataset: str, frames: np.ndarray, *, scan: int = 1,
                      detector: str = "mpx1x4", link: str = "vds", rocking_motor: str = "eta",
                      rocking_range: tuple[float, float] = (30.5, 31.5), angles: dict[str, float] | None = None,
-                     energy_eV: float = 9000.0, distance_m: float = 1.0, beam_center: tuple[float, float] = (258.0, 258.0),
+                     energy_eV: float = 9000.0, distance_m: float = 1.0,
+                     beam_center: tuple[float, float] = (258.0, 258.0),
                      pixel_mask: np.ndarray | None = None, monitor: np.ndarray | None = None,
                      title: str | None = None, proposal: str | None = "hc0000") -> Path:
     """Write scan ``scan`` of ``<root>/<sample>/<sample>_<dataset>/<sample>_<dataset>.h5`` in the ID01 BLISS layout.

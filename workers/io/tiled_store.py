@@ -51,6 +51,10 @@ ARRAY_DOCS = {
     "intensity_crop": ("log10(1 + cropped measured intensity)", "log10(counts)"),
     "displacement": ("displacement along G", "see metadata strain.displacement_units"),
     "strain": ("heterogeneous strain along G", "see metadata strain.strain_units"),
+    "amplitude_lab": ("|object| on an orthogonal lab grid (axes x downstream, y, z up)", "arb. units"),
+    "support_lab": ("support on the lab grid", "1"),
+    "displacement_lab": ("displacement along G on the lab grid", "see metadata strain.displacement_units"),
+    "strain_lab": ("strain along G on the lab grid", "see metadata strain.strain_units"),
 }
 
 
@@ -246,12 +250,14 @@ def load_scan_tiled(client, ref: "dict | ScanRef", *, roi_size: tuple[int, int] 
 
 def build_result_arrays(obj: np.ndarray, support: np.ndarray, intensity_crop: np.ndarray,
                         reciprocal_phase_predicted: np.ndarray, scan_meta: dict[str, Any] | None = None,
-                        binning=(1, 1, 1)) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+                        binning=(1, 1, 1), lab_frame: bool = True) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """All result arrays from the refined object: amplitude, phases, displacement and strain (physics.strain).
 
     ``intensity_crop`` is the linear cropped intensity (stored as log10(1+I)). With ``scan_meta`` carrying the
     geometry (energy, angles, distance, pixels, rocking step) the strain is along G through the detector-frame basis;
-    otherwise the phase gradient along the rocking axis in rad/voxel. Returns (arrays, strain metadata with units).
+    otherwise the phase gradient along the rocking axis in rad/voxel. With the geometry and ``lab_frame``, the
+    amplitude, support, displacement and strain are also resampled on an orthogonal lab grid (``*_lab``).
+    Returns (arrays, strain metadata with units).
     """
     from physics.strain import Geometry, displacement_and_strain
 
@@ -266,6 +272,18 @@ def build_result_arrays(obj: np.ndarray, support: np.ndarray, intensity_crop: np
             geometry = None
     derived, strain_meta = displacement_and_strain(obj, support, geometry)
     strain_meta["geometry_used"] = geometry is not None
+    lab: dict[str, np.ndarray] = {}
+    if geometry is not None and lab_frame:
+        from physics.strain import to_lab_frame
+
+        basis = geometry.real_space_basis(obj.shape)
+        lab["amplitude_lab"], lab_meta = to_lab_frame(np.abs(obj).astype(np.float32), basis)
+        lab["support_lab"], _ = to_lab_frame(support, basis)
+        lab["displacement_lab"], _ = to_lab_frame(derived["displacement"], basis)
+        lab["strain_lab"], _ = to_lab_frame(derived["strain"], basis)
+        for key in ("displacement_lab", "strain_lab"):  # outside the lab-grid support: 0, as in the detector frame
+            lab[key] = np.where(lab["support_lab"], lab[key], 0.0).astype(np.float32)
+        strain_meta["lab_frame"] = lab_meta
     arrays = {
         "amplitude": np.abs(obj).astype(np.float32),
         "phase": derived["phase"],
@@ -276,6 +294,7 @@ def build_result_arrays(obj: np.ndarray, support: np.ndarray, intensity_crop: np
         "intensity_crop": np.log10(1.0 + np.clip(np.asarray(intensity_crop, dtype=np.float32), 0, None)),
         "displacement": derived["displacement"],
         "strain": derived["strain"],
+        **lab,
     }
     return arrays, strain_meta
 
@@ -375,14 +394,14 @@ def _validate_arrays(arrays: dict[str, np.ndarray], previews: dict[str, np.ndarr
     out: dict[str, np.ndarray] = {}
     for key, value in arrays.items():
         a = np.asarray(value)
-        if key in ("amplitude", "phase", "phase_wrapped", "support", "object", "displacement", "strain") \
-                and a.shape != shape:
+        if (key in ("amplitude", "phase", "phase_wrapped", "support", "object", "displacement", "strain")
+                or key.endswith("_lab")) and a.shape != shape:
             raise InputError(f"array {key} has shape {a.shape}, expected the object shape {shape}")
         if key == "reciprocal_phase_predicted" and a.ndim != 3:
             raise InputError(f"reciprocal_phase_predicted must be 3D (64³), got shape {a.shape}")
         if key == "object":
             a = a.astype(np.complex64)
-        elif key == "support":
+        elif key in ("support", "support_lab"):
             a = a.astype(bool).astype(np.uint8)  # 0/1: viewable in the browser, exact round trip
         elif a.dtype.kind in "biuf":
             a = a.astype(np.float32)
@@ -425,7 +444,7 @@ def write_result(client, ref: "dict | ScanRef", job_id: str, arrays: dict[str, n
         "bcdi_recon": {"kind": "reconstruction", "layout_version": 1},
         "job_id": job_id,
         "scan_ref": asdict(ref),
-        "arrays": {k: {"description": ARRAY_DOCS[k][0], "units": ARRAY_DOCS[k][1]} for k in REQUIRED_ARRAYS},
+        "arrays": {k: {"description": d, "units": u} for k, (d, u) in ARRAY_DOCS.items() if k in stored},
         "previews": sorted(previews or {}),
         "status": "writing",
         "written_at": _dt.datetime.now(_dt.timezone.utc).isoformat(),
@@ -442,9 +461,18 @@ def write_result(client, ref: "dict | ScanRef", job_id: str, arrays: dict[str, n
             node.delete_contents(keys[-1], recursive=True, external_only=False)  # a crashed partial write
         job = node.create_container(keys[-1], metadata=meta)
         for key, value in stored.items():
-            extra = {"description": ARRAY_DOCS[key][0], "units": ARRAY_DOCS[key][1]} if key in ARRAY_DOCS else \
-                {"description": "preview, RGB"}
-            dims = ("row", "column", "rgb") if key.startswith("preview") else ("z", "y", "x")
+            if key in ARRAY_DOCS:
+                extra = {"description": ARRAY_DOCS[key][0], "units": ARRAY_DOCS[key][1]}
+            elif key.startswith("preview"):
+                extra = {"description": "preview, RGB"}
+            else:
+                extra = {"description": key}
+            if key.startswith("preview"):
+                dims = ("row", "column", "rgb")
+            elif key.endswith("_lab"):
+                dims = ("x_lab", "y_lab", "z_lab")
+            else:
+                dims = ("z", "y", "x") if value.ndim == 3 else None
             job.write_array(value, key=key, metadata=extra, dims=dims)
         job.update_metadata({"status": "complete"})
     except httpx.TransportError as exc:
@@ -456,6 +484,7 @@ def read_result(client, path: str) -> tuple[dict[str, np.ndarray], dict[str, Any
     """Read every array and the metadata of a result container (support back to bool)."""
     node = _node(client, path)
     arrays = {key: node[key].read() for key in node}
-    if "support" in arrays:
-        arrays["support"] = arrays["support"].astype(bool)
+    for key in ("support", "support_lab"):
+        if key in arrays:
+            arrays[key] = arrays[key].astype(bool)
     return arrays, dict(node.metadata)
