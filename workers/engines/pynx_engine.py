@@ -2,7 +2,8 @@
 
 PyNX needs numpy 1.x, so it normally lives in Debian's /usr/bin/python3 (deploy/scripts/install-pynx.sh) and runs in a
 subprocess (pynx_child.py; npz in/out in a temp dir, JSON parameters). If ``import pynx`` works in this interpreter the
-same code runs in-process. Arrays in and out are centred (CONTRACT.md conventions).
+same code runs in-process. Arrays in and out are centred (CONTRACT.md conventions). BCDI_PYNX_PYTHON overrides the
+interpreter used for the child.
 
 Known PyNX CPU limitation: SupportUpdate ignores ``update_border_n`` (border-only support updates exist only on its
 CUDA/OpenCL back-ends), so ``support_update["border_n"]`` has no effect here; compare with border_n=0.
@@ -28,7 +29,8 @@ PYNX_PYTHON = os.environ.get("BCDI_PYNX_PYTHON", "/usr/bin/python3")
 INSTALL_HINT = "deploy/scripts/install-pynx.sh"
 CHILD = Path(pynx_child.__file__).resolve()
 DEFAULT_RECIPE = "HIO**400,RAAR**1000,ER**300"
-DEFAULT_SUPPORT_UPDATE = dict(threshold_relative=0.25, method="rms", smooth_width=0.5, force_shrink=False, border_n=0)
+DEFAULT_SUPPORT_UPDATE = dict(threshold_relative=0.25, method="rms", smooth_width=(2.0, 0.5, None), force_shrink=False,
+                              border_n=0)  # as physics.phasing.SupportUpdate's defaults
 
 
 class PyNXUnavailable(RuntimeError):
@@ -73,7 +75,7 @@ def require_pynx() -> None:
 
 
 def _child_env() -> dict:
-    """Environment for the child: CPU back-end, no inherited venv Python paths, a few threads at most."""
+    """Environment for the child: PyNX's CPU back-end and no Python paths inherited from our virtual environment."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
     env["PYNX_PU"] = "cpu"
     return env
