@@ -1,5 +1,6 @@
 """Round trips through a real Tiled server: ID01 scans in (server-side slicing), reconstructions out, bad input."""
 
+import os
 import time
 
 import numpy as np
@@ -166,12 +167,14 @@ def test_bad_result_writes_nothing(tiled_env, result):
 
 @pytest.fixture(scope="module")
 def multi_user(tmp_path_factory):
-    """A second real server with deploy/tiled/production.yml (SQLite URIs here instead of PostgreSQL) and its keys."""
+    """A second real server with deploy/tiled/production.yml and its keys (SQLite URIs unless CI gives PostgreSQL)."""
     from workers.io.tiled_server import PRODUCTION_CONFIG, TiledServer, provision_keys
 
     base = tmp_path_factory.mktemp("tiled_mu")
-    env = {"BCDI_TILED_CATALOG_URI": f"sqlite:///{base}/catalog.db", "BCDI_TILED_AUTHN_DB_URI":
-           f"sqlite:///{base}/authn.db", "BCDI_TILED_SECRET_KEY": "k" * 32, "BCDI_TILED_ADMIN_PASSWORD": "pw"}
+    # PostgreSQL when CI provides two empty databases, e.g. postgresql+asyncpg://user:pw@127.0.0.1:5432/tiled_catalog
+    env = {"BCDI_TILED_CATALOG_URI": os.environ.get("BCDI_TEST_TILED_CATALOG_URI", f"sqlite:///{base}/catalog.db"),
+           "BCDI_TILED_AUTHN_DB_URI": os.environ.get("BCDI_TEST_TILED_AUTHN_URI", f"sqlite:///{base}/authn.db"),
+           "BCDI_TILED_SECRET_KEY": "k" * 32, "BCDI_TILED_ADMIN_PASSWORD": "pw"}
     server = TiledServer(base / "data", base / "raw", config=PRODUCTION_CONFIG, extra_env=env, multi_user=True)
     server.start()
     try:
