@@ -86,7 +86,8 @@ class CDI:
         self.nb_cycle = 0
         self.llk: dict = {}
         self.support_threshold: float | None = None
-        self.history: list[dict] = []
+        self.history: list[dict] = []  # one entry per support update
+        self.llk_history: list[dict] = []  # one entry per LLK computation (calc_llk cycles, LLK operator)
         self._update_fourier_cache()
         self._update_support_cache()
         if free_mask is not None:
@@ -209,6 +210,7 @@ class CDI:
         res["support_size"] = self._nb_support
         res["nb_cycle"] = self.nb_cycle
         self.llk.update(res)
+        self.llk_history.append(dict(res))
 
     def _obj2_out(self, obj: torch.Tensor) -> float:
         """Fraction of sum |obj|^2 lying outside the support."""

@@ -35,18 +35,22 @@ def llk_sums(calc: torch.Tensor, iobs: torch.Tensor, observed: torch.Tensor, fre
     """Un-normalised LLK sums over observed non-free voxels and over free voxels, plus R-factor sums.
 
     calc, iobs: float tensors of one shape; observed: bool, True where the voxel is measured and not free;
-    free: bool free-voxel mask. Sums are accumulated in float64.
+    free: bool free-voxel mask.
     """
     out = {}
     for key, sel in (("", observed), ("_free", free)):
-        o = iobs[sel].double()
-        c = calc[sel].double()
-        out["poisson" + key] = float(poisson(o, c).sum()) if o.numel() else 0.0
-        out["gaussian" + key] = float(gaussian(o, c).sum()) if o.numel() else 0.0
-        out["euclidian" + key] = float(euclidian(o, c).sum()) if o.numel() else 0.0
+        o = iobs[sel]
+        c = calc[sel]
+        if not o.numel():
+            out.update({n + key: 0.0 for n in ("poisson", "gaussian", "euclidian", "r_num", "r_den")})
+            continue
+        # Poisson cancels large terms (calc - obs + obs ln(obs/calc)): float64; the others float32, summed in float64
+        out["poisson" + key] = float(poisson(o.double(), c.double()).sum())
+        out["gaussian" + key] = float(gaussian(o, c).sum(dtype=torch.float64))
+        out["euclidian" + key] = float(euclidian(o, c).sum(dtype=torch.float64))
         so = torch.sqrt(o)
-        out["r_num" + key] = float((torch.sqrt(c) - so).abs().sum()) if o.numel() else 0.0
-        out["r_den" + key] = float(so.sum()) if o.numel() else 0.0
+        out["r_num" + key] = float((torch.sqrt(c) - so).abs().sum(dtype=torch.float64))
+        out["r_den" + key] = float(so.sum(dtype=torch.float64))
     return out
 
 
