@@ -10,27 +10,16 @@ from scipy import ndimage
 
 from physics.errors import InputError
 from physics.preprocess import crop, find_peak
-from physics.simulate import SimParams, simulate_sample
+from fixtures_tiled import PEAK_AT, synthetic_frames
 from workers.io.id01 import (build_mask, detector_gap_mask, list_scans, load_scan, read_metadata, write_bliss_scan)
 
 REAL = Path("/work/shared/data/id01_bliss_layout/PTO_STO_SL_0001.h5")
-PEAK_AT = (16, 150, 330)  # frame, row, column of the Bragg peak centre in the 516x516 stack
 HOT = (400, 100)
 
 
-def frame_stack(n_frames=32, rows=516, cols=516, seed=3):
-    """A simulated crystal's diffraction (32³) placed in a Maxipix-sized frame stack, with a hot pixel."""
-    sample = simulate_sample(seed, SimParams(size=32))
-    # fade the pasted 32³ block into the background over 6 voxels, as a measured pattern does (no sharp block edges
-    # that a hot-pixel filter would rightly flag)
-    ramp = np.ones(32)
-    ramp[:6] = np.sin(np.linspace(0, np.pi / 2, 7)[:6]) ** 2
-    ramp[-6:] = ramp[:6][::-1]
-    taper = ramp[:, None, None] * ramp[None, :, None] * ramp[None, None, :]
-    intensity = np.rint(sample["intensity_clean"] * taper).astype(np.int32)
-    frames = np.random.default_rng(seed).poisson(0.2, (n_frames, rows, cols)).astype(np.int32)  # background
-    z0, r0, c0 = PEAK_AT[0] - 16, PEAK_AT[1] - 16, PEAK_AT[2] - 16
-    frames[z0:z0 + 32, r0:r0 + 32, c0:c0 + 32] += intensity
+def frame_stack():
+    """The shared synthetic stack (simulated crystal in a 516x516 Maxipix stack) plus a hot pixel."""
+    frames, intensity = synthetic_frames()
     frames[:, HOT[0], HOT[1]] = 10**6
     return frames, intensity
 
@@ -176,3 +165,13 @@ def test_real_id01_file_metadata_and_missing_frames():
     assert meta["rocking_start_deg"] == pytest.approx(15.242, abs=1e-3) and meta["title"].startswith("ascan eta")
     with pytest.raises(InputError, match=r"scan 20.1 \(mpx1x4\): virtual dataset source file scan0020/mpx1x4_0000.h5"):
         load_scan(REAL, "20")
+
+
+def test_roi_read_matches_full_read(tree):
+    full, full_mask, _ = load_scan(tree["file"], "1.1")
+    part, part_mask, meta = load_scan(tree["file"], "1.1", roi_size=(96, 128), frames=slice(4, 28))
+    r0, c0 = meta["detector_roi_offset"]
+    assert part.shape == (24, 96, 128)
+    assert r0 <= PEAK_AT[1] < r0 + 96 and c0 <= PEAK_AT[2] < c0 + 128
+    np.testing.assert_array_equal(part, full[4:28, r0:r0 + 96, c0:c0 + 128])
+    np.testing.assert_array_equal(part_mask, full_mask[4:28, r0:r0 + 96, c0:c0 + 128])

@@ -33,6 +33,7 @@ __all__ = [
     "read_metadata",
     "write_bliss_scan",
     "assemble",
+    "peak_region",
 ]
 
 # name -> (rows, columns, pixel size m). Order = auto-detection preference.
@@ -383,6 +384,36 @@ def _h5_getter(entry) -> Callable[[str], Any]:
     return get
 
 
+def peak_region(read_frame: Callable[[int], np.ndarray], frame_indices: list[int], frame_shape: tuple[int, int],
+                detector: str, roi_size: tuple[int, int], *, pixel_mask=None, saturation: float | None = None,
+                hot_pixels: bool = True, probe_frames: int = 5, where: str = "scan") -> tuple[int, int, int, int]:
+    """Detector region (row0, col0, rows, cols) of ``roi_size`` centred on the Bragg peak, found on a few frames.
+
+    Reads ``probe_frames`` frames spread over the rocking curve (``read_frame(i)``), masks gaps, bad and hot pixels,
+    and centres the region on the brightest pixel of their sum (shifted to stay inside the frame), so only that
+    region of every frame needs to be read.
+    """
+    rows, cols = frame_shape
+    h, w = min(int(roi_size[0]), rows), min(int(roi_size[1]), cols)
+    picks = sorted({frame_indices[int(round(k))] for k in np.linspace(0, len(frame_indices) - 1,
+                                                                      min(probe_frames, len(frame_indices)))})
+    probe = np.stack([np.asarray(read_frame(i)) for i in picks]).astype(np.float64)
+    bad = detector_gap_mask(detector, (rows, cols))
+    if pixel_mask is not None and np.shape(pixel_mask) == (rows, cols):
+        bad |= np.asarray(pixel_mask).astype(bool)
+    if hot_pixels:
+        bad |= hot_pixel_mask(probe, bad)
+    if saturation:
+        bad |= probe.max(axis=0) >= saturation
+    total = np.where(bad, 0.0, np.clip(probe, 0, None).sum(axis=0))
+    if not np.any(total > 0):
+        raise InputError(f"{where}: frames are all zero (missing detector data or everything masked)")
+    pr, pc = np.unravel_index(int(np.argmax(total)), total.shape)
+    r0 = int(min(max(pr - h // 2, 0), rows - h))
+    c0 = int(min(max(pc - w // 2, 0), cols - w))
+    return r0, c0, h, w
+
+
 def read_metadata(path: str | os.PathLike, scan: str | int = "1.1", detector: str | None = None) -> dict[str, Any]:
     """Metadata of one scan without reading frames (works even when the frame files are absent)."""
     h5py = _h5py()
@@ -403,13 +434,15 @@ def read_metadata(path: str | os.PathLike, scan: str | int = "1.1", detector: st
 
 
 def load_scan(path: str | os.PathLike, scan: str | int = "1.1", detector: str | None = None, *,
-              frames: slice | None = None, hot_pixels: bool = True,
-              monitor: str | None = None) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+              frames: slice | None = None, hot_pixels: bool = True, monitor: str | None = None,
+              roi_size: tuple[int, int] | None = None,
+              probe_frames: int = 5) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Read one ID01 BLISS scan: (frames float32 (z, y, x), mask bool (True = bad), metadata dict).
 
     ``scan``: '1.1', '1' or a master-file entry name; ``detector``: mpx1x4/mpxgaas/eiger2M/..., auto-detected when
-    None; ``frames``: optional slice of the rocking axis; ``monitor``: counter name (e.g. 'mon2') to normalise by.
-    Masked voxels are set to 0. Raises InputError for an unknown scan, no detector, a missing source file or
+    None; ``frames``: optional slice of the rocking axis; ``monitor``: counter name (e.g. 'mon2') to normalise by;
+    ``roi_size``: read only a (rows, cols) detector region around the peak (``peak_region``; e.g. for Eiger2M),
+    its origin in metadata["detector_roi_offset"]. Masked voxels are set to 0. Raises InputError for an unknown scan, no detector, a missing source file or
     all-zero frames.
     """
     h5py = _h5py()
@@ -436,13 +469,25 @@ def load_scan(path: str | os.PathLike, scan: str | int = "1.1", detector: str | 
             raise InputError(f"{where}: {frames_path} is not a 3D frame stack")
         _check_virtual_sources(dset, where)
         sel = frames if frames is not None else slice(None)
-        try:
-            data = dset[sel]
-        except OSError as exc:
-            raise InputError(f"{where}: frames cannot be read ({exc})") from None
         get = _h5_getter(entry)
         pixel_mask = get(f"instrument/{det}/pixel_mask")
         saturation = _float(get(f"instrument/{det}/saturation_value"))
+        n, rows, cols = dset.shape
+        roi = None
+        try:
+            if roi_size is not None and (roi_size[0] < rows or roi_size[1] < cols):
+                indices = list(range(n))[sel]
+                if not indices:
+                    raise InputError(f"{where}: frame selection {sel} selects no frames of {n}")
+                r0, c0, h, w = peak_region(lambda i: dset[i], indices, (rows, cols), det, roi_size,
+                                           pixel_mask=pixel_mask, saturation=saturation, hot_pixels=hot_pixels,
+                                           probe_frames=probe_frames, where=where)
+                data = dset[sel, r0:r0 + h, c0:c0 + w]
+                roi = (r0, c0, rows, cols)
+            else:
+                data = dset[sel]
+        except OSError as exc:
+            raise InputError(f"{where}: frames cannot be read ({exc})") from None
         meta = scan_metadata(get, det, name, dset.shape[0])
         mon = None
         if monitor is not None:
@@ -454,7 +499,7 @@ def load_scan(path: str | os.PathLike, scan: str | int = "1.1", detector: str | 
             mon = np.asarray(mon)[sel]
     meta["file"] = str(path)
     return assemble(data, det, meta, pixel_mask=pixel_mask, saturation=saturation, hot_pixels=hot_pixels,
-                    monitor=mon, frame_selection=sel)
+                    monitor=mon, frame_selection=sel, roi=roi)
 
 
 def assemble(data: np.ndarray, detector: str, meta: dict[str, Any], *, pixel_mask=None, saturation=None,

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from physics.errors import InputError
-from workers.io.id01 import DETECTORS, assemble, hot_pixel_mask, detector_gap_mask, resolve_scan_name, scan_metadata
+from workers.io.id01 import DETECTORS, assemble, peak_region, resolve_scan_name, scan_metadata
 
 __all__ = [
     "ScanRef",
@@ -215,22 +215,9 @@ def load_scan_tiled(client, ref: "dict | ScanRef", *, roi_size: tuple[int, int] 
     if roi_size is None or (roi_size[0] >= rows and roi_size[1] >= cols):
         r0, c0, h, w = 0, 0, rows, cols
     else:
-        h, w = min(int(roi_size[0]), rows), min(int(roi_size[1]), cols)
-        picks = np.unique(np.linspace(0, n - 1, min(probe_frames, n)).round().astype(int))
-        probe = np.stack([np.asarray(frames_node[int(i)]) for i in picks]).astype(np.float64)
-        bad = detector_gap_mask(det, (rows, cols))
-        if pixel_mask is not None and np.shape(pixel_mask) == (rows, cols):
-            bad |= np.asarray(pixel_mask).astype(bool)
-        if hot_pixels:
-            bad |= hot_pixel_mask(probe, bad)
-        total = np.where(bad, 0.0, np.clip(probe, 0, None).sum(axis=0))
-        if saturation:
-            total = np.where(probe.max(axis=0) >= saturation, 0.0, total)
-        if not np.any(total > 0):
-            raise InputError(f"{where}: frames are all zero (missing detector data or everything masked)")
-        pr, pc = np.unravel_index(int(np.argmax(total)), total.shape)
-        r0 = int(min(max(pr - h // 2, 0), rows - h))
-        c0 = int(min(max(pc - w // 2, 0), cols - w))
+        r0, c0, h, w = peak_region(lambda i: frames_node[i], list(range(n)), (rows, cols), det, roi_size,
+                                   pixel_mask=pixel_mask, saturation=saturation, hot_pixels=hot_pixels,
+                                   probe_frames=probe_frames, where=where)
     data = np.asarray(frames_node[:, r0:r0 + h, c0:c0 + w])
     meta = scan_metadata(get, det, name, n)
     mon = None
