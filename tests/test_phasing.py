@@ -313,3 +313,21 @@ def test_conventions_match_the_simulator():
     assert llk["r_factor"] < 1e-3 and abs(llk["llk_gaussian"]) < 1e-3
     np.testing.assert_allclose(np.abs(fourier(cdi.get_obj())) ** 2, s["intensity_clean"],
                                atol=1e-4 * s["intensity_clean"].max())
+
+
+def test_non_cubic_odd_shapes_round_trip_and_run():
+    rng = np.random.default_rng(0)
+    shape = (20, 27, 33)
+    z, y, x = np.indices(shape) - np.array(shape)[:, None, None, None] // 2
+    sup = (z / 5) ** 2 + (y / 6) ** 2 + (x / 7) ** 2 <= 1
+    obj = (sup * np.exp(0.5j * np.sin(0.3 * x))).astype(np.complex64)
+    iobs = np.random.default_rng(1).poisson(np.abs(fourier(obj)) ** 2 * 1e3).astype(np.float32)
+    cdi = CDI(iobs, obj=obj, support=sup)
+    np.testing.assert_array_equal(cdi.get_obj(), obj)  # centred in, centred out
+    np.testing.assert_array_equal(cdi.get_support(), sup)
+    InitFreePixels(seed=0) * cdi
+    assert 0.03 < cdi.get_free_mask().mean() < 0.07
+    cdi.set_obj(obj * np.exp(1j * rng.normal(0, 0.3, shape)) * np.sqrt(1e3))
+    run_recipe(cdi, "RAAR**10,ER**10", SupportUpdate(border_n=1), update_period=5)
+    assert cdi.get_obj().shape == shape and cdi.nb_support > 0
+    assert (LLK() * cdi).get_llk()["llk_poisson"] < 5
