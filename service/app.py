@@ -103,6 +103,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def submit_reconstruction(body: ReconRequest, request: Request, response: Response,
                               _: str = Depends(require_submit)) -> SubmitReply:
         """Queue a reconstruction. The same scan and options again return the existing job (200) unless force."""
+        path = body.scan.tiled_path
+        prefixes = settings.allowed_scan_prefixes
+        if path is not None and prefixes and path.split("/")[0] not in prefixes:
+            allowed = ", ".join(p + "/" for p in prefixes)
+            raise RequestValidationError([{"loc": ("body", "scan", "tiled_path"), "type": "value_error",
+                                           "msg": f"must start with {allowed} (raw data lives there in Tiled)"}])
         job_id, created = queue.submit(body)
         metrics.submitted.labels(body.priority, str(not created).lower()).inc()
         lk = links(request, job_id)

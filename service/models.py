@@ -16,6 +16,7 @@ JOB_ID_PATTERN = r"^[0-9a-f]{32}$"
 PATH_PATTERN = r"^[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*$"
 NAME_PATTERN = r"^[A-Za-z0-9_.\-]+$"
 UID_PATTERN = r"^[A-Za-z0-9\-]+$"
+SCAN_PATTERN = r"^[0-9]{1,9}(\.[0-9]{1,4})?$"
 
 CropDim = Annotated[int, Field(ge=8, le=2048)]
 
@@ -41,11 +42,25 @@ class ScanRef(BaseModel):
     tiled_path: str | None = Field(None, min_length=1, max_length=512, pattern=PATH_PATTERN,
                                    description="path of the scan (or of its container) in Tiled",
                                    examples=["raw/ID01/sample1"])
-    scan: int | None = Field(None, ge=0, le=10**9, description="scan number inside tiled_path")
+    scan: str | None = Field(None, pattern=SCAN_PATTERN, max_length=16,
+                             description="scan inside tiled_path: ID01 style '1.1' (an integer means 'N.1')",
+                             examples=["1.1"])
     detector: str | None = Field(None, min_length=1, max_length=64, pattern=NAME_PATTERN,
                                  description="detector name, e.g. mpx1x4")
     run_uid: str | None = Field(None, min_length=8, max_length=64, pattern=UID_PATTERN,
                                 description="Bluesky run start uid (alternative to tiled_path)")
+
+    @field_validator("scan", mode="before")
+    @classmethod
+    def _scan_as_text(cls, v):
+        """Integers are accepted for convenience and mean scan N.1, so 3 and "3.1" are the same job."""
+        if isinstance(v, int) and not isinstance(v, bool):
+            if not 0 <= v <= 10**9:
+                raise ValueError("scan number must be between 0 and 1e9")
+            return f"{v}.1"
+        if isinstance(v, str) and v.isdigit():
+            return f"{v}.1"
+        return v
 
     @field_validator("tiled_path")
     @classmethod

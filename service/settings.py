@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     # --- gateway ---------------------------------------------------------------------------------------------
     submit_api_keys: KeyList = Field(default_factory=list, description="keys allowed to submit/cancel (and read)")
     read_api_keys: KeyList = Field(default_factory=list, description="keys allowed to read only")
+    allowed_scan_prefixes: KeyList = Field(default_factory=lambda: ["raw"],
+                                           description="first segment a scan's tiled_path must have (empty: any)")
     max_body_bytes: int = Field(16 * 1024, ge=256, description="larger request bodies get 413")
     health_timeout_s: float = Field(2.0, gt=0)
     sse_keepalive_s: float = Field(15.0, gt=0)
@@ -66,7 +68,7 @@ class Settings(BaseSettings):
     cancel_poll_s: float = Field(0.2, ge=0, description="the cancel flag is read from Redis at most this often")
     progress_interval_s: float = Field(0.25, ge=0, description="progress is written/published at most this often")
 
-    @field_validator("submit_api_keys", "read_api_keys", mode="before")
+    @field_validator("submit_api_keys", "read_api_keys", "allowed_scan_prefixes", mode="before")
     @classmethod
     def _split_keys(cls, v: Any) -> Any:
         """Accept a comma-separated string (handy in env vars) as well as a list."""

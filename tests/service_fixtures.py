@@ -1,8 +1,8 @@
 """Helpers for the service tests: real Redis / Tiled servers, worker subprocesses, isolated queue settings.
 
 Every test uses its own Redis key prefix on the shared 127.0.0.1:6379 server (and deletes its keys after), or
-its own redis-server on a free port when it needs to restart Redis. Tiled is one real `tiled serve catalog
---temp` per pytest process, started on first use. Intervals are short (heartbeat 0.3 s, claim after 1.5 s)
+its own redis-server on a free port when it needs to restart Redis. Tiled is one real server per pytest process
+(workers.io.tiled_server with a synthetic ID01 scan registered), started on first use. Intervals are short (heartbeat 0.3 s, claim after 1.5 s)
 so crash recovery is exercised in seconds.
 """
 from __future__ import annotations
@@ -119,40 +119,30 @@ def queue(qsettings):
 
 # ---- Tiled ----------------------------------------------------------------------------------------------------
 class TiledServer:
-    """A real Tiled server (temporary SQLite catalog + file storage) on a free loopback port."""
+    """The project's real Tiled server (workers.io.tiled_server, embedded config) with the lead's synthetic ID01
+    raw tree registered under /raw, so the real pipeline can read a scan and every runner can write results."""
 
     def __init__(self, api_key: str = TILED_KEY):
+        from fixtures_tiled import write_raw_tree
+        from workers.io.tiled_server import TiledServer as _Server
+
         self.api_key = api_key
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
         self.dir = Path(tempfile.mkdtemp(prefix="tiled-test-"))
-        tiled = Path(PYTHON).parent / "tiled"
-        self.log = open(self.dir / "server.log", "wb")
-        self.proc = subprocess.Popen([str(tiled), "serve", "catalog", "--temp", "--api-key", api_key,
-                                      "--host", "127.0.0.1", "--port", str(self.port)],
-                                     stdout=self.log, stderr=subprocess.STDOUT, cwd=self.dir)
+        write_raw_tree(self.dir / "raw")
+        self.server = _Server(self.dir / "data", self.dir / "raw", api_key=api_key)
+        self.url = ""
 
-    def wait_ready(self, timeout: float = 60.0) -> "TiledServer":
-        import httpx
-
-        def up():
-            if self.proc.poll() is not None:
-                pytest.fail(f"tiled server exited: {(self.dir / 'server.log').read_text()[-2000:]}")
-            try:
-                return httpx.get(self.url + "/api/v1/", timeout=1.0).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_for(up, timeout, interval=0.2, what="the Tiled server")
+    def wait_ready(self, timeout: float = 120.0) -> "TiledServer":
+        self.server.start(timeout=timeout)
+        self.url = self.server.uri
+        self.server.register()
         return self
 
     def client(self):
-        from tiled.client import from_uri
-
-        return from_uri(self.url, api_key=self.api_key)
+        return self.server.client()
 
     def results_for(self, job_id: str) -> list[str]:
-        """Keys of result containers whose metadata names this job (the exactly-once check)."""
+        """Keys of result containers (simulated runner) whose metadata names this job: the exactly-once check."""
         from tiled.queries import Key
 
         c = self.client()
@@ -161,14 +151,7 @@ class TiledServer:
         return list(c["results"].search(Key("job_id") == job_id))
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
+        self.server.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

@@ -36,7 +36,7 @@ def test_submit_get_list_and_duplicates(api):
     assert sub["state"] == "queued" and not sub["duplicate"]
     assert sub["status_url"].endswith(f"{API}/{job}") and r.headers["location"] == sub["status_url"]
     got = api.get(sub["status_url"], headers=READ).json()
-    assert got["id"] == job and got["state"] == "queued" and got["request"]["scan"]["scan"] == 12
+    assert got["id"] == job and got["state"] == "queued" and got["request"]["scan"]["scan"] == "12.1"
     assert got["request"]["options"]["er_cycles"] == 20 and got["links"]["events"] == sub["events_url"]
     # same scan and options: the existing job (200), even at another priority; force makes a new one
     dup = api.post(API, json={**BODY, "priority": "high"}, headers=SUB)
@@ -65,6 +65,8 @@ def test_submit_get_list_and_duplicates(api):
     ({"scan": {"tiled_path": "../etc/passwd"}}, "body.scan.tiled_path"),
     ({"scan": {"tiled_path": "raw/a", "run_uid": "3f2a9c1e77aa"}}, "body.scan"),
     ({**BODY, "colour": "blue"}, "body.colour"),
+    ({"scan": {"tiled_path": "results/x", "scan": "1.1"}}, "body.scan.tiled_path"),
+    ({"scan": {"tiled_path": "raw/x", "scan": "1.1.1"}}, "body.scan.scan"),
 ])
 def test_validation_errors_are_422_naming_the_field(api, body, field):
     r = api.post(API, json=body, headers=SUB)

@@ -20,7 +20,7 @@ def test_submit_records_job_and_dedups_same_scan_and_options(queue):
     job, created = queue.submit(req(1))
     assert created
     rec = queue.get(job)
-    assert rec["state"] == "queued" and rec["request"]["scan"]["scan"] == 1 and rec["created_at"] > 0
+    assert rec["state"] == "queued" and rec["request"]["scan"]["scan"] == "1.1" and rec["created_at"] > 0
     # same scan + options, other priority: the existing job
     again, created2 = queue.submit(req(1, priority="high"))
     assert (again, created2) == (job, False)

@@ -17,6 +17,10 @@ from service_fixtures import (READ_KEY, SUBMIT_KEY, drop_keys, make_settings, re
 
 from service.models import ReconRequest
 from service.queue import JobQueue, connect
+from workers.io.tiled_store import read_result
+
+MID_JOB_STAGES = ("cnn", "ifft", "refine", "strain", "publish")
+ID01_REF = {"tiled_path": "raw/PtNP/PtNP_0001", "scan": "1.1", "detector": "mpx1x4"}
 
 
 @pytest.fixture
@@ -44,27 +48,43 @@ def phasing_started(q: JobQueue, job: str, at_least: float = 0.05):
     return rec["state"] == "running" and rec["stage"] == "phasing" and rec["progress"] >= at_least
 
 
-def test_kill9_worker_mid_job_another_worker_finishes_exactly_one_result_in_tiled(env, tiled):  # noqa: F811
-    s, q = env
-    job = submit(q, 1, cycles=600)
-    with worker_processes(s, "victim") as [victim]:
-        wait_for(lambda: phasing_started(q, job), 60, what="the victim to be phasing")
-        progress_at_kill = q.get(job)["progress"]
-        victim.kill9()
-        t_kill = time.time()
-    assert 0 < progress_at_kill < 1
-    assert q.get(job)["state"] == "running"  # the record still says running: nobody told Redis
-    with worker_processes(s, "rescuer") as [rescuer]:
-        wait_for(lambda: q.get(job)["state"] == "succeeded", 90, what="the rescuer to finish the job")
-        started = [e for e in rescuer.lines() if e.get("msg") == "job started" and e.get("job_id") == job]
-    rec = q.get(job)
-    assert rec["worker"] == "rescuer" and rec["deliveries"] == 2 and rec["result_path"] == f"results/{job}"
-    assert started and started[0]["deliveries"] == 2
-    assert started[0]["ts"] - t_kill < 30  # recovered well within 30 s (claim_idle_s is 1.5 s here)
-    assert tiled.results_for(job) == [job]
-    node = tiled.client()["results"][job]
-    assert node.metadata["complete"] and node.metadata["worker"] == "rescuer"
-    assert node["phase"].read().shape == (32, 32, 32)
+def test_kill9_worker_mid_job_another_worker_finishes_exactly_one_result_in_tiled(tiled):  # noqa: F811
+    """The real pipeline (workers.pipeline:run_job: ID01 scan from Tiled -> CNN -> ER -> strain -> Tiled) in
+    worker subprocesses; the first is killed with SIGKILL during ER refinement."""
+    s = make_settings(tiled_url=tiled.url, tiled_api_key=tiled.api_key, runner="workers.pipeline:run_job")
+    client = connect(s)
+    q = JobQueue(client, s)
+    q.ensure_groups()
+    try:
+        job = q.submit(ReconRequest(scan=ID01_REF, options={"er_cycles": 200, "crop_size": [32, 32, 32]}))[0]
+        with worker_processes(s, "victim") as [victim]:
+            # mid-job: past reading the scan (CNN, ER refinement, strain or publishing), not finished
+            wait_for(lambda: q.get(job)["stage"] in MID_JOB_STAGES, 180, what="the victim to be mid-job")
+            victim.kill9()
+            t_kill = time.time()
+            at_kill = q.get(job)
+        assert at_kill["state"] == "running" and at_kill["stage"] in MID_JOB_STAGES
+        assert q.get(job)["state"] == "running"  # the record still says running: nobody told Redis
+        with worker_processes(s, "rescuer") as [rescuer]:
+            wait_for(lambda: q.get(job)["state"] in ("succeeded", "failed"), 240, what="the rescuer to finish")
+            started = [e for e in rescuer.lines() if e.get("msg") == "job started" and e.get("job_id") == job]
+        rec = q.get(job)
+        assert rec["state"] == "succeeded", rec["error"]
+        assert rec["worker"] == "rescuer" and rec["deliveries"] == 2
+        assert started and started[0]["deliveries"] == 2
+        assert started[0]["ts"] - t_kill < 30  # taken over well within 30 s (claim_idle_s is 1.5 s here)
+        assert {"read", "cnn", "refine", "strain", "publish"} <= set(rec["timings"])
+        # exactly one result in Tiled: the job's key appears once under its scan, and it is complete
+        path = rec["result_path"]
+        assert path.endswith(job)
+        tc = tiled.client()
+        parent = tc["/".join(path.split("/")[:-1])]
+        assert list(parent).count(job) == 1
+        arrays, meta = read_result(tc, path)
+        assert arrays["object"].shape[1:] == (32, 32) and meta["recipe"] == "ER**200"
+    finally:
+        client.close()
+        drop_keys(s)
 
 
 def test_sigterm_requeues_running_job_and_grace_lets_a_short_job_finish(env, tiled):  # noqa: F811
