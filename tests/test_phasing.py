@@ -331,3 +331,19 @@ def test_non_cubic_odd_shapes_round_trip_and_run():
     run_recipe(cdi, "RAAR**10,ER**10", SupportUpdate(border_n=1), update_period=5)
     assert cdi.get_obj().shape == shape and cdi.nb_support > 0
     assert (LLK() * cdi).get_llk()["llk_poisson"] < 5
+
+
+def test_post_expand_opening_removes_isolated_voxels(xtal):
+    obj = xtal["obj"].copy()
+    obj[2, 2, 2] = np.abs(obj).max()  # an isolated bright voxel far from the crystal
+    plain = CDI(xtal["iobs"], obj=obj, support=xtal["support"])
+    SupportUpdate(threshold_relative=0.25, smooth_width=0.0) * plain
+    assert plain.get_support()[2, 2, 2]
+    opened = CDI(xtal["iobs"], obj=obj, support=xtal["support"])
+    SupportUpdate(threshold_relative=0.25, smooth_width=0.0, post_expand=(-1, 1)) * opened
+    assert not opened.get_support()[2, 2, 2]
+    assert support_iou_np(opened.get_support(), plain.get_support()) > 0.8
+
+
+def support_iou_np(a, b):
+    return (a & b).sum() / (a | b).sum()

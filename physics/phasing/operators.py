@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from physics.errors import InputError
-from physics.phasing.cdi import CDI, SupportTooLarge, SupportTooSmall
+from physics.phasing.cdi import CDI, SupportTooLarge, SupportTooSmall, dilate_box
 
 
 class Operator:
@@ -147,11 +147,13 @@ class SupportUpdate(Operator):
     Guards: if the new support has <= min_fraction or >= max_fraction of the voxels, the threshold is divided
     (resp. multiplied) by 1.1 and the update retried (up to max_retune times, retune=True), else raises
     SupportTooSmall / SupportTooLarge. The retuned threshold is kept for later updates.
+    post_expand: e.g. (1, -2, 1): after thresholding, dilate (+k) or erode (-k) by a (2k+1)^3 box, in order
+    (PyNX's cleaning option); applied before force_shrink and border_n, so both guarantees still hold.
     """
 
     def __init__(self, threshold_relative: float = 0.25, method: str = "rms", smooth_width=(2.0, 0.5, None),
                  border_n: int = 0, force_shrink: bool = False, min_fraction: float = 1e-4,
-                 max_fraction: float = 0.7, retune: bool = True, max_retune: int = 20):
+                 max_fraction: float = 0.7, retune: bool = True, max_retune: int = 20, post_expand=None):
         if method not in ("rms", "max", "average"):
             raise InputError(f"support method must be rms, max or average, got {method!r}")
         if not threshold_relative > 0:
@@ -172,11 +174,15 @@ class SupportUpdate(Operator):
         self.retune = bool(retune)
         self.max_retune = int(max_retune)
         self.nb_retune = 0
+        try:
+            self.post_expand = tuple(int(k) for k in (post_expand or ()))
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"post_expand must be a sequence of integers, got {post_expand!r}") from exc
 
     def sigma(self, cycle: int) -> float:
         """Smoothing width (voxels) at a global cycle number."""
         begin, end, n = self.smooth_width
-        if not n or cycle >= n:
+        if not n or cycle >= n or begin <= 0 or end <= 0:
             return float(end)
         return float(begin * (end / begin) ** (cycle / n))
 
@@ -195,6 +201,8 @@ class SupportUpdate(Operator):
         for attempt in range(self.max_retune + 1):
             thr = self.threshold_relative * ref
             new = a > thr
+            for k in self.post_expand:
+                new = dilate_box(new, k) if k > 0 else ~dilate_box(~new, -k)
             if self.force_shrink:
                 new &= old
             if band is not None:
