@@ -124,7 +124,7 @@ class TiledWatcher:
         deadline = time.monotonic() + self.connect_timeout
         while starter.is_alive() and time.monotonic() < deadline:
             inner = getattr(sub, "_thread", None)
-            if inner is not None and not inner.is_alive():
+            if inner is not None and inner.ident is not None and not inner.is_alive():
                 break  # the receiving thread died on a refused handshake: start_in_thread would wait forever
             starter.join(0.1)
         if not starter.is_alive() and not errors:
