@@ -4,10 +4,13 @@ Pure numpy/scipy/scikit-image, no I/O. Lengths in nm, reciprocal lengths in 1/nm
 
 Geometry convention (ID01 vertical diffractometer, our own statement):
 - Lab frame (x, y, z): x along the incident beam (downstream), z vertical up, y = z × x (horizontal).
-- Detector arm: ``nu`` rotates about +z (outer circle), ``delta`` tilts the arm up out of the horizontal plane
-  (inner circle); the outgoing direction is f = (cos δ cos ν, cos δ sin ν, sin δ). Detector rows grow downward
-  (-z at δ=ν=0), columns grow along +y at δ=ν=0; both turn with the arm (detector perpendicular to f).
-- Sample circles: ``eta`` rotates about -y, ``phi`` (mounted on eta) about -z at eta = 0, ``mu`` about -z.
+- Detector arm: ``nu`` rotates about -z (outer circle), ``delta`` about -y (inner circle, tilts the arm up); the
+  outgoing direction is f = (cos δ cos ν, -cos δ sin ν, sin δ). Detector rows grow downward (-z at δ=ν=0),
+  columns along +y at δ=ν=0; both turn with the arm (detector perpendicular to f).
+- Sample circles: ``mu`` about -z, ``eta`` about -y, ``phi`` (mounted on eta) about -z at eta = 0.
+  These are the ID01 circles as xrayutilities writes them (sample 'z-','y-','z-', detector 'z-','y-', beam x,
+  detector pixels 'z-','y+'); ``tests/test_strain.py`` checks G and the three q steps against xrayutilities 1.8.0.
+- Vectors are in the lab frame with the sample at the scan's reference angles (the rocking curve's middle).
 - G = k_f - k_i with |k| = 2π/λ. A rocking step Δω about axis â moves the crystal-frame q by -Δω (â × G).
 - FFT convention: the object is the inverse FFT of the diffracted amplitude; we take φ = G·u, so u = φ/|G| along Ĝ
   (other codes use the opposite sign; flip the phase to compare).
@@ -95,7 +98,7 @@ class Geometry:
     def outgoing(self) -> np.ndarray:
         """Unit vector of the diffracted beam (towards the detector centre)."""
         d, n = np.radians(self.delta_deg), np.radians(self.nu_deg)
-        return np.array([np.cos(d) * np.cos(n), np.cos(d) * np.sin(n), np.sin(d)])
+        return np.array([np.cos(d) * np.cos(n), -np.cos(d) * np.sin(n), np.sin(d)])
 
     def q_bragg(self) -> np.ndarray:
         """Scattering vector G = k_f - k_i at the detector centre, lab frame, 1/nm."""
@@ -103,7 +106,7 @@ class Geometry:
 
     def detector_axes(self) -> tuple[np.ndarray, np.ndarray]:
         """Unit vectors of increasing detector row and column index, lab frame."""
-        rz = _rot([0, 0, 1], np.radians(self.nu_deg))
+        rz = _rot([0, 0, -1], np.radians(self.nu_deg))
         ry = _rot([0, 1, 0], -np.radians(self.delta_deg))
         m = rz @ ry
         return m @ np.array([0.0, 0.0, -1.0]), m @ np.array([0.0, 1.0, 0.0])
@@ -253,8 +256,8 @@ def displacement_and_strain(obj: np.ndarray, support: np.ndarray, geometry: Geom
         meta.update(G_lab_inv_nm=[float(x) for x in g_vec], G_norm_inv_nm=gn, d_spacing_nm=2 * np.pi / gn,
                     real_space_basis_nm=basis.tolist(),
                     voxel_size_nm=[float(np.linalg.norm(basis[:, i])) for i in range(3)],
-                    geometry_convention="lab x downstream, z up; f=(cos d cos n, cos d sin n, sin d); "
-                                        "eta about -y, phi about -z, rows down, columns +y at d=n=0")
+                    geometry_convention="lab x downstream, z up; nu about -z, delta about -y, eta about -y, "
+                                        "phi about -z; rows down, columns +y at delta=nu=0 (xrayutilities ID01)")
     else:
         voxel = np.asarray(voxel_size_nm, dtype=float)
         dphi_ds = grads[g_axis] / voxel[g_axis]

@@ -145,3 +145,22 @@ def test_geometry_from_metadata_and_missing_fields():
         Geometry.from_metadata({"delta_deg": 3.0})
     with pytest.raises(InputError, match="rocking_step_deg"):
         Geometry(energy_eV=9000.0, delta_deg=30.0).real_space_basis(SHAPE)
+
+
+def test_q_vectors_match_xrayutilities_for_id01_circles():
+    """Known case computed with xrayutilities 1.8.0 (QConversion(['z-','y-','z-'], ['z-','y-'], [1,0,0]),
+    init_area('z-','y+', cch 258/258, 55 µm, 0.85 m), Ang2Q.area(mu=0, eta, phi=0, nu, delta, en=9000)):
+    q in the sample frame at eta = 18° (1/nm) for delta 36°, nu 4°, and its change per row, column and 0.01° of eta.
+    """
+    from physics.strain import _rot
+
+    geo = geometry(delta_deg=36.0, nu_deg=4.0, distance_m=0.85, eta_deg=18.0, rocking_step_deg=0.01)
+    to_sample = _rot([0, -1, 0], np.radians(18.0)).T  # undo the eta rotation: xrayutilities reports sample-frame q
+    xu_g = [-0.08548469, -2.57393872, 28.21604411]
+    xu_steps = {"rock": [4.92462999e-03, 0.0, 1.44901377e-05], "row": [0.00090786, -0.000121, -0.00280549],
+                "col": [1.95699435e-04, 2.94402428e-03, -6.36456110e-05]}
+    np.testing.assert_allclose(to_sample @ geo.q_bragg(), xu_g, atol=1e-6)
+    basis = to_sample @ geo.reciprocal_basis()
+    for i, name in enumerate(("rock", "row", "col")):
+        # linearised steps vs finite pixel differences: agree to ~p/D of the step
+        np.testing.assert_allclose(basis[:, i], xu_steps[name], atol=2e-6 if name == "rock" else 2e-7)
