@@ -69,7 +69,11 @@ def tiled_config_with_tables(embedded: Path, out: Path) -> Path:
 
 
 def processes_with_tag(stack_id: str) -> list[int]:
-    """PIDs of live processes whose environment carries BCDI_STACK_ID=<stack_id> (Linux /proc)."""
+    """PIDs of live processes whose environment carries BCDI_STACK_ID=<stack_id> (Linux /proc).
+
+    redis-server is not among them: it overwrites its environment area with its process title; the stack
+    stops it through its own process handle.
+    """
     needle = f"{STACK_ID_ENV}={stack_id}".encode()
     me = os.getpid()
     found = []

