@@ -66,6 +66,8 @@ class Settings(BaseSettings):
     retry_backoff_s: float = Field(1.0, ge=0, description="first back-off; doubles at each retry")
     retry_backoff_max_s: float = Field(30.0, ge=0)
     cancel_poll_s: float = Field(0.2, ge=0, description="the cancel flag is read from Redis at most this often")
+    redis_retry_s: float = Field(300.0, ge=0, description="a worker retries recording a job's end this long "
+                                                        "while Redis is unreachable")
     progress_interval_s: float = Field(0.25, ge=0, description="progress is written/published at most this often")
 
     @field_validator("submit_api_keys", "read_api_keys", "allowed_scan_prefixes", mode="before")

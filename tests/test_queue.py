@@ -152,3 +152,34 @@ def test_settings_from_file_and_env(tmp_path, monkeypatch):
         load_settings(cfg, heartbeat_s=20)
     with pytest.raises(FileNotFoundError):
         load_settings(tmp_path / "missing.toml")
+
+
+def test_worker_rides_out_a_redis_restart_mid_job(caplog):
+    """A live worker keeps going through a Redis kill -9 + restart (append-only file): the job it was running is
+    recorded once Redis is back, queued jobs are done afterwards, every job has exactly one Tiled result."""
+    import logging
+
+    tiled = shared_tiled()
+    server = RedisServer().start()
+    try:
+        s = make_settings(redis_url=server.url, tiled_url=tiled.url)
+        q = JobQueue(connect(s), s)
+        q.ensure_groups()
+        opts = {"er_cycles": 300, "crop_size": [24, 24, 24]}
+        jobs = [q.submit(req(300 + i, options=opts))[0] for i in range(4)]
+        with caplog.at_level(logging.INFO, logger="bcdi.worker"), worker_thread(s, "survivor") as w:
+            wait_for(lambda: w.current is not None, 30, what="the survivor to start a job")
+            running = w.current.job_id
+            server.kill9()
+            time.sleep(1.0)
+            server.start()
+            wait_for(lambda: all(q.get(j)["state"] == "succeeded" for j in jobs), 90,
+                     what="every job to finish after the restart")
+        msgs = [r.getMessage() for r in caplog.records]
+        assert "Redis unreachable; waiting" in msgs or "progress not recorded: Redis unreachable" in msgs
+        assert q.get(running)["worker"] == "survivor"
+        for j in jobs:
+            assert tiled.results_for(j) == [j]
+        assert q.stats()["streams"]["normal"] == {"length": 0, "pending": 0}
+    finally:
+        server.stop()

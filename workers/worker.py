@@ -25,6 +25,14 @@ from workers.job import JobCancelled, Runner, is_transient, load_runner
 
 log = logging.getLogger("bcdi.worker")
 
+try:
+    from redis.exceptions import ConnectionError as _RedisConnectionError
+    from redis.exceptions import TimeoutError as _RedisTimeoutError
+
+    _REDIS_DOWN: tuple[type[BaseException], ...] = (_RedisConnectionError, _RedisTimeoutError)
+except ImportError:  # pragma: no cover - redis is a dependency of the service extra
+    _REDIS_DOWN = (ConnectionError,)
+
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: ts, level, msg, plus the record's `fields` (worker, job_id, ...)."""
@@ -89,7 +97,11 @@ class _Progress:
         self.fraction = min(1.0, max(0.0, float(fraction)))
         if changed or self.fraction >= 1.0 or now - self.last_write >= self.w.s.progress_interval_s:
             self.last_write = now
-            self.w.q.progress(self.job_id, self.w.name, self.stage, self.fraction, self.timings)
+            try:
+                self.w.q.progress(self.job_id, self.w.name, self.stage, self.fraction, self.timings)
+            except _REDIS_DOWN as e:  # progress is best effort: the job goes on while Redis is away
+                self.w._log(logging.WARNING, "progress not recorded: Redis unreachable", job_id=self.job_id,
+                            error=str(e))
 
     def close_stage(self, now: float | None = None) -> None:
         now = time.perf_counter() if now is None else now
@@ -118,8 +130,11 @@ class _CancelToken:
             now = time.monotonic()
             if now >= self._next_poll:
                 self._next_poll = now + w.s.cancel_poll_s
-                if w.q.cancel_requested(self.job_id):
-                    self.reason = "user"
+                try:
+                    if w.q.cancel_requested(self.job_id):
+                        self.reason = "user"
+                except _REDIS_DOWN:  # cannot read the flag now; the next poll will
+                    pass
         return self.reason is not None
 
 
@@ -188,9 +203,20 @@ class Worker:
         try:
             while not self.stop_requested.is_set() and (max_jobs is None or self.jobs_done < max_jobs):
                 if not self.backlog:
-                    self.q.worker_seen(self.name)
+                    try:
+                        self.q.worker_seen(self.name)
+                        claimed = self.q.claim(self.name, self.s.block_ms)
+                    except _REDIS_DOWN as e:
+                        self._wait_for_redis(e)
+                        continue
+                    except Exception as e:
+                        if "NOGROUP" not in str(e):
+                            raise
+                        self._log(logging.WARNING, "consumer group missing (Redis lost its data?); recreating it")
+                        self.q.ensure_groups()
+                        continue
                     with self._held_lock:
-                        self.backlog.extend(self.q.claim(self.name, self.s.block_ms))
+                        self.backlog.extend(claimed)
                     continue
                 if self.stop_requested.is_set():
                     break
@@ -202,13 +228,44 @@ class Worker:
             self._shutdown()
         return self.jobs_done
 
+    def _wait_for_redis(self, err: BaseException) -> None:
+        """Redis is unreachable (restart, network): wait with back-off; stop requests still end the wait."""
+        self._redis_failures = getattr(self, "_redis_failures", 0) + 1
+        delay = min(0.25 * 2 ** (self._redis_failures - 1), 5.0)
+        self._log(logging.WARNING, "Redis unreachable; waiting", error=str(err), retry_in_s=delay)
+        if self.stop_requested.wait(delay):
+            return
+        try:
+            self.r.ping()
+            self._redis_failures = 0
+            self._log(logging.INFO, "Redis reachable again")
+        except _REDIS_DOWN:
+            pass
+
+    def _persist(self, fn, *args, **kwargs):
+        """Run a job-state transition, retrying while Redis is unreachable (up to redis_retry_s): a finished job's
+        record must not be lost to a Redis restart. Gives up by re-raising; the entry then stays pending and
+        another delivery finds the idempotent result."""
+        end = time.monotonic() + self.s.redis_retry_s
+        while True:
+            try:
+                return fn(*args, **kwargs)
+            except _REDIS_DOWN as e:
+                if time.monotonic() > end:
+                    raise
+                self._wait_for_redis(e)
+
     def _shutdown(self) -> None:
         with self._held_lock:
             pending = list(self.backlog)
             self.backlog.clear()
         for d in pending:  # claimed but never started: hand back at once
-            self.q.requeue(d, self.name, f"requeued: worker {self.name} stopped before starting it")
-            self._log(logging.INFO, "requeued unstarted job", job_id=d.job_id)
+            try:
+                self.q.requeue(d, self.name, f"requeued: worker {self.name} stopped before starting it")
+                self._log(logging.INFO, "requeued unstarted job", job_id=d.job_id)
+            except _REDIS_DOWN as e:  # still pending on us in Redis: another worker reclaims it after idle
+                self._log(logging.WARNING, "could not requeue; the entry will be reclaimed", job_id=d.job_id,
+                          error=str(e))
         self.stop_requested.set()
         self._hb_stop.set()
         if self._hb_thread is not None:
@@ -242,13 +299,13 @@ class Worker:
         """Run one delivery to its end state; returns what happened (succeeded, failed, cancelled, requeued,
         lost, dead-letter or a skip reason). Never raises for a job's own failure."""
         if not d.job_id:
-            self.q.release(d)
+            self._persist(self.q.release, d)
             return "skipped"
-        outcome = self.q.start(d, self.name)
+        outcome = self._persist(self.q.start, d, self.name)
         if outcome == "dead":
             reason = (f"delivery limit reached: delivered {d.deliveries} times (max_deliveries="
                       f"{self.s.max_deliveries}); the workers that took it died or lost it")
-            self.q.dead_letter(d, self.name, reason)
+            self._persist(self.q.dead_letter, d, self.name, reason)
             self._log(logging.ERROR, "job dead-lettered", job_id=d.job_id, reason=reason)
             self.jobs_done += 1
             return "dead-letter"
@@ -265,7 +322,7 @@ class Worker:
             self.jobs_done += 1
 
     def _run_job(self, d: Delivery) -> str:
-        rec = self.q.get(d.job_id) or {}
+        rec = self._persist(self.q.get, d.job_id) or {}
         request = rec.get("request") or {}
         spec = {
             "job_id": d.job_id, "scan": request.get("scan"), "options": request.get("options") or {},
@@ -303,7 +360,7 @@ class Worker:
                              f"{attempt} attempts over {time.monotonic() - t_start:.1f} s")
                 else:
                     error = f"stage '{progress.stage or 'start'}' failed: {type(e).__name__}: {_one_line(e)}"
-                ok = self.q.finish(d, self.name, "failed", error=error[:2000], timings=timings)
+                ok = self._persist(self.q.finish, d, self.name, "failed", error=error[:2000], timings=timings)
                 self._log(logging.ERROR, "job failed", job_id=d.job_id, error=error, recorded=ok)
                 return "failed"
         progress.close_stage()
@@ -311,8 +368,8 @@ class Worker:
         summary = {k: v for k, v in result.items() if isinstance(v, (int, float, str, bool)) or v is None}
         if len(json.dumps(summary)) > 8000:
             summary = {"note": "summary too large to keep in the job record; see Tiled"}
-        ok = self.q.finish(d, self.name, "succeeded", stage="done", progress=1.0, result_path=result_path,
-                           result=summary, timings=timings)
+        ok = self._persist(self.q.finish, d, self.name, "succeeded", stage="done", progress=1.0,
+                           result_path=result_path, result=summary, timings=timings)
         self._log(logging.INFO if ok else logging.WARNING, "job succeeded" if ok else
                   "job finished but its claim was lost; the result is keyed by job id, the owner reuses it",
                   job_id=d.job_id, result_path=result_path, seconds=round(time.monotonic() - t_start, 3))
@@ -323,12 +380,12 @@ class Worker:
             self._log(logging.WARNING, "job abandoned: another worker owns it now", job_id=d.job_id)
             return "lost"
         if reason == "shutdown":
-            ok = self.q.requeue(d, self.name, f"requeued: worker {self.name} shut down during "
-                                               f"'{progress.stage}'")
+            ok = self._persist(self.q.requeue, d, self.name, f"requeued: worker {self.name} shut down during "
+                                                             f"'{progress.stage}'")
             self._log(logging.INFO, "job requeued on shutdown", job_id=d.job_id, recorded=ok)
             return "requeued"
         error = f"cancelled by request during stage '{progress.stage}' at {progress.fraction:.0%}"
-        ok = self.q.finish(d, self.name, "cancelled", error=error, timings=timings)
+        ok = self._persist(self.q.finish, d, self.name, "cancelled", error=error, timings=timings)
         self._log(logging.INFO, "job cancelled", job_id=d.job_id, stage=progress.stage, recorded=ok)
         return "cancelled"
 
