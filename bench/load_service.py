@@ -181,6 +181,7 @@ def measure(stack: Stack, args) -> tuple[str, bool]:
     victim_name = "w0"
     victim = stack.workers[victim_name]
     t_kill = None
+    done_at_kill = None
     while True:
         listing = stack.http.get("/api/v1/reconstructions", params={"state": "succeeded", "limit": 1},
                                  headers={"X-API-Key": stack.read_key}).json()
@@ -191,6 +192,7 @@ def measure(stack: Stack, args) -> tuple[str, bool]:
             victim.send_signal(signal.SIGKILL)
             victim.wait()
             t_kill = time.time()
+            done_at_kill = done
             print(f"killed {victim_name} after {done} jobs", file=sys.stderr)
         if done + failed >= args.jobs:
             break
@@ -242,7 +244,7 @@ def measure(stack: Stack, args) -> tuple[str, bool]:
         f"| jobs with exactly one result in Tiled | {sum(1 for c in counts.values() if c == 1)} |",
         f"| jobs with more than one result (duplicates) | {sum(1 for c in counts.values() if c > 1)} |",
         f"| jobs with no result | {sum(1 for c in counts.values() if c == 0)} |",
-        f"| worker killed (kill -9) after | {args.jobs // 2} jobs had finished ({victim_name} had done "
+        f"| worker killed (kill -9) when | {done_at_kill} jobs had finished ({victim_name} had done "
         f"{victim_jobs} jobs in all) |",
         f"| jobs re-delivered after the kill | {len(recovered)} |",
         f"| kill -> re-delivered job started on the other worker | "
