@@ -8,7 +8,8 @@ from physics.errors import InputError
 from physics.metrics import compare_to_truth
 from physics.phasing import (CDI, ER, HIO, LLK, RAAR, AutoCorrelationSupport, Cancelled, FourierApplyAmplitude,
                              InitFreePixels, InitObjRandom, ScaleObj, SupportTooSmall, SupportUpdate,
-                             center_on_support, ortho_modes, parse_recipe, phase_runs, run_recipe)
+                             center_on_support, ortho_modes, parse_recipe, phase_runs, run_recipe,
+                             torch_threads)
 
 
 def crystal(n=32, semi=(6.0, 5.0, 4.5), phase_amp=1.0, counts=1e6, seed=0):
@@ -347,3 +348,12 @@ def test_post_expand_opening_removes_isolated_voxels(xtal):
 
 def support_iou_np(a, b):
     return (a & b).sum() / (a | b).sum()
+
+
+def test_torch_threads_is_scoped():
+    before = torch.get_num_threads()
+    with torch_threads(2):
+        assert torch.get_num_threads() == 2
+    assert torch.get_num_threads() == before
+    with torch_threads(None):
+        assert torch.get_num_threads() == before
