@@ -199,6 +199,17 @@ def screenshot(url: str, out: Path, size=(1400, 1000)) -> None:
                         f"--screenshot={out}", url], check=True, capture_output=True, timeout=120)
 
 
+def _scan_node_path(client, tiled_path: str, file_key: str, scan_no: int) -> str:
+    """Tiled path of the scan entry (``<dataset>/<file>/<n>.1``) when registered so, else the dataset path."""
+    for path in (f"{tiled_path}/{file_key}/{scan_no}.1", f"{tiled_path}/{scan_no}.1"):
+        try:
+            client[path]
+            return path
+        except KeyError:
+            continue
+    return tiled_path
+
+
 def follow_job(gateway_url: str, read_key: str, job_id: str, timeout: float, say) -> dict:
     """Poll the job until it ends; prints each stage change. Returns the final job record."""
     import httpx
@@ -274,7 +285,8 @@ def run_stack(args) -> int:
         timings["total"] = time.perf_counter() - t_all
         key = f"?api_key={stack.tiled_key}"
         result_url = f"{rec['browser_url']}{key}"
-        raw_url = f"{stack.tiled_url}/ui/browse/{tiled_path}{key}"
+        raw_path = _scan_node_path(stack.tiled.client(), tiled_path, f"{sample_name}_{dataset}", scan_no)
+        raw_url = f"{stack.tiled_url}/ui/browse/{raw_path}{key}"
         stages = ", ".join(f"{k} {v:.1f} s" for k, v in (rec.get("timings") or {}).items())
         say("")
         say(f"result (Tiled browser): {result_url}")
@@ -291,7 +303,7 @@ def run_stack(args) -> int:
             out = Path(args.screenshot)
             screenshot(result_url, out / "demo_result.png")
             screenshot(f"{rec['browser_url']}/preview_object{key}", out / "demo_result_object.png")
-            screenshot(raw_url, out / "demo_raw_scan.png")
+            screenshot(f"{stack.tiled_url}/ui/browse/{raw_path}/measurement/{DETECTOR}{key}", out / "demo_raw_scan.png")
             say(f"screenshots -> {out}/demo_*.png")
         submitter.close()
         if args.exit:

@@ -75,7 +75,7 @@ def test_demo_reconstructs_a_scan_heals_a_worker_and_ctrl_c_leaves_no_process(tm
         result_url = re.search(r"result \(Tiled browser\): (\S+)", out).group(1)
         raw_url = re.search(r"raw scan \(Tiled browser\): (\S+)", out).group(1)
         assert "/ui/browse/reconstructions/StrainedNP/StrainedNP_0001/" in result_url
-        assert raw_url.split("?")[0].endswith("/ui/browse/raw/StrainedNP/StrainedNP_0001")
+        assert raw_url.split("?")[0].endswith("/ui/browse/raw/StrainedNP/StrainedNP_0001/StrainedNP_0001/1.1")
         assert re.search(r"timings: stack_start [\d.]+ s, .*reconstruction [\d.]+ s, total [\d.]+ s", out)
 
         summary = json.loads((tmp_path / "stack" / "demo_summary.json").read_text())
@@ -84,8 +84,10 @@ def test_demo_reconstructs_a_scan_heals_a_worker_and_ctrl_c_leaves_no_process(tm
         meta = httpx.get(f"{tiled}/api/v1/metadata/{summary['result_path']}", params={"api_key": key},
                          timeout=10).json()["data"]["attributes"]["metadata"]
         assert meta["recipe"] == "ER**20" and meta["metrics"]["support_size"] > 0
-        assert httpx.get(f"{tiled}/api/v1/metadata/raw/StrainedNP/StrainedNP_0001", params={"api_key": key},
-                         timeout=10).status_code == 200
+        raw_path = raw_url.split("/ui/browse/")[1].split("?")[0]
+        frames = httpx.get(f"{tiled}/api/v1/metadata/{raw_path}/measurement/mpx1x4", params={"api_key": key},
+                           timeout=10).json()["data"]["attributes"]["structure"]
+        assert frames["shape"] == [72, 516, 516]  # the rocking scan as the simulated detector recorded it
         assert {"read", "cnn", "refine", "publish"} <= set(summary["stages"])
 
         # the stack's processes, tagged: tiled, gateway, worker (+ the demo itself). redis-server overwrites its
