@@ -10,8 +10,8 @@ import sys
 import pytest
 from fastapi.testclient import TestClient
 
-from service_fixtures import (PYTHON, READ_KEY, REPO, SUBMIT_KEY, drop_keys, free_port, make_settings,  # noqa: F401
-                              qsettings, shared_tiled, wait_for, worker_thread)
+from service_fixtures import (PYTHON, READ_KEY, REPO, SUBMIT_KEY, free_port, make_settings,  # noqa: F401
+                              qsettings, shared_tiled, worker_thread)
 
 from service.app import create_app
 

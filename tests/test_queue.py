@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from service_fixtures import (RedisServer, drop_keys, make_settings, qsettings, queue, shared_tiled,  # noqa: F401
+from service_fixtures import (RedisServer, make_settings, qsettings, queue, shared_tiled,  # noqa: F401
                               wait_for, worker_thread)
 
 from service.models import ReconRequest
