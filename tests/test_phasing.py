@@ -357,3 +357,13 @@ def test_torch_threads_is_scoped():
     assert torch.get_num_threads() == before
     with torch_threads(None):
         assert torch.get_num_threads() == before
+
+
+def test_smoothing_is_scipy_gaussian_filter_with_periodic_boundaries(xtal):
+    rng = np.random.default_rng(0)
+    obj = (xtal["obj"] * (1 + 0.3 * rng.normal(size=xtal["obj"].shape))).astype(np.complex64)
+    cdi = CDI(xtal["iobs"], obj=obj)
+    for sigma in (0.5, 1.3, 2.0):
+        ours = np.fft.fftshift(cdi.smoothed_modulus(sigma).numpy())
+        ref = ndi.gaussian_filter(np.abs(obj), sigma, mode="wrap")
+        np.testing.assert_allclose(ours, ref, atol=1e-4 * np.abs(obj).max())

@@ -267,18 +267,24 @@ class CDI:
         return dict(self.llk)
 
     def smoothed_modulus(self, sigma: float) -> torch.Tensor:
-        """|obj| convolved by a periodic Gaussian of std sigma voxels (exact, through a real FFT)."""
+        """|obj| convolved (periodically, through a real FFT) by the sampled Gaussian kernel of std sigma voxels,
+        truncated at 4 sigma and normalised: scipy.ndimage.gaussian_filter's kernel, as PyNX's CPU back-end."""
         a = torch.abs(self._obj)
         if sigma <= 0:
             return a
         fa = torch.fft.rfftn(a)
         g = None
+        radius = int(4.0 * sigma + 0.5)
+        j = np.arange(-radius, radius + 1)
+        w = np.exp(-0.5 * (j / sigma) ** 2)
+        w /= w.sum()
         for axis, n in enumerate(self.shape):
-            f = torch.fft.rfftfreq(n, device=self.device) if axis == 2 else torch.fft.fftfreq(n, device=self.device)
-            gi = torch.exp(-2 * (np.pi * sigma * f) ** 2)
-            shape = [1, 1, 1]
-            shape[axis] = gi.numel()
-            gi = gi.reshape(shape)
+            kern = np.zeros(n)
+            np.add.at(kern, j % n, w)
+            tf = np.fft.rfft(kern).real if axis == len(self.shape) - 1 else np.fft.fft(kern).real
+            shape = [1] * len(self.shape)
+            shape[axis] = tf.size
+            gi = torch.from_numpy(tf.astype(np.float32)).to(self.device).reshape(shape)
             g = gi if g is None else g * gi
         return torch.fft.irfftn(fa * g, s=self.shape)
 
