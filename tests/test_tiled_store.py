@@ -203,3 +203,35 @@ def test_production_config_workers_write_viewers_only_read(multi_user, result):
 
     wrong = httpx.get(f"{server.uri}/api/v1/metadata/{path}", headers={"Authorization": "Apikey not-a-key"})
     assert wrong.status_code == 401
+
+
+def test_register_watch_picks_up_a_new_scan_file(tiled_env):
+    from fixtures_tiled import synthetic_frames
+    from workers.io.id01 import write_bliss_scan
+
+    server, client = tiled_env["server"], tiled_env["client"]
+    folder = server.raw_dir / "AuNP"
+    folder.mkdir()
+    # a watcher of its own sub-tree: `register --watch` first re-walks (overwrites) its prefix, so it must not
+    # share /raw with the other tests
+    watcher = server.register(folder, prefix="/raw/AuNP", watch=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and "AuNP" not in client["raw"]:
+        time.sleep(0.5)
+    assert "AuNP" in client["raw"], "the watcher did not finish its initial walk within 60 s"
+    frames, _ = synthetic_frames(n_frames=32, seed=4)
+    # as a beamline copy would: write the dataset folder aside, then move it in with one rename, so the watcher
+    # never sees half-written files (it re-registers a file on every change)
+    staging = server.data_dir / "staging"
+    write_bliss_scan(staging, "AuNP", "0002", frames, scan=1, proposal=None)
+    (staging / "AuNP" / "AuNP_0002").rename(folder / "AuNP_0002")
+    deadline = time.monotonic() + 90
+    found = None
+    while time.monotonic() < deadline and found is None:
+        try:
+            found = load_scan_tiled(client, {"tiled_path": "raw/AuNP/AuNP_0002", "scan": "1.1"}, roi_size=(64, 64))
+        except InputError:  # not registered yet
+            time.sleep(1.0)
+    assert watcher.poll() is None, "the watcher exited"
+    assert found is not None, "the new scan was not registered within 90 s"
+    assert found[0].shape == (32, 64, 64) and found[0].max() > 0

@@ -46,6 +46,21 @@ def tiled_executable() -> str:
     return found
 
 
+def _terminate(proc: subprocess.Popen, timeout: float) -> None:
+    """SIGTERM the process group of ``proc`` (started with start_new_session), SIGKILL if it outlives ``timeout``."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(5)
+
+
 class TiledServer:
     """A Tiled server subprocess on loopback: ``with TiledServer(data_dir, raw_dir) as server: server.client()``."""
 
@@ -62,6 +77,7 @@ class TiledServer:
         self.log_path = self.data_dir / "tiled-server.log"
         self.extra_env = dict(extra_env or {})
         self.multi_user = multi_user  # production.yml: per-user keys, no single-user key in the environment
+        self._watchers: list[subprocess.Popen] = []
 
     @property
     def uri(self) -> str:
@@ -110,27 +126,34 @@ class TiledServer:
             return "(no log)"
 
     def stop(self, timeout: float = 15.0) -> None:
-        """Stop the server (SIGTERM to its process group, then SIGKILL after ``timeout``)."""
+        """Stop `register --watch` processes and the server (SIGTERM to each process group, SIGKILL after ``timeout``)."""
+        for watcher in self._watchers:
+            _terminate(watcher, timeout)
+        self._watchers.clear()
         proc, self.process = self.process, None
-        if proc is None or proc.poll() is not None:
-            return
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
+        if proc is not None:
+            _terminate(proc, timeout)
 
-    def register(self, path: str | os.PathLike | None = None, prefix: str = "/raw", timeout: float = 300.0) -> None:
-        """Register raw files in place with ``tiled register`` (walks a folder; HDF5 groups become containers)."""
+    def register(self, path: str | os.PathLike | None = None, prefix: str = "/raw", timeout: float = 300.0,
+                 watch: bool = False) -> subprocess.Popen | None:
+        """Register raw files in place with ``tiled register`` (walks a folder; HDF5 groups become containers).
+
+        With ``watch`` the command keeps running (``--watch``) and registers new or changed files as they appear; the
+        process is returned and stopped together with the server.
+        """
         path = Path(path) if path is not None else self.raw_dir
         cmd = [tiled_executable(), "register", self.uri, str(path), "--prefix", prefix, "--api-key", self.api_key]
+        if watch:
+            log = open(self.data_dir / "tiled-register-watch.log", "ab")
+            proc = subprocess.Popen(cmd + ["--watch"], env=self.env(), stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+            log.close()
+            self._watchers.append(proc)
+            return proc
         result = subprocess.run(cmd, env=self.env(), capture_output=True, text=True, timeout=timeout)
         if result.returncode != 0:
             raise RuntimeError(f"tiled register failed ({result.returncode}): {result.stderr[-1500:]}")
+        return None
 
     def client(self):
         """A Tiled client connected with the server's API key."""

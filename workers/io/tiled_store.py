@@ -127,12 +127,12 @@ def connect(uri: str | None = None, api_key: str | None = None, *, attempts: int
     raise TiledUnavailable(f"Tiled server at {uri} is unreachable after {attempts} attempts ({last})")
 
 
-def _node(client, path: str):
-    """client[path] with a one-line error naming the missing path."""
+def _node(client, path: str, shown: str | None = None):
+    """client[path] with a one-line error naming the missing path (``shown``: the full path for the message)."""
     try:
         return client[path]
     except KeyError:
-        raise InputError(f"no such Tiled path: {path}") from None
+        raise InputError(f"no such Tiled path: {shown or path}") from None
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -144,7 +144,7 @@ def _dataset_node(client, ref: ScanRef):
     keys = list(node)
     last = ref.tiled_path.rsplit("/", 1)[-1]
     if last in keys and not any("." in k and k.split(".")[-1].isdigit() for k in keys):
-        node = node[last]
+        node = _node(node, last, f"{ref.tiled_path}/{last}")
         keys = list(node)
     return node, keys
 
@@ -197,7 +197,7 @@ def load_scan_tiled(client, ref: "dict | ScanRef", *, roi_size: tuple[int, int] 
     ref = ScanRef.parse(ref, allowed_prefixes)
     node, keys = _dataset_node(client, ref)
     name = resolve_scan_name(keys, ref.scan)
-    entry = node[name]
+    entry = _node(node, name, "/".join(list(node.path_parts) + [name]))
     det = _find_detector_tiled(entry, ref.detector, name)
     where = f"scan {name} ({det})"
     try:
