@@ -2,7 +2,8 @@
 
 Same code on CPU and CUDA (device argument); arrays are fft-shifted inside, centred numpy at the edges.
 """
-from physics.phasing.cdi import CDI, Cancelled, SupportTooLarge, SupportTooSmall, dilate_box, resolve_device, torch_threads
+from physics.phasing.cdi import (CDI, Cancelled, SupportTooLarge, SupportTooSmall, dilate_box, resolve_device,
+                                  torch_threads)
 from physics.phasing.llk import llk_sums, normalise_llk
 from physics.phasing.multirun import MultiRunResult, center_on_support, ortho_modes, phase_runs
 from physics.phasing.operators import (ER, HIO, LLK, RAAR, AutoCorrelationSupport, FourierApplyAmplitude,
