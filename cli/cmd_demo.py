@@ -131,8 +131,8 @@ class Id01FileWriter:
     """The demo's data writer (BLISS's role at ID01): on a successful stop, saves the frames as an ID01 BLISS file
     and registers it in Tiled, before the trigger (subscribed after it) sees the stop document."""
 
-    def __init__(self, raw_root: Path, tiled_server, detector: str = DETECTOR, motor: str = "eta"):
-        self.raw_root, self.tiled, self.detector, self.motor = Path(raw_root), tiled_server, detector, motor
+    def __init__(self, raw_root: Path, tiled_client, detector: str = DETECTOR, motor: str = "eta"):
+        self.raw_root, self.tiled, self.detector, self.motor = Path(raw_root), tiled_client, detector, motor
         self.start_doc: dict | None = None
         self.frames: list = []
         self.positions: list[float] = []
@@ -163,8 +163,18 @@ class Id01FileWriter:
                                       f"{len(self.frames) - 1} 0.1")
         self.timings["write_file"] = time.perf_counter() - t
         t = time.perf_counter()
-        folder = path.parent
-        self.tiled.register(folder, prefix="/" + md["tiled_path"])
+        import functools
+
+        import anyio
+        from tiled.client.register import register
+
+        from concurrent.futures import ThreadPoolExecutor
+
+        # what `tiled register <folder> --prefix /raw/...` does, in this process (saves the CLI's start-up);
+        # on its own thread, because RunEngine callbacks run inside the RunEngine's event loop
+        job = functools.partial(register, self.tiled, path.parent, prefix="/" + md["tiled_path"])
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(anyio.run, job).result()
         self.timings["register"] = time.perf_counter() - t
         self.written.append(path)
 
@@ -256,7 +266,7 @@ def run_stack(args) -> int:
         md = {"bcdi": {"tiled_path": tiled_path, "scan": scan_no, "detector": DETECTOR, "sample": sample_name,
                        "dataset": dataset},
               "sample": sample_name, "phase_range_pi": round(float(sample["phase_range"]) / 3.141592653589793, 3)}
-        writer = Id01FileWriter(stack.raw_dir, stack.tiled)
+        writer = Id01FileWriter(stack.raw_dir, stack.tiled.client())
         selector = BcdiSelector(plan_names=(PLAN_NAME,), options={"er_cycles": args.er_cycles,
                                                                   "crop_size": [64, 64, 64]})
         submitter = GatewaySubmitter(stack.gateway_url, stack.submit_key, timeout=3.0)
