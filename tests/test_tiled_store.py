@@ -196,13 +196,15 @@ def test_production_config_workers_write_viewers_only_read(multi_user, result):
     np.testing.assert_array_equal(back["strain"], arrays["strain"])
     with pytest.raises(ClientError, match="401"):
         viewer[path].update_metadata({"status": "tampered"})
-    with pytest.raises(ClientError, match="401"):
+    with pytest.raises(PermissionError, match="no write scopes"):
         write_result(viewer, REF, "job-viewer", arrays, metadata)
     assert "job-viewer" not in worker["reconstructions/PtNP/PtNP_0001/1.1"]
     import httpx
 
     wrong = httpx.get(f"{server.uri}/api/v1/metadata/{path}", headers={"Authorization": "Apikey not-a-key"})
     assert wrong.status_code == 401
+    with pytest.raises(PermissionError, match="rejected the API key"):
+        connect(server.uri, "not-a-key", attempts=1)
 
 
 def test_register_watch_picks_up_a_new_scan_file(tiled_env):

@@ -115,9 +115,7 @@ def connect(uri: str | None = None, api_key: str | None = None, *, attempts: int
         try:
             response = httpx.get(f"{uri}/healthz", timeout=3.0)
             if response.status_code == 200:
-                from tiled.client import from_uri
-
-                return from_uri(uri, api_key=api_key)
+                return _open_client(uri, api_key)
             last = RuntimeError(f"HTTP {response.status_code}")
         except httpx.HTTPError as exc:
             last = exc
@@ -125,6 +123,22 @@ def connect(uri: str | None = None, api_key: str | None = None, *, attempts: int
             time.sleep(delay)
             delay = min(delay * 2, max_backoff_s)
     raise TiledUnavailable(f"Tiled server at {uri} is unreachable after {attempts} attempts ({last})")
+
+
+def _open_client(uri: str, api_key: str | None):
+    """from_uri, with a rejected or missing key reported as PermissionError (one line) instead of a log-in prompt."""
+    from tiled.client import from_uri
+    from tiled.client.context import CannotPrompt
+    from tiled.client.utils import ClientError
+
+    try:
+        return from_uri(uri, api_key=api_key)
+    except CannotPrompt:
+        raise PermissionError(f"Tiled server at {uri} rejected the API key (or none was given)") from None
+    except ClientError as exc:
+        if exc.response.status_code in (401, 403):
+            raise PermissionError(f"Tiled server at {uri} refused access: {exc.response.status_code}") from None
+        raise
 
 
 def _node(client, path: str, shown: str | None = None):
@@ -464,6 +478,11 @@ def write_result(client, ref: "dict | ScanRef", job_id: str, arrays: dict[str, n
         job.update_metadata({"status": "complete"})
     except httpx.TransportError as exc:
         raise TiledUnavailable(f"Tiled server became unreachable while writing {path} ({exc})") from None
+    except httpx.HTTPStatusError as exc:  # tiled's ClientError
+        if exc.response.status_code in (401, 403):
+            raise PermissionError(f"Tiled refused writing {path}: this API key has no write scopes "
+                                  f"({exc.response.status_code})") from None
+        raise
     return path
 
 
