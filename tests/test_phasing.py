@@ -367,3 +367,26 @@ def test_smoothing_is_scipy_gaussian_filter_with_periodic_boundaries(xtal):
         ours = np.fft.fftshift(cdi.smoothed_modulus(sigma).numpy())
         ref = ndi.gaussian_filter(np.abs(obj), sigma, mode="wrap")
         np.testing.assert_allclose(ours, ref, atol=1e-4 * np.abs(obj).max())
+
+
+def test_zero_mask_forces_masked_voxels_to_zero_and_auto_releases_them():
+    """zero_mask=True: the projection sets masked Fourier voxels to 0; 'auto' (PyNX BCDI runner) only during the
+    first 60 % of HIO/RAAR, so after the recipe the masked voxels are free again."""
+    import torch
+
+    from physics.phasing import CDI, run_recipe
+    from physics.simulate import SimParams, simulate_sample
+
+    s = simulate_sample(12, SimParams(size=32, phase_range=(0.5, 1.0), gap_probability=1.0))
+    start = s["object"] * np.exp(1j * np.random.default_rng(0).normal(0, 0.3, s["object"].shape))
+    cdi = CDI(s["intensity"], mask=s["mask"], obj=start, support=s["support"])
+    gap = np.fft.ifftshift(s["mask"])  # internal (fft-shifted) layout
+    free = torch.fft.fftn(cdi._project(), norm="ortho").abs().numpy()
+    assert free[gap].max() > 1e-2 * free.max()  # left free: the calculated amplitude stays in the gap
+    run_recipe(cdi, "ER**1", zero_mask=True)
+    assert not cdi.zero_mask  # a recipe leaves the masked voxels free again
+    cdi.zero_mask = True
+    zeroed = torch.fft.fftn(cdi._project(), norm="ortho").abs().numpy()
+    assert zeroed[gap].max() < 1e-4 * zeroed.max()
+    with pytest.raises(InputError, match="zero_mask"):
+        run_recipe(cdi, "ER**1", zero_mask="sometimes")

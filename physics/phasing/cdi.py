@@ -104,6 +104,7 @@ class CDI:
         else:
             self._obj = self._to_internal(_check_array("obj", obj, self.shape).astype(np.complex64), torch.complex64)
         self.nb_cycle = 0
+        self.zero_mask = False  # True: masked voxels are set to 0 by the projection instead of left free (PyNX)
         self.llk: dict = {}
         self.support_threshold: float | None = None
         self.history: list[dict] = []  # one entry per support update
@@ -176,6 +177,7 @@ class CDI:
         self._observed = ~self._mask & ~self._free  # voxels whose amplitude is imposed
         self._sqrt_iobs = torch.sqrt(self._iobs)
         self._unobs_idx = torch.nonzero(~self._observed.reshape(-1)).reshape(-1)
+        self._free_idx = torch.nonzero(self._free.reshape(-1)).reshape(-1)
         self.nb_observed = int((~self._mask).sum())
         self.nb_free = int(self._free.sum())
 
@@ -216,10 +218,11 @@ class CDI:
         if calc_llk:
             self._store_llk(torch.abs(psi))
         flat = psi.view(-1)
-        keep = flat.index_select(0, self._unobs_idx) if self._unobs_idx.numel() else None
+        idx = self._free_idx if self.zero_mask else self._unobs_idx  # zero_mask: masked voxels forced to 0
+        keep = flat.index_select(0, idx) if idx.numel() else None
         psi.sgn_().mul_(self._sqrt_iobs)
         if keep is not None:
-            flat.index_copy_(0, self._unobs_idx, keep)
+            flat.index_copy_(0, idx, keep)
         return torch.fft.ifftn(psi, norm="ortho")
 
     def _store_llk(self, amp: torch.Tensor) -> None:

@@ -100,7 +100,7 @@ def count_cycles(recipe: str) -> int:
 
 def run_recipe(cdi: CDI, recipe: str = "HIO**400,RAAR**1000,ER**300", support_update: SupportUpdate | None = None,
                update_period: int = 20, progress=None, should_cancel=None, beta: float = 0.9,
-               calc_llk: int = 0) -> CDI:
+               calc_llk: int = 0, zero_mask=False) -> CDI:
     """Apply a recipe to cdi left to right, with support_update after every update_period-th cycle.
 
     If the recipe names "Sup" explicitly, support updates happen only there. A support update whose
@@ -108,7 +108,12 @@ def run_recipe(cdi: CDI, recipe: str = "HIO**400,RAAR**1000,ER**300", support_up
     called after each cycle; should_cancel() is checked between cycles and raises Cancelled.
     calc_llk=k computes the LLK every k cycles (0: never, use the LLK operator at the end).
     The last support threshold (after guard retuning) is left in cdi.support_threshold.
+    zero_mask: masked voxels are forced to 0 by the projection (True), left free (False), or, like PyNX's
+    BCDI runner, "auto": forced to 0 during the first 60 % of the HIO/RAAR cycles, free afterwards (and in ER).
+    Detector gaps left free from the start let the algorithms fill them with whatever grows the support.
     """
+    if zero_mask not in (True, False, "auto"):
+        raise InputError(f"zero_mask must be True, False or 'auto', got {zero_mask!r}")
     steps = parse_recipe(recipe)
     if update_period is not None and int(update_period) < 0:
         raise InputError(f"update_period must be >= 0, got {update_period}")
@@ -120,9 +125,14 @@ def run_recipe(cdi: CDI, recipe: str = "HIO**400,RAAR**1000,ER**300", support_up
         b, e, _ = support_update.smooth_width
         support_update.smooth_width = (b, e, cdi.nb_cycle + sum(s in ("HIO", "RAAR") for s in steps))
     total = sum(s in ("ER", "HIO", "RAAR") for s in steps)
+    zero_until = (int(0.6 * sum(s in ("HIO", "RAAR") for s in steps)) if zero_mask == "auto"
+                  else (total if zero_mask else 0))
     done = 0
+    hio_raar = 0
     for step in steps:
         if step in ("ER", "HIO", "RAAR"):
+            hio_raar += step != "ER"
+            cdi.zero_mask = (hio_raar <= zero_until and step != "ER") if zero_mask == "auto" else bool(zero_mask)
             if should_cancel is not None and should_cancel():
                 raise Cancelled(f"cancelled after {done} of {total} cycles")
             want = calc_llk > 0 and cdi.nb_cycle % calc_llk == 0
@@ -139,4 +149,5 @@ def run_recipe(cdi: CDI, recipe: str = "HIO**400,RAAR**1000,ER**300", support_up
             cdi.fourier_apply_amplitude()
         elif step == "LLK":
             cdi.compute_llk()
+    cdi.zero_mask = False
     return cdi
