@@ -189,6 +189,9 @@ def _prepare_dir(path: Path) -> Path:
     if path.exists() and any(path.iterdir()):
         if not (path / MARKER).exists():
             raise InputError(f"--dir {path} is not empty and was not made by the demo; give an empty or new folder")
+        from workers.stack import Stack
+
+        Stack(path).reap_previous()  # processes of an earlier demo that was killed before it could stop them
         shutil.rmtree(path)
     path.mkdir(parents=True, exist_ok=True)
     (path / MARKER).write_text("made by bcdi-recon demo; emptied by the next demo run\n")

@@ -157,3 +157,29 @@ def _ping(r) -> bool:
         return bool(r.ping())
     except Exception:
         return False
+
+
+def test_a_new_stack_reaps_what_a_killed_one_left(tmp_path):
+    from workers.stack import Stack
+
+    old_id = uuid.uuid4().hex
+    orphan = subprocess.Popen(["sleep", "300"], env={**os.environ, STACK_ID_ENV: old_id})
+    exe, _ = redis_executable()
+    port = free_port()
+    old_redis = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    unrelated = subprocess.Popen(["sleep", "300"])  # not tagged, not the recorded redis: must survive
+    try:
+        wait_for(lambda: "redis-server" in _cmdline(old_redis.pid) and f":{port}" in _cmdline(old_redis.pid), 20,
+                 what="the old redis-server")
+        (tmp_path / "stack.json").write_text(json.dumps({"stack_id": old_id, "redis_pid": old_redis.pid,
+                                                         "redis_port": port}))
+        reaped = Stack(tmp_path).reap_previous()
+        assert sorted(reaped) == sorted([orphan.pid, old_redis.pid])
+        assert orphan.wait(10) == -signal.SIGKILL and old_redis.wait(10) == -signal.SIGKILL
+        assert unrelated.poll() is None
+    finally:
+        for p in (orphan, old_redis, unrelated):
+            if p.poll() is None:
+                p.kill()
+                p.wait(10)

@@ -164,6 +164,7 @@ class Stack:
         self._stopping = threading.Event()
         self._monitor: threading.Thread | None = None
         self._lock = threading.Lock()
+        self.reaped: list[int] = []  # processes of an earlier, killed stack in the same folder
 
     # ---- addresses ------------------------------------------------------------------------------------------
     @property
@@ -208,9 +209,55 @@ class Stack:
         self._monitor.start()
         return self
 
+    @property
+    def state_file(self) -> Path:
+        return self.base / "stack.json"
+
+    def _save_state(self) -> None:
+        """Record the stack id and redis pid, so a later start in this folder can clean up after a killed one."""
+        import json
+
+        redis_child = self.children.get("redis")
+        state = {"stack_id": self.stack_id, "redis_pid": redis_child.pid if redis_child else None,
+                 "redis_port": self.redis_port}
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state))
+        tmp.replace(self.state_file)
+
+    def reap_previous(self) -> list[int]:
+        """Kill what an earlier stack in this folder left running (its parent was killed before stop()).
+
+        Tagged processes are found by BCDI_STACK_ID; its redis-server (whose environment is overwritten) by
+        pid, only if that pid still runs redis-server on the recorded port.
+        """
+        import json
+
+        try:
+            old = json.loads(self.state_file.read_text())
+        except (OSError, ValueError):
+            return []
+        victims = processes_with_tag(old.get("stack_id") or "-") if old.get("stack_id") != self.stack_id else []
+        pid, port = old.get("redis_pid"), old.get("redis_port")
+        if pid and port:
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                cmd = ""
+            if "redis-server" in cmd and f":{port}" in cmd:
+                victims.append(int(pid))
+        for victim in victims:
+            try:
+                os.kill(victim, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if victims:
+            log.warning("killed %d process(es) left by an earlier stack in %s", len(victims), self.base)
+        return victims
+
     def _start(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         (self.base / "logs").mkdir(parents=True, exist_ok=True)
+        self.reaped = self.reap_previous()
         exe, self.redis_origin = redis_executable()
         self.redis_port = free_port(self.host)
         (self.base / "redis").mkdir(parents=True, exist_ok=True)
@@ -220,6 +267,7 @@ class Stack:
                                                   "--save", "", "--protected-mode", "yes", "--daemonize", "no"],
                                         redis_env, self.base / "logs" / "redis.log")
         self.children["redis"].start()
+        self._save_state()
         self._wait(lambda: self._redis_ping(), deadline, "redis", "Redis did not answer PING")
         self.say(f"redis   {self.redis_url}  ({self.redis_origin})")
 
@@ -295,7 +343,7 @@ class Stack:
                 if self.tiled is not None and self.tiled.process is not None and self.tiled.process.poll() is not None:
                     code = self.tiled.process.returncode
                     self.tiled.process = None
-                    self._restart("tiled", lambda: self.tiled.start(), code, None)
+                    self._restart("tiled", lambda: self.tiled.start(timeout=60), code, None)
 
     def _restart(self, name: str, start: Callable[[], None], code, child: _Child | None) -> None:
         restarts = child.restarts if child is not None else sum(e.startswith("tiled restarted") for e in self.events)
@@ -310,6 +358,8 @@ class Stack:
         log.warning(msg)
         try:
             start()
+            if name == "redis":
+                self._save_state()
         except Exception as e:
             self.events.append(f"{name} failed to restart: {e}")
         if child is not None:

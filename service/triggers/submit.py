@@ -39,7 +39,7 @@ class GatewaySubmitter:
     """Background poster of reconstruction requests to one gateway (X-API-Key = a submit key)."""
 
     def __init__(self, gateway_url: str, api_key: str, *, timeout: float = 2.0, attempts: int = 2,
-                 backoff_s: float = 0.5, max_pending: int = 1000, keep: int = 1000):
+                 backoff_s: float = 0.5, max_pending: int = 1000, keep: int = 1000, max_remembered: int = 100_000):
         if not gateway_url.startswith(("http://", "https://")):
             raise ValueError(f"gateway URL must start with http:// or https://, got {gateway_url!r}")
         if not api_key:
@@ -53,7 +53,8 @@ class GatewaySubmitter:
         self.backoff_s = backoff_s
         self.submissions: deque[Submission] = deque(maxlen=keep)
         self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
-        self._seen: set[str] = set()
+        self._seen: dict[str, None] = {}  # run uids submitted (insertion-ordered, oldest dropped first)
+        self.max_remembered = max_remembered
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._busy = 0  # requests queued or in flight
@@ -71,7 +72,9 @@ class GatewaySubmitter:
                 if run_uid in self._seen:
                     log.info("duplicate run ignored", extra={"fields": {"run_uid": run_uid}})
                     return False
-                self._seen.add(run_uid)
+                self._seen[run_uid] = None
+                while len(self._seen) > self.max_remembered:  # bounded memory on a long-running beamline
+                    self._seen.pop(next(iter(self._seen)))
                 self._busy += 1
                 self._ensure_thread()
             sub = Submission(run_uid=run_uid, body=body, queued_at=time.time())
@@ -171,7 +174,7 @@ class GatewaySubmitter:
     def _miss(self, sub: Submission, error: str) -> None:
         sub.status, sub.error = "missed", error
         with self._lock:
-            self._seen.discard(sub.run_uid)  # a later stop/catch-up for this run may try again
+            self._seen.pop(sub.run_uid, None)  # a later stop/catch-up for this run may try again
         log.warning("trigger miss: %s", error, extra={"fields": {"run_uid": sub.run_uid}})
 
 
