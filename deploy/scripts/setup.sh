@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One-shot set-up for a fresh Debian 12 machine (root or sudo, package registries only).
 #   setup.sh          -> .venv with the project and its runtime extras (enough for `bcdi-recon demo`)
-#   setup.sh --test   -> also the test extras and the Debian packages the tests talk to (PyNX)
+#   setup.sh --test   -> also the test extras and the Debian packages the tests talk to: PyNX (python3-pynx,
+#                        from bookworm-backports) and docker-compose (only to validate docker-compose.yml; no engine)
 # Idempotent: a second run only checks a stamp and returns.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -28,5 +29,11 @@ if [ ! -f "$stamp" ]; then
 fi
 if [ $want_test -eq 1 ]; then
   bash deploy/scripts/install-pynx.sh >/dev/null || log "WARNING: PyNX could not be installed; PyNX tests will fail"
+  if ! command -v docker-compose >/dev/null 2>&1 && ! docker compose version >/dev/null 2>&1; then
+    log "installing docker-compose (to validate docker-compose.yml)"
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends docker-compose >/dev/null \
+      || { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq \
+           --no-install-recommends docker-compose >/dev/null; } || log "WARNING: docker-compose not installed"
+  fi
 fi
 log "ready: .venv/bin/bcdi-recon"
