@@ -1,0 +1,83 @@
+"""`bcdi-recon reconstruct` end to end: plain intensity files and ID01 BLISS scans in, CXI + previews out,
+one-line errors for bad input with nothing written."""
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fixtures_tiled import synthetic_frames
+from physics.simulate import simulate_sample
+from workers.io.cxi import read_cxi
+from workers.io.id01 import write_bliss_scan
+
+ROOT = Path(__file__).parents[1]
+
+
+def cli(*argv, timeout=300):
+    return subprocess.run([sys.executable, "-m", "cli.main", *map(str, argv)], capture_output=True, text=True,
+                          cwd=ROOT, timeout=timeout, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+
+
+@pytest.fixture(scope="module")
+def crystal_npz(tmp_path_factory):
+    d = tmp_path_factory.mktemp("rec")
+    s = simulate_sample(2_000_021)
+    np.savez(d / "crystal.npz", intensity=s["intensity"])
+    return d / "crystal.npz"
+
+
+def test_64_cube_cnn_only_and_refined(crystal_npz, tmp_path):
+    r = cli("reconstruct", crystal_npz, "--out", tmp_path / "cnn.cxi", "--refine", "0", "--quiet")
+    assert r.returncode == 0, r.stderr
+    r = cli("reconstruct", crystal_npz, "--out", tmp_path / "er.cxi", "--refine", "40", "--previews", tmp_path / "png")
+    assert r.returncode == 0, r.stderr
+    assert "wrote" in r.stdout and "LLK" in r.stdout
+    for name in ("cnn.cxi", "er.cxi"):
+        d = read_cxi(tmp_path / name)
+        assert d["obj"].shape == (64, 64, 64) and d["obj"].dtype == np.complex64  # 64³: no crop, input grid
+        assert d["support"].any()
+    d = read_cxi(tmp_path / "er.cxi")
+    assert d["process"]["model"] == "unet_w0125" and len(d["process"]["model_sha256"]) == 64
+    assert list(d["process"]["crop_offsets"]) == [0, 0, 0]
+    assert {"er_intensity.png", "er_object.png", "er_cnn_phase.png"} <= {p.name for p in (tmp_path / "png").iterdir()}
+
+
+def test_id01_scan_is_read_cropped_and_offsets_recorded(tmp_path):
+    frames, _ = synthetic_frames()
+    h5 = write_bliss_scan(tmp_path / "raw", "PtNP", "0001", frames, scan=1)
+    r = cli("reconstruct", h5, "--scan", "1.1", "--out", tmp_path / "scan.cxi", "--refine", "20",
+            "--crop-size", "32")
+    assert r.returncode == 0, r.stderr
+    d = read_cxi(tmp_path / "scan.cxi")
+    offsets = np.asarray(d["process"]["crop_offsets"])
+    assert d["obj"].shape[1:] == (32, 32)
+    assert np.all(np.abs(offsets + np.array(d["obj"].shape) // 2 - (16, 150, 330)) <= 2)  # around the peak
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["missing.npz"], "missing.npz"),
+    (["{npz}", "--refine", "-3"], "refine"),
+    (["{npz}", "--detector", "mpx1x4"], "--scan"),
+    (["{npz}", "--device", "cuda"], "CUDA"),
+    (["{npz}", "--model", "nope.pt"], "not found"),
+])
+def test_bad_input_is_one_line_and_writes_nothing(crystal_npz, tmp_path, argv, message):
+    argv = [a.replace("{npz}", str(crystal_npz)) for a in argv]
+    out = tmp_path / "bad.cxi"
+    r = cli("reconstruct", *argv, "--out", out)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in r.stderr
+    assert not out.exists() and not list(tmp_path.glob("*.tmp*"))
+
+
+def test_real_id01_file_without_frames_is_a_clear_error(tmp_path):
+    real = ROOT.parent / "shared" / "data" / "id01_bliss_layout" / "PTO_STO_SL_0001.h5"
+    if not real.exists():
+        pytest.skip("shared data not present")
+    r = cli("reconstruct", real, "--scan", "20.1", "--out", tmp_path / "x.cxi")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert "missing" in r.stderr.lower() or "absent" in r.stderr.lower()
+    assert not (tmp_path / "x.cxi").exists()
