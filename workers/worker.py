@@ -157,6 +157,7 @@ class Worker:
         self._hb_thread: threading.Thread | None = None
         self._hb_stop = threading.Event()
         self.jobs_done = 0
+        self._redis_failures = 0
 
     # ---- set-up ---------------------------------------------------------------------------------------------
     def _log(self, level: int, msg: str, job_id: str | None = None, **fields: Any) -> None:
@@ -228,13 +229,16 @@ class Worker:
             self._shutdown()
         return self.jobs_done
 
-    def _wait_for_redis(self, err: BaseException) -> None:
-        """Redis is unreachable (restart, network): wait with back-off; stop requests still end the wait."""
-        self._redis_failures = getattr(self, "_redis_failures", 0) + 1
+    def _wait_for_redis(self, err: BaseException, interruptible: bool = True) -> None:
+        """Redis is unreachable (restart, network): wait with back-off; when idle, a stop request ends the wait."""
+        self._redis_failures += 1
         delay = min(0.25 * 2 ** (self._redis_failures - 1), 5.0)
         self._log(logging.WARNING, "Redis unreachable; waiting", error=str(err), retry_in_s=delay)
-        if self.stop_requested.wait(delay):
-            return
+        if interruptible:
+            if self.stop_requested.wait(delay):
+                return
+        else:
+            time.sleep(delay)
         try:
             self.r.ping()
             self._redis_failures = 0
@@ -253,7 +257,7 @@ class Worker:
             except _REDIS_DOWN as e:
                 if time.monotonic() > end:
                     raise
-                self._wait_for_redis(e)
+                self._wait_for_redis(e, interruptible=False)
 
     def _shutdown(self) -> None:
         with self._held_lock:
