@@ -9,13 +9,14 @@ from workers.engines import pynx_child, pynx_engine
 from workers.engines.pynx_engine import (INSTALL_HINT, PyNXError, PyNXUnavailable, compile_recipe, pynx_available,
                                          pynx_phase_runs, pynx_run_recipe)
 
-SU = dict(threshold_relative=0.25, method="rms", smooth_width=(2.0, 1.0, None), force_shrink=False, border_n=0)
+SU = dict(threshold_relative=0.25, method="rms", smooth_width=(2.0, 0.5, None), force_shrink=False, border_n=0)
 
 
 def test_recipe_becomes_pynx_segments_with_periodic_support_updates():
     segments, su = compile_recipe("RAAR**30,ER**30", 20, SU)
-    assert segments == [["RAAR", 20], ["Sup", 1], ["RAAR", 10], ["ER", 10], ["Sup", 1], ["ER", 20], ["Sup", 1]]
-    assert su["smooth_width"] == [2.0, 1.0, 30]  # n=None -> the recipe's HIO+RAAR cycle count, as run_recipe
+    assert segments == [["RAAR", 20, False], ["Sup", 1, False], ["RAAR", 10, False], ["ER", 10, False],
+                        ["Sup", 1, False], ["ER", 20, False], ["Sup", 1, False]]
+    assert su["smooth_width"] == [2.0, 0.5, 30]  # n=None -> the recipe's HIO+RAAR cycle count, as run_recipe
     assert pynx_child.chain_string(segments) == "Sup*ER**20*Sup*ER**10*RAAR**10*Sup*RAAR**20"
     segments, _ = compile_recipe("HIO**40,ER**40", 20, SU)
     assert pynx_child.chain_string(segments) == "(Sup*ER**20)**2*(Sup*HIO**20)**2"
@@ -23,12 +24,20 @@ def test_recipe_becomes_pynx_segments_with_periodic_support_updates():
 
 def test_explicit_sup_in_recipe_disables_periodic_updates():
     segments, _ = compile_recipe("ER**10,(Sup*ER**5)**2", 20, SU)
-    assert segments == [["ER", 15], ["Sup", 1], ["ER", 5], ["Sup", 1]]
+    assert segments == [["ER", 15, False], ["Sup", 1, False], ["ER", 5, False], ["Sup", 1, False]]
+
+
+def test_zero_mask_auto_zeroes_masked_voxels_in_the_first_60_percent_of_hio_raar():
+    segments, _ = compile_recipe("HIO**50,ER**10", 20, SU, zero_mask="auto", has_mask=True)
+    assert segments == [["HIO", 20, True], ["Sup", 1, False], ["HIO", 10, True], ["HIO", 10, False],
+                        ["Sup", 1, False], ["HIO", 10, False], ["ER", 10, False], ["Sup", 1, False]]
+    segments, _ = compile_recipe("HIO**50,ER**10", 20, SU, zero_mask="auto", has_mask=False)
+    assert all(seg[2] is False for seg in segments)  # nothing masked: zero_mask has no effect
 
 
 def test_no_support_update_means_no_sup_segment():
     segments, su = compile_recipe("ER**45", 20, None)
-    assert su is None and segments == [["ER", 45]]
+    assert su is None and segments == [["ER", 45, False]]
 
 
 @pytest.mark.parametrize("recipe", ["", "ER**x", "FOO**3", "ER**10,"])
@@ -71,10 +80,7 @@ def _crystal(n=48):
 @pytest.mark.pynx
 @pytest.mark.skipif(not pynx_available(), reason=f"PyNX not installed: run {INSTALL_HINT}")
 def test_same_recipe_same_start_agrees_with_builtin():
-    """Same data, start, support, free mask and recipe: final LLK, free LLK and support size within 5 %.
-
-    smooth_width ends at 1.0 voxel: at 0.5 the built-in engine's exact Fourier-domain Gaussian smooths more than
-    PyNX's sampled kernel (scipy gaussian_filter), which moves the support by ~6 % (see docs/benchmarks.md)."""
+    """Same data, start, support, free mask and recipe: final LLK, free LLK and support size within 5 %."""
     import torch
 
     from physics.phasing import CDI, LLK, SupportUpdate, run_recipe
@@ -121,8 +127,10 @@ def test_pynx_phase_runs_selects_and_combines_like_phase_runs():
     from physics.phasing import MultiRunResult
 
     iobs, _, _, _, s = _crystal(32)
+    mask = np.zeros(iobs.shape, bool)
+    mask[:, 22:24, :] = True  # a detector gap away from the peak: exercises zero_mask="auto" inside PyNX
     done = []
-    res = pynx_phase_runs(iobs, recipe="HIO**60,ER**40", nb_run=3, nb_keep=2, seed=5,
+    res = pynx_phase_runs(iobs, mask=mask, recipe="HIO**60,ER**40", nb_run=3, nb_keep=2, seed=5,
                           progress=lambda d, t: done.append((d, t)))
     assert isinstance(res, MultiRunResult)
     assert len(res.runs) == 3 and 1 <= len(res.kept) <= 2
@@ -131,6 +139,9 @@ def test_pynx_phase_runs_selects_and_combines_like_phase_runs():
     assert 0 < res.first_mode_weight <= 1
     best = res.runs[res.kept[0]]
     assert best["status"] == "ok" and best["obj2_out"] <= 0.10
+    # zero_mask "auto": HIO cycles 1-36 (60 %) in a separate block from cycles 37-60
+    assert best["chain"] == "(Sup*ER**20)**2*Sup*HIO**20*Sup*HIO**4*HIO**16*Sup*HIO**20"
+    assert not np.any(res.free_mask & mask)
     assert best["pynx_llk_poisson_free"] == pytest.approx(best["llk_poisson_free"], rel=0.02)
     kept_scores = [res.runs[i]["score"] for i in res.kept]
     assert kept_scores == sorted(kept_scores)

@@ -36,28 +36,37 @@ def parse_recipe(recipe):
     return steps
 
 
-def compile_steps(steps, update_period=20, auto_support=True):
-    """Run-length encode a flat step list into segments [[name, n], ...], inserting ["Sup", 1] after every
-    update_period-th cycle (counted from the start, like the built-in run_recipe) unless the recipe names Sup."""
+def compile_steps(steps, update_period=20, auto_support=True, zero_mask=False):
+    """Run-length encode a flat step list into segments [[name, n, zero_mask], ...], inserting ["Sup", 1, False]
+    after every update_period-th cycle (counted from the start, like the built-in run_recipe) unless the recipe
+    names Sup. zero_mask True/False, or "auto": masked voxels forced to 0 during the first 60 % of the HIO/RAAR
+    cycles and free afterwards and in ER (as the built-in run_recipe and PyNX's BCDI runner)."""
+    if zero_mask not in (True, False, "auto"):
+        raise ValueError(f"zero_mask must be True, False or 'auto', got {zero_mask!r}")
     auto = auto_support and update_period and update_period > 0 and "Sup" not in steps
-    segments, c = [], 0
+    zero_until = int(0.6 * sum(s in ("HIO", "RAAR", "CF") for s in steps)) if zero_mask == "auto" else 0
+    segments, c, hio_raar = [], 0, 0
     for name in steps:
         if name not in STEPS:
             raise ValueError(f"unknown step {name!r}: use one of {', '.join(STEPS)}")
-        if segments and segments[-1][0] == name and name in CYCLES:
+        zero = False
+        if name in CYCLES:
+            hio_raar += name != "ER"
+            zero = (hio_raar <= zero_until and name != "ER") if zero_mask == "auto" else bool(zero_mask)
+        if segments and segments[-1][0] == name and name in CYCLES and segments[-1][2] == zero:
             segments[-1][1] += 1
         else:
-            segments.append([name, 1])
+            segments.append([name, 1, zero])
         if name in CYCLES:
             c += 1
             if auto and c % update_period == 0:
-                segments.append(["Sup", 1])
+                segments.append(["Sup", 1, False])
     return segments
 
 
 def chain_string(segments):
     """PyNX-style (right-to-left) text of the operator chain, grouping repeated segment pairs; for logs and docs."""
-    ops = [f"{n}**{k}" if k > 1 else n for n, k in segments]
+    ops = [f"{seg[0]}**{seg[1]}" if seg[1] > 1 else seg[0] for seg in segments]
     groups = []  # [(text, repeat)] in application order; a cycle block followed by Sup becomes one unit
     i = 0
     while i < len(ops):
@@ -84,17 +93,21 @@ def _import_pynx():
 
 def build_chain(pc, segments, sup_kwargs, beta=0.9):
     """Compose the PyNX operator chain for the segments (PyNX applies the right-most operator first)."""
-    make = {"ER": lambda: pc.ER(), "HIO": lambda: pc.HIO(beta=beta), "RAAR": lambda: pc.RAAR(beta=beta),
-            "CF": lambda: pc.CF(), "FAA": lambda: pc.FourierApplyAmplitude(), "LLK": lambda: pc.LLK(),
-            "Sup": lambda: pc.SupportUpdate(**sup_kwargs)}
+    make = {"ER": lambda z: pc.ER(zero_mask=z), "HIO": lambda z: pc.HIO(beta=beta, zero_mask=z),
+            "RAAR": lambda z: pc.RAAR(beta=beta, zero_mask=z), "CF": lambda z: pc.CF(zero_mask=z),
+            "FAA": lambda z: pc.FourierApplyAmplitude(zero_mask=z), "LLK": lambda z: pc.LLK(),
+            "Sup": lambda z: pc.SupportUpdate(**sup_kwargs)}
     chain = None
-    for name, k in segments:
+    for seg in segments:
+        name, k, zero = seg[0], int(seg[1]), bool(seg[2]) if len(seg) > 2 else False
         if name == "Sup" and sup_kwargs is None:
             continue
-        op = make[name]() ** k if k > 1 and name in CYCLES else make[name]()
-        if k > 1 and name not in CYCLES:
+        if name in CYCLES:
+            op = make[name](zero) ** k if k > 1 else make[name](zero)
+        else:
+            op = make[name](zero)
             for _ in range(k - 1):
-                op = make[name]() * op
+                op = make[name](zero) * op
         chain = op if chain is None else op * chain
     return chain
 
@@ -142,7 +155,8 @@ def _one_run(pc, arrays, params, run):
     # scales the starting object instead.
     segments = params.get("segments") or compile_steps(parse_recipe(params["recipe"]),
                                                        int(params.get("update_period", 20)),
-                                                       params.get("support_update") is not None)
+                                                       params.get("support_update") is not None,
+                                                       params.get("zero_mask", False))
     thr = float(run.get("threshold_relative", (params.get("support_update") or {}).get("threshold_relative", 0.25)))
     sup = _sup_kwargs(params.get("support_update"), thr, params.get("min_fraction", 1e-4),
                       params.get("max_fraction", 0.7))

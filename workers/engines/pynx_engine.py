@@ -164,9 +164,11 @@ def _support_params(support_update) -> dict | None:
     return su
 
 
-def compile_recipe(recipe: str, update_period: int, support_update: dict | None) -> tuple[list, dict | None]:
-    """Our recipe string -> PyNX segments [[name, n], ...] (support updates inserted like run_recipe does), and the
-    support settings with a (begin, end, None) smooth schedule resolved to the recipe's HIO+RAAR cycle count."""
+def compile_recipe(recipe: str, update_period: int, support_update: dict | None, zero_mask=False,
+                   has_mask: bool = True) -> tuple[list, dict | None]:
+    """Our recipe string -> PyNX segments [[name, n, zero_mask], ...] (support updates and zero_mask phases placed
+    like run_recipe does), and the support settings with a (begin, end, None) smooth schedule resolved to the
+    recipe's HIO+RAAR cycle count. Without masked voxels zero_mask has no effect and is dropped."""
     from physics.phasing.recipe import parse_recipe  # our grammar (InputError on a bad recipe)
 
     steps = parse_recipe(recipe)
@@ -178,7 +180,9 @@ def compile_recipe(recipe: str, update_period: int, support_update: dict | None)
             raise InputError(f"smooth_width must be a float or (begin, end, n_cycles), got {su['smooth_width']!r}")
         if su["smooth_width"][2] is None or su["smooth_width"][2] != su["smooth_width"][2]:
             su["smooth_width"][2] = sum(s in ("HIO", "RAAR") for s in steps)
-    segments = pynx_child.compile_steps(steps, int(update_period), su is not None)
+    if zero_mask not in (True, False, "auto"):
+        raise InputError(f"zero_mask must be True, False or 'auto', got {zero_mask!r}")
+    segments = pynx_child.compile_steps(steps, int(update_period), su is not None, zero_mask if has_mask else False)
     return segments, su
 
 
@@ -194,7 +198,7 @@ def our_llk(iobs, obj_last, mask=None, free_mask=None, support=None) -> dict:
 
 def pynx_run_recipe(iobs, mask=None, obj=None, support=None, free_mask=None, recipe: str = DEFAULT_RECIPE,
                     support_update: dict | None = DEFAULT_SUPPORT_UPDATE, update_period: int = 20, seed: int = 0,
-                    timeout: float | None = None) -> dict:
+                    zero_mask=False, timeout: float | None = None) -> dict:
     """Run our recipe string once in PyNX from the given start; returns centred obj/support and LLK figures.
 
     obj None: random start inside the support; support None: autocorrelation support (threshold 0.1);
@@ -212,7 +216,8 @@ def pynx_run_recipe(iobs, mask=None, obj=None, support=None, free_mask=None, rec
     free_mask = _check_array("free_mask", free_mask, shape, "bool")
     if support is not None and not support.any():
         raise InputError("support is empty")
-    segments, su = compile_recipe(recipe, update_period, support_update)
+    segments, su = compile_recipe(recipe, update_period, support_update, zero_mask,
+                                  has_mask=mask is not None and bool(mask.any()))
     params = dict(recipe=recipe, segments=segments, support_update=su, runs=[dict(seed=int(seed))],
                   return_projected=True)
     t0 = time.perf_counter()
@@ -242,7 +247,8 @@ def pynx_phase_runs(iobs, mask=None, recipe: str = DEFAULT_RECIPE, nb_run: int =
                     border_n: int = 0, progress=None, should_cancel=None, method: str = "rms",
                     smooth_width=(2.0, 0.5, None), force_shrink: bool = False, max_obj2_out: float = 0.10,
                     autocorrelation_range=(0.09, 0.11), free_mask=None, free_ratio: float = 0.05,
-                    max_restart: int = 5, upsample: int = 20, center: bool = True, timeout: float | None = None):
+                    max_restart: int = 5, upsample: int = 20, zero_mask="auto", center: bool = True,
+                    num_threads: int | None = None, timeout: float | None = None):
     """physics.phasing.phase_runs with the runs done by PyNX (CPU); same signature and MultiRunResult.
 
     Each run starts exactly like the built-in one for the same seed (same free mask, autocorrelation support, random
@@ -250,7 +256,8 @@ def pynx_phase_runs(iobs, mask=None, recipe: str = DEFAULT_RECIPE, nb_run: int =
     recipe. A diverging support restarts the run with the threshold retuned by 1.1 (PyNX runner style, at most
     max_restart times; PyNX has no in-place retune). Selection (obj2_out <= max_obj2_out, lowest free LLK scored by
     our LLK code on PyNX's result), centring and modes reuse physics.phasing. device is ignored; border_n too
-    (PyNX CPU). timeout (s) bounds each PyNX child process.
+    (PyNX CPU), and num_threads (PyNX's numpy back-end is single-threaded). zero_mask as run_recipe (PyNX's operators
+    take it per cycle block). timeout (s) bounds each PyNX child process.
     """
     from physics.align import align
     from physics.phasing import CDI
@@ -267,8 +274,8 @@ def pynx_phase_runs(iobs, mask=None, recipe: str = DEFAULT_RECIPE, nb_run: int =
     nb_keep = min(nb_keep, nb_run)
     su = dict(threshold_relative=lo, method=method, smooth_width=smooth_width, force_shrink=force_shrink,
               border_n=border_n)
-    segments, su = compile_recipe(recipe, update_period, su)
-    nb_cycles = sum(k for name, k in segments if name in pynx_child.CYCLES)
+    segments, su = compile_recipe(recipe, update_period, su, zero_mask, has_mask=mask is not None and bool(mask.any()))
+    nb_cycles = sum(seg[1] for seg in segments if seg[0] in pynx_child.CYCLES)
     rng = np.random.default_rng(seed)  # same draws, in the same order, as phase_runs
     base = CDI(iobs, mask=mask)
     if free_mask is None:
