@@ -57,6 +57,26 @@ def append_result(row: dict, path: Path | None = None) -> None:
         f.flush()
 
 
+def code_revision(path: str) -> str:
+    """Short hash of the last commit touching `path` (which engine code produced a result line)."""
+    import subprocess
+
+    try:
+        r = subprocess.run(["git", "log", "-1", "--format=%h", "--", path], cwd=ROOT, capture_output=True, text=True,
+                           timeout=30)
+        return r.stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def latest_rows(rows: list[dict]) -> list[dict]:
+    """One row per (bin, crystal, engine): the last one written (a --redo supersedes earlier lines)."""
+    last = {}
+    for r in rows:
+        last[(r["bin"], r["index"], r["engine"])] = r
+    return list(last.values())
+
+
 def crystal(bin_name: str, i: int, size: int) -> dict:
     """The i-th simulated crystal of a phase-range bin (deterministic)."""
     from physics.simulate import SimParams, simulate_sample
@@ -105,6 +125,9 @@ def _f(x):
 def compute(a) -> None:
     """Run every missing (bin, crystal, engine) and append the results."""
     done = {(r["bin"], r["index"], r["engine"]) for r in load_results() if r.get("config") == config_key(a)}
+    redo = {e for e in a.redo.split(",") if e}
+    done = {d for d in done if d[2] not in redo}
+    revision = {"builtin": code_revision("physics/phasing"), "pynx": code_revision("workers/engines")}
     engines = [e for e in ("builtin", "pynx") if e in a.engines.split(",")]
     bins = [b for b in BINS if b in a.bins.split(",")] if a.bins else list(BINS)
     order = ([(b, i) for b in bins for i in range(a.n_per_bin)] if a.order == "bin" else
@@ -121,6 +144,7 @@ def compute(a) -> None:
             except Exception as ex:  # a failed engine run is a result too (counted as a failure)
                 row = dict(phase_rmse=None, iou=None, seconds=None, error=f"{type(ex).__name__}: {ex}"[:300])
             row.update(bin=b, index=i, engine=e, seed=BINS[b][1] + i, config=config_key(a), threads=a.threads,
+                       code=revision[e],
                        true_phase_range=float(sample["phase_range"]), peak_counts=float(sample["peak_counts"]),
                        shape_kind=str(sample["shape_kind"]), field_kind=str(sample["field_kind"]))
             row["success"] = bool(row["error"] is None and row["phase_rmse"] <= RMSE_MAX and row["iou"] >= IOU_MIN)
@@ -131,7 +155,8 @@ def compute(a) -> None:
 
 def report(a) -> str:
     """Markdown section from the results file: per bin and engine, counts, success rate, medians."""
-    rows = [r for r in load_results() if r.get("config") == config_key(a)]
+    all_rows = [r for r in load_results() if r.get("config") == config_key(a)]
+    rows = latest_rows(all_rows)
     lines = ["| phase-range bin | engine | crystals done | success (RMSE <= 0.3 rad and IoU >= 0.8) | "
              "median phase RMSE (rad) | median IoU | median time per crystal (s) | engine errors |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
@@ -158,6 +183,18 @@ def report(a) -> str:
             verdict.append(f"- Under-pi target (>= 90 % success, no worse than PyNX): **{'met' if met else 'missed'}**"
                            f" — built-in {100 * rate:.0f} % on {n} crystals{cmp}"
                            f"{'' if enough else ' (fewer than the 20 crystals asked for: provisional)'}.")
+    fails = []
+    for b in BINS:
+        for e in ("builtin", "pynx"):
+            bad = sorted((r for r in rows if r["bin"] == b and r["engine"] == e and not r["success"]),
+                         key=lambda r: r["index"])
+            if bad:
+                items = ", ".join(f"#{r['index']} (" + (r["error"] if r["error"] else
+                                  f"RMSE {r['phase_rmse']:.3f}, IoU {r['iou']:.3f}") + ")" for r in bad)
+                fails.append(f"- {b}, {e}: {items}")
+    revs = {e: sorted({str(r.get("code", "before revision tagging")) for r in rows if r["engine"] == e})
+            for e in ("builtin", "pynx")}
+    superseded = len(all_rows) - len(rows)
     cfg = config_key(a)
     threads = sorted({r.get("threads") for r in rows if r.get("threads") is not None})
     compute_cmd = (f"nice -n 10 .venv/bin/python bench/standard_recipe.py --n-per-bin {a.n_per_bin} "
@@ -185,6 +222,14 @@ def report(a) -> str:
         *lines,
         "",
         *verdict,
+        "",
+        "Unsuccessful crystals (index in the bin):" if fails else "No unsuccessful crystals.",
+        "",
+        *fails,
+        "",
+        f"Code: built-in rows from physics/phasing at {', '.join(revs['builtin']) or '-'}; PyNX rows from "
+        f"workers/engines at {', '.join(revs['pynx']) or '-'}; {superseded} earlier result lines superseded by "
+        "re-runs (`--redo`) after engine changes are kept in the file but not counted.",
     ])
     return body
 
@@ -205,6 +250,8 @@ def main(argv=None) -> int:
     p.add_argument("--order", choices=("bin", "index"), default="bin",
                    help="finish one bin before the next (bin) or go round the bins crystal by crystal (index)")
     p.add_argument("--results", default=str(RESULTS), help="JSON lines results file (appended, resumable)")
+    p.add_argument("--redo", default="", help="comma list of engines to recompute even where results exist "
+                   "(after an engine change; the newest line per crystal and engine is reported)")
     p.add_argument("--report", action="store_true", help="write the docs section from the results file and exit")
     a = p.parse_args(argv)
     RESULTS = Path(a.results)
