@@ -9,6 +9,7 @@ Samples are simulated on the fly (the seed is a function of the sample index), v
 held-out seed range. Every --val-every steps the run directory gets: checkpoint.pt (resume point, written
 atomically), learning_curve.csv and learning_curve.png. Running the same command again resumes from the
 checkpoint, so a killed run loses at most --val-every steps; pass a larger --steps to extend a finished run.
+A resume keeps the stored architecture and data settings but takes --lr, so a lower --lr is a step decay.
 On CUDA, bf16 autocast is on (--no-amp to disable); multi-GPU: torchrun --nproc_per_node=N -m cli.main train ...
 Export the best weights with --export models/weights/NAME.pt."""
 

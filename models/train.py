@@ -180,6 +180,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     if ck is not None:  # a resume keeps the architecture and data of the run, but may extend the step count
         stored = TrainConfig(**ck["config"])
         stored.steps, stored.workers, stored.device, stored.threads = cfg.steps, cfg.workers, cfg.device, cfg.threads
+        stored.lr = cfg.lr  # a resume may lower the learning rate (a manual step decay); the CSV records it
         cfg = stored
     sim = params_from_dict(cfg.sim)
     torch.manual_seed(cfg.seed)
@@ -195,6 +196,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     if ck is not None:
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr
         step, wall0, best_val = ck["step"], ck["wall_s"], ck.get("best_val", math.inf)
         best_state = ck.get("best_model")
     net = model

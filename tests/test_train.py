@@ -70,3 +70,12 @@ def test_ddp_with_torchrun_on_two_cpu_processes(tmp_path):
     assert proc.stdout.count("trained to step 2") == 1  # rank 0 only
     row = (out / "learning_curve.csv").read_text().splitlines()[1].split(",")
     assert row[0] == "2" and row[1] == "4"  # 2 steps x batch 1 x 2 processes
+
+
+def test_resume_takes_a_lower_learning_rate(tmp_path):
+    train(TrainConfig(out=str(tmp_path / "r"), steps=1, val_every=1, **TINY), progress=False)
+    train(TrainConfig(out=str(tmp_path / "r"), steps=2, val_every=1, **{**TINY, "lr": 1e-5}), progress=False)
+    ck = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=False)
+    assert ck["optimizer"]["param_groups"][0]["lr"] == 1e-5 and ck["config"]["lr"] == 1e-5
+    rows = (tmp_path / "r" / "learning_curve.csv").read_text().splitlines()
+    assert rows[1].split(",")[4] == "0.001" and rows[2].split(",")[4] == "1e-05"
