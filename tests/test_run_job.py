@@ -47,3 +47,22 @@ def test_bad_reference_writes_nothing(tiled_env):
         run_job(spec)
     with pytest.raises(InputError, match="border_n"):
         run_job(_spec(tiled_env, "job-bad-opt", border_n=-1))
+
+
+def test_bluesky_run_uid_is_resolved_through_its_start_document(tiled_env):
+    """A job naming only a Bluesky run (as the Tiled watcher submits) reads the ID01 scan its start doc names."""
+    uid = "0f6c3a1e-5b7d-4d0e-9a51-2c1d7e9b8a11"
+    tiled_env["client"].create_container(uid, metadata={"start": {"uid": uid, "plan_name": "bcdi_rocking_scan",
+                                                                  "bcdi": REF}})
+    spec = _spec(tiled_env, "job-run-uid", er_cycles=10)
+    spec["scan"] = {"run_uid": uid}
+    out = run_job(spec)
+    arrays, meta = read_result(tiled_env["client"], out["tiled_path"])
+    assert meta["input"]["run_uid"] == uid and "1.1" in out["tiled_path"]
+    spec["scan"] = {"run_uid": "ffffffff-0000-0000-0000-000000000000"}
+    with pytest.raises(InputError, match="no Bluesky run"):
+        run_job({**spec, "job_id": "job-run-missing"})
+    tiled_env["client"].create_container("1a2b3c4d-0000", metadata={"start": {"uid": "1a2b3c4d-0000"}})
+    spec["scan"] = {"run_uid": "1a2b3c4d-0000"}
+    with pytest.raises(InputError, match="no ID01 scan reference"):
+        run_job({**spec, "job_id": "job-run-noref"})

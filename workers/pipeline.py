@@ -202,7 +202,14 @@ def run_job(spec: dict, progress: Progress = _noop, should_cancel: Callable[[], 
     progress("read", 0.0)
     tiled = spec.get("tiled") or {}
     client = connect(tiled.get("url"), tiled.get("api_key"))
+    ref = dict(spec["scan"])
+    if ref.get("run_uid") and not ref.get("tiled_path"):  # a Bluesky run: its start document names the scan
+        from workers.io.tiled_store import resolve_run_uid
+
+        ref = {**resolve_run_uid(client, ref["run_uid"]), "run_uid": ref["run_uid"]}
+    spec = {**spec, "scan": {k: v for k, v in ref.items() if k != "run_uid"}}
     frames, mask, meta = load_scan_tiled(client, spec["scan"])
+    meta = {**meta, **({"run_uid": ref["run_uid"]} if ref.get("run_uid") else {})}
     timings["read"] = time.perf_counter() - t
     crop_size = opts_in.get("crop_size")
     options = ReconOptions(refine=int(opts_in.get("er_cycles", 400)),

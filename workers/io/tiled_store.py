@@ -149,6 +149,29 @@ def _node(client, path: str, shown: str | None = None):
         raise InputError(f"no such Tiled path: {shown or path}") from None
 
 
+def resolve_run_uid(client, uid: str, md_key: str = "bcdi", roots=("",) + ALLOWED_PREFIXES) -> dict:
+    """The ID01 scan reference of a Bluesky run that TiledWriter stored, from its start document.
+
+    A job may name a run by uid alone (the Tiled watcher, or a RunEngine callback without a file reference);
+    the run's start document carries the reference to the ID01 dataset under ``md_key``
+    ({"tiled_path", "scan", "detector"}), which is what the worker reads the frames from.
+    """
+    if not isinstance(uid, str) or not uid.strip():
+        raise InputError(f"run uid must be a non-empty string, got {uid!r}")
+    for root in roots:
+        try:
+            run = client[f"{root}/{uid}" if root else uid]
+        except KeyError:
+            continue
+        start = dict(run.metadata.get("start") or {})
+        ref = start.get(md_key)
+        if not isinstance(ref, dict) or not ref.get("tiled_path"):
+            raise InputError(f"Bluesky run {uid} has no ID01 scan reference in its start document "
+                             f"(metadata key '{md_key}' with tiled_path, scan, detector)")
+        return {k: ref[k] for k in ("tiled_path", "scan", "detector") if ref.get(k) is not None}
+    raise InputError(f"no Bluesky run {uid} in Tiled (looked under: {', '.join(r or '/' for r in roots)})")
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # reading scans
 
