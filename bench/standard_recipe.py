@@ -144,7 +144,7 @@ def compute(a) -> None:
             except Exception as ex:  # a failed engine run is a result too (counted as a failure)
                 row = dict(phase_rmse=None, iou=None, seconds=None, error=f"{type(ex).__name__}: {ex}"[:300])
             row.update(bin=b, index=i, engine=e, seed=BINS[b][1] + i, config=config_key(a), threads=a.threads,
-                       code=revision[e],
+                       code=revision[e], utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                        true_phase_range=float(sample["phase_range"]), peak_counts=float(sample["peak_counts"]),
                        shape_kind=str(sample["shape_kind"]), field_kind=str(sample["field_kind"]))
             row["success"] = bool(row["error"] is None and row["phase_rmse"] <= RMSE_MAX and row["iou"] >= IOU_MIN)
@@ -229,7 +229,10 @@ def report(a) -> str:
         "",
         f"Code: built-in rows from physics/phasing at {', '.join(revs['builtin']) or '-'}; PyNX rows from "
         f"workers/engines at {', '.join(revs['pynx']) or '-'}; {superseded} earlier result lines superseded by "
-        "re-runs (`--redo`) after engine changes are kept in the file but not counted.",
+        "re-runs (`--redo`) after engine changes are kept in the file but not counted."
+        + (" Re-run lines were computed at another time, under another machine load, than the other engine's lines "
+           "for the same crystals: compare times only within a bin where both engines ran back to back."
+           if superseded else ""),
     ])
     return body
 
