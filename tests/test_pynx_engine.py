@@ -131,6 +131,7 @@ def test_pynx_phase_runs_selects_and_combines_like_phase_runs():
     mask[:, 22:24, :] = True  # a detector gap away from the peak: exercises zero_mask="auto" inside PyNX
     done = []
     res = pynx_phase_runs(iobs, mask=mask, recipe="HIO**60,ER**40", nb_run=3, nb_keep=2, seed=5,
+                          zero_mask="auto",
                           progress=lambda d, t: done.append((d, t)))
     assert isinstance(res, MultiRunResult)
     assert len(res.runs) == 3 and 1 <= len(res.kept) <= 2

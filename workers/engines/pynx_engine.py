@@ -247,7 +247,7 @@ def pynx_phase_runs(iobs, mask=None, recipe: str = DEFAULT_RECIPE, nb_run: int =
                     border_n: int = 0, progress=None, should_cancel=None, method: str = "rms",
                     smooth_width=(2.0, 0.5, None), force_shrink: bool = False, max_obj2_out: float = 0.10,
                     autocorrelation_range=(0.09, 0.11), free_mask=None, free_ratio: float = 0.05,
-                    max_restart: int = 5, upsample: int = 20, zero_mask="auto", center: bool = True,
+                    max_restart: int = 5, upsample: int = 20, zero_mask=False, center: bool = True,
                     num_threads: int | None = None, timeout: float | None = None):
     """physics.phasing.phase_runs with the runs done by PyNX (CPU); same signature and MultiRunResult.
 
