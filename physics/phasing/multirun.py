@@ -154,10 +154,21 @@ def _phase_runs(iobs, mask, recipe, nb_run, nb_keep, threshold_range, seed, devi
             break
         runs.append(rec)
 
+    if not candidates:
+        raise SupportTooSmall(f"all {nb_run} runs failed: the support diverged despite threshold retuning")
+    return combine_runs(candidates, runs, free_mask, max_obj2_out, center, upsample, warnings)
+
+
+def combine_runs(candidates, runs, free_mask, max_obj2_out: float, center: bool = True, upsample: int = 20,
+                 warnings=None) -> MultiRunResult:
+    """Selection and modes shared by every engine: keep the candidates with obj2_out <= max_obj2_out (all of
+    them, with a warning, if none passes), align them on the best (twin, sub-voxel shift, phase), decompose.
+
+    candidates: (score, run index, obj, support, status) sorted best first; runs: one dict per run (updated).
+    """
+    warnings = list(warnings or [])
     good = [c for c in candidates if c[4] == "ok"]
     if not good:
-        if not candidates:
-            raise SupportTooSmall(f"all {nb_run} runs failed: the support diverged despite threshold retuning")
         warnings.append(f"all runs had obj2_out > {max_obj2_out}; kept the best by free LLK anyway")
         good = candidates
     for r in runs:

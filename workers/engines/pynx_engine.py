@@ -259,9 +259,8 @@ def pynx_phase_runs(iobs, mask=None, recipe: str = DEFAULT_RECIPE, nb_run: int =
     (PyNX CPU), and num_threads (PyNX's numpy back-end is single-threaded). zero_mask as run_recipe (PyNX's operators
     take it per cycle block). timeout (s) bounds each PyNX child process.
     """
-    from physics.align import align
     from physics.phasing import CDI
-    from physics.phasing.multirun import MultiRunResult, center_on_support, ortho_modes
+    from physics.phasing.multirun import combine_runs
     from physics.phasing.operators import AutoCorrelationSupport, InitObjRandom, ScaleObj, free_pixel_mask
 
     if nb_run < 1 or nb_keep < 1:
@@ -331,29 +330,7 @@ def pynx_phase_runs(iobs, mask=None, recipe: str = DEFAULT_RECIPE, nb_run: int =
             del candidates[nb_keep:]
         if progress is not None:
             progress(min(first + per_call, nb_run) * nb_cycles, nb_run * nb_cycles)
-    warnings = []
-    good = [c for c in candidates if c[4] == "ok"]
-    if not good:
-        if not candidates:
-            errs = {r.get("error", "") for r in runs}
-            raise PyNXError(f"all {nb_run} PyNX runs failed: {sorted(errs)[0] if errs else 'unknown error'}")
-        warnings.append(f"all runs had obj2_out > {max_obj2_out}; kept the best by free LLK anyway")
-        good = candidates
-    for r in runs:
-        r["kept"] = False
-    for c in good:
-        runs[c[1]]["kept"] = True
-    best_obj, best_support = good[0][2], good[0][3]
-    if center:
-        best_obj, best_support, _ = center_on_support(best_obj, best_support)
-    aligned = [best_obj]
-    for c in good[1:]:
-        a, ainfo = align(best_obj, c[2], upsample=upsample)
-        runs[c[1]]["align"] = ainfo
-        aligned.append(a)
-    modes, weights = ortho_modes(aligned)
-    first_mode = modes[0] * (np.linalg.norm(best_obj) / max(np.linalg.norm(modes[0]), 1e-30))
-    first_mode = first_mode * np.exp(1j * np.angle(np.vdot(first_mode, best_obj)))
-    return MultiRunResult(obj=first_mode.astype(np.complex64), support=best_support, runs=runs,
-                          kept=[c[1] for c in good], modes=modes, first_mode_weight=float(weights[0]),
-                          mode_weights=weights, free_mask=free_mask, best_obj=best_obj, warnings=warnings)
+    if not candidates:
+        errs = {r.get("error", "") for r in runs}
+        raise PyNXError(f"all {nb_run} PyNX runs failed: {sorted(errs)[0] if errs else 'unknown error'}")
+    return combine_runs(candidates, runs, free_mask, max_obj2_out, center, upsample)
