@@ -57,6 +57,15 @@ def main(argv=None) -> int:
             shutil.copy(png, Path(args.out).parent / "learning_curve.png")
         shutil.copy(args.curve, Path(args.out).parent / "learning_curve.csv")
     baseline = _zero_phase_baseline(int(cfg.get("n_val", 32)))
+    lr_text = f"lr {cfg.get('lr')}"
+    if rows:  # the lr actually used, step by step (a resume may have lowered it)
+        spans, last = [], None
+        for r in rows:
+            if r["lr"] != last:
+                spans.append([r["lr"], r["step"], r["step"]])
+                last = r["lr"]
+            spans[-1][2] = r["step"]
+        lr_text = ", then ".join(f"lr {lr} (to step {end})" for lr, _start, end in spans)
     lines = [
         f"# Model card: `{w.name}`", "",
         f"- sha256 `{sha}`, {w.stat().st_size / 1e6:.1f} MB, {n_params:,} parameters",
@@ -66,9 +75,9 @@ def main(argv=None) -> int:
         f"- data: simulated on the fly by physics.simulate with {json.dumps(cfg.get('sim', {}))}; training seeds "
         f"from 10,000,000 up, validation seeds 1,000..{1000 + int(cfg.get('n_val', 32)) - 1}, test seeds from "
         "2,000,000 (never seen in training)",
-        f"- optimiser: Adam, lr {cfg.get('lr')}, batch {cfg.get('batch')}; trained for {meta.get('step')} steps = "
+        f"- optimiser: Adam, {lr_text}, batch {cfg.get('batch')}; trained for {meta.get('step')} steps = "
         f"{meta.get('samples')} samples in {float(meta.get('wall_s', 0)) / 3600:.2f} h of wall time on the 2-core "
-        "CPU (shared with other work, 1 torch thread)",
+        "CPU (shared with other work most of the time)",
         f"- validation WCA loss: best {meta.get('best_val'):.4f} (the weights shipped are the best checkpoint); "
         f"a constant-phase prediction scores {baseline:.4f} on the same validation set", "",
         "## Learning curve", "", "![learning curve](learning_curve.png)", "",
