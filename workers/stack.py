@@ -28,7 +28,7 @@ from typing import Callable
 import httpx
 
 from physics.errors import InputError
-from workers.io.tiled_server import DEFAULT_CONFIG, TiledServer, free_port
+from workers.io.tiled_server import DEFAULT_CONFIG, TiledServer, free_port, stop_process_group
 
 log = logging.getLogger("bcdi.stack")
 
@@ -113,30 +113,13 @@ class _Child:
         return self.proc.pid if self.proc else None
 
     def stop(self, timeout: float) -> None:
-        _stop_group(self.proc, timeout)
+        stop_process_group(self.proc, timeout)
 
     def log_tail(self, n: int = 1500) -> str:
         try:
             return self.log_path.read_text(errors="replace")[-n:]
         except OSError:
             return "(no log)"
-
-
-def _stop_group(proc: subprocess.Popen | None, timeout: float) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait(10)
 
 
 class Stack:

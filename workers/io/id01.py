@@ -343,6 +343,17 @@ def _check_virtual_sources(dset, what: str) -> None:
             raise InputError(f"{what}: virtual dataset source {path} cannot be opened ({exc})") from None
 
 
+def pick_detector(present: set[str], detector: str | None, scan: str) -> str | None:
+    """The detector asked for (an InputError naming the ones present if absent), else the first known one
+    present, else None (the caller may look further). Shared by the HDF5 and the Tiled readers."""
+    if detector is not None:
+        if detector in present:
+            return detector
+        raise InputError(f"detector {detector!r} not found in scan {scan} "
+                         f"(known detectors present: {', '.join(d for d in DETECTORS if d in present) or 'none'})")
+    return next((name for name in DETECTORS if name in present), None)
+
+
 def _find_detector(entry, detector: str | None) -> str:
     """The detector name: the one asked for (checked), else the first known one present, else any 3D image."""
     h5py = _h5py()
@@ -351,14 +362,9 @@ def _find_detector(entry, detector: str | None) -> str:
     present = set(meas.keys()) if isinstance(meas, h5py.Group) else set()
     if isinstance(inst, h5py.Group):
         present |= {n for n in inst.keys() if n in DETECTORS or n == detector}
-    if detector is not None:
-        if detector in present:
-            return detector
-        raise InputError(f"detector {detector!r} not found in scan {entry.name.strip('/')} "
-                         f"(known detectors present: {', '.join(d for d in DETECTORS if d in present) or 'none'})")
-    for name in DETECTORS:
-        if name in present:
-            return name
+    name = pick_detector(present, detector, entry.name.strip("/"))
+    if name is not None:
+        return name
     if inst is not None:  # an unknown camera: any instrument/<det>/image that is a 3D stack
         for name in inst.keys():
             obj = inst.get(f"{name}/image") if isinstance(inst.get(name), h5py.Group) else None

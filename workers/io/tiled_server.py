@@ -46,9 +46,9 @@ def tiled_executable() -> str:
     return found
 
 
-def _terminate(proc: subprocess.Popen, timeout: float) -> None:
+def stop_process_group(proc: subprocess.Popen | None, timeout: float) -> None:
     """SIGTERM the process group of ``proc`` (started with start_new_session), SIGKILL if it outlives ``timeout``."""
-    if proc.poll() is not None:
+    if proc is None or proc.poll() is not None:
         return
     try:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -57,8 +57,11 @@ def _terminate(proc: subprocess.Popen, timeout: float) -> None:
     try:
         proc.wait(timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(5)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(10)
 
 
 class TiledServer:
@@ -128,11 +131,11 @@ class TiledServer:
     def stop(self, timeout: float = 15.0) -> None:
         """Stop `register --watch` processes and the server (SIGTERM to each process group, SIGKILL after ``timeout``)."""
         for watcher in self._watchers:
-            _terminate(watcher, timeout)
+            stop_process_group(watcher, timeout)
         self._watchers.clear()
         proc, self.process = self.process, None
         if proc is not None:
-            _terminate(proc, timeout)
+            stop_process_group(proc, timeout)
 
     def register(self, path: str | os.PathLike | None = None, prefix: str = "/raw", timeout: float = 300.0,
                  watch: bool = False) -> subprocess.Popen | None:

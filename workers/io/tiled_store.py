@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from physics.errors import InputError
-from workers.io.id01 import DETECTORS, assemble, peak_region, resolve_scan_name, scan_metadata
+from workers.io.id01 import DETECTORS, assemble, peak_region, pick_detector, resolve_scan_name, scan_metadata
 
 __all__ = [
     "ScanRef",
@@ -211,14 +211,9 @@ def _find_detector_tiled(entry, detector: str | None, scan: str) -> str:
             present |= set(entry[group])
         except KeyError:
             pass
-    if detector is not None:
-        if detector in present:
-            return detector
-        raise InputError(f"detector {detector!r} not found in scan {scan} "
-                         f"(known detectors present: {', '.join(d for d in DETECTORS if d in present) or 'none'})")
-    for name in DETECTORS:
-        if name in present:
-            return name
+    name = pick_detector(present, detector, scan)
+    if name is not None:
+        return name
     raise InputError(f"no detector found in scan {scan} (looked for {', '.join(DETECTORS)})")
 
 
