@@ -122,6 +122,8 @@ def run(args) -> None:
              "standard": RESULTS / f"eval_{std_tag.replace('*', '').replace(',', '_')}.jsonl"}
     done = {m: _jsonl(files[m]) for m in args.methods}
     crystals = test_crystals(args.n_high, args.n_low)
+    k, n = args.shard
+    crystals = crystals[k::n]  # shard k of n: several processes split the crystals (appends are line-atomic)
     from tqdm import tqdm
 
     for seed, params in tqdm(crystals, desc="crystals", unit="crystal"):
@@ -176,7 +178,61 @@ def report(args) -> str:
         lines += [f"| {b} | {n} | {s:.0f} | {p:.3f} | {i:.3f} | {llk:.3g} | {w:.2f} |"
                   for b, n, s, p, i, llk, w in _bin_rows(recs)]
         lines.append("")
+    lines += target_lines()
     return "\n".join(lines)
+
+
+def target_lines(model_tag: str | None = None) -> list[str]:
+    """The issue's targets, checked on the crystals that both (b) and (c) have (nothing extrapolated)."""
+    files = sorted(RESULTS.glob("eval_cnn_er_*.jsonl"))
+    std_files = sorted(RESULTS.glob("eval_standard-*.jsonl"))
+    if model_tag:
+        files = [f for f in files if model_tag in f.stem]
+    if not files or not std_files:
+        return ["Targets: not checked (need both the CNN + ER and the standard-recipe results)."]
+    b_all, c_all = _jsonl(files[-1]), _jsonl(std_files[-1])
+    out = [f"**Targets** ({files[-1].stem.removeprefix('eval_')} against {std_files[-1].stem.removeprefix('eval_')}, "
+           "on the crystals both have):", ""]
+    for name, lo, hi in BINS:
+        seeds = [s for s, r in b_all.items() if s in c_all and lo <= r["phase_range"] < hi]
+        if not seeds:
+            continue
+        b, c = [b_all[s] for s in seeds], [c_all[s] for s in seeds]
+        ok = lambda r: r["phase_rmse"] <= SUCCESS["phase_rmse"] and r["iou"] >= SUCCESS["iou"]  # noqa: E731
+        sb, sc = 100 * np.mean([ok(r) for r in b]), 100 * np.mean([ok(r) for r in c])
+        rb, rc = np.median([r["phase_rmse"] for r in b]), np.median([r["phase_rmse"] for r in c])
+        wb, wc = np.median([r["wall_s"] for r in b]), np.median([r["wall_s"] for r in c])
+        both = sum(ok(x) and ok(y) for x, y in zip(b, c))
+        only_b = sum(ok(x) and not ok(y) for x, y in zip(b, c))
+        only_c = sum(ok(y) and not ok(x) for x, y in zip(b, c))
+        out.append(f"- {name} ({len(seeds)} crystals): (b) succeeds on {sb:.0f} %, (c) on {sc:.0f} % "
+                   f"(both {both}, only (b) {only_b}, only (c) {only_c}); median phase RMSE {rb:.3f} vs {rc:.3f} rad; "
+                   f"median wall time {wb:.2f} s vs {wc:.1f} s per crystal, (c)/(b) = {wc / wb:.0f}x.")
+        if lo >= 2 * math.pi:
+            out.append(f"  - (b) ≥ 90 % on 2π–5π: **{'met' if sb >= 90 else 'missed'}** ({sb:.0f} %"
+                       + ("" if sb >= 90 else f", {90 - sb:.0f} points short") + ").")
+            out.append(f"  - (b) beats (c) on 2π–5π: **{'met' if sb > sc else 'missed'}** (success {sb:.0f} % vs "
+                       f"{sc:.0f} %, median RMSE {rb:.3f} vs {rc:.3f} rad).")
+            out.append(f"  - (b) at most 1/50 of (c)'s wall time: **{'met' if wc / wb >= 50 else 'missed'}** "
+                       f"({wc / wb:.0f}x faster).")
+    cnn_t = [r["timings"]["cnn"] for r in b_all.values() if r.get("timings", {}).get("cnn") is not None]
+    if cnn_t:
+        med = float(np.median(cnn_t))
+        out.append(f"- CNN inference ≤ 0.5 s per pattern: **{'met' if med <= 0.5 else 'missed'}** (median {med:.2f} s "
+                   f"over {len(cnn_t)} patterns, inside (b), 1 torch thread).")
+    out.append("")
+    return out
+
+
+def _shard(text: str) -> tuple[int, int]:
+    """Parse "K/N" (0 <= K < N)."""
+    try:
+        k, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected K/N such as 0/2, got {text!r}") from None
+    if not 0 <= k < n:
+        raise argparse.ArgumentTypeError(f"shard {text!r}: need 0 <= K < N")
+    return k, n
 
 
 def main(argv=None) -> int:
@@ -193,6 +249,8 @@ def main(argv=None) -> int:
     r.add_argument("--nb-keep", type=int, default=5)
     r.add_argument("--recipe", default=None)
     r.add_argument("--threads", type=int, default=1)
+    r.add_argument("--shard", type=_shard, default=(0, 1), metavar="K/N",
+                   help="process only crystals K, K+N, K+2N, ... (run N processes with K=0..N-1 on N cores)")
     sub.add_parser("report", help="write the docs/benchmarks.md section")
     args = ap.parse_args(argv)
     if args.cmd == "run":

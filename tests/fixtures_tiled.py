@@ -33,7 +33,7 @@ def write_raw_tree(root) -> dict:
     """raw/PtNP/PtNP_0001 with scan 1.1 (VDS) and 2.1 (external link), plus scan 3.1 whose frame file is gone."""
     frames, intensity = synthetic_frames()
     ds = write_bliss_scan(root, "PtNP", "0001", frames, scan=1, angles={"delta": 36.0, "nu": 1.5},
-                          energy_eV=9000.0, distance_m=0.85)
+                          energy_eV=9000.0, distance_m=0.85, monitor=np.linspace(1.0, 2.0, len(frames)))
     write_bliss_scan(root, "PtNP", "0001", frames, scan=2, link="external", rocking_motor="phi",
                      rocking_range=(-0.5, 0.5))
     write_bliss_scan(root, "PtNP", "0001", frames[:4], scan=3)

@@ -26,13 +26,7 @@ def crystal(n=32, semi=(6.0, 5.0, 4.5), phase_amp=1.0, counts=1e6, seed=0):
     return {"obj": obj, "support": sup, "iobs": iobs, "iclean": iclean}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One intra-op thread: on this shared 2-core machine, 2 OpenMP threads under load make torch FFTs ~50x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -55,6 +55,16 @@ def test_load_scan_through_tiled_reads_a_region_matching_hdf5(tiled_env):
     assert meta["tiled_entry"] == "raw/PtNP/PtNP_0001/PtNP_0001/1.1"
 
 
+def test_monitor_normalisation_through_tiled_matches_hdf5(tiled_env):
+    frames, _, meta = load_scan_tiled(tiled_env["client"], REF, roi_size=(64, 64), monitor="mon2")
+    full, _, full_meta = load_scan(tiled_env["file"], "1.1", monitor="mon2")
+    r0, c0 = meta["detector_roi_offset"]
+    np.testing.assert_allclose(frames, full[:, r0:r0 + 64, c0:c0 + 64], rtol=1e-6)
+    assert meta["monitor_normalised"] and full_meta["monitor_normalised"]
+    with pytest.raises(InputError, match="monitor counter 'nope' not found"):
+        load_scan_tiled(tiled_env["client"], REF, roi_size=(64, 64), monitor="nope")
+
+
 def test_master_file_and_external_link_scans_through_tiled(tiled_env):
     client = tiled_env["client"]
     f1, _, _ = load_scan_tiled(client, {"tiled_path": "raw/PtNP/hc0000_PtNP", "scan": "1.1"}, roi_size=(64, 64))

@@ -168,6 +168,16 @@ def parse_title(title: str | None) -> dict[str, Any]:
     return out
 
 
+def read_monitor(get: Callable[[str], Any], monitor: str, where: str) -> np.ndarray:
+    """The monitor counter of a scan, from measurement/<name> or instrument/<name>/data (BLISS puts it in both)."""
+    mon = get(f"measurement/{monitor}")
+    if mon is None:
+        mon = get(f"instrument/{monitor}/data")
+    if mon is None:
+        raise InputError(f"{where}: monitor counter {monitor!r} not found")
+    return np.asarray(mon)
+
+
 def scan_metadata(get: Callable[[str], Any], detector: str, scan: str, nb_frames: int) -> dict[str, Any]:
     """Geometry and scan metadata of one BLISS entry, read through ``get(relative_path) -> value or None``.
 
@@ -495,14 +505,7 @@ def load_scan(path: str | os.PathLike, scan: str | int = "1.1", detector: str | 
         except OSError as exc:
             raise InputError(f"{where}: frames cannot be read ({exc})") from None
         meta = scan_metadata(get, det, name, dset.shape[0])
-        mon = None
-        if monitor is not None:
-            mon = get(f"measurement/{monitor}")
-            if mon is None:
-                mon = get(f"instrument/{monitor}/data")
-            if mon is None:
-                raise InputError(f"{where}: monitor counter {monitor!r} not found")
-            mon = np.asarray(mon)[sel]
+        mon = None if monitor is None else read_monitor(get, monitor, where)[sel]
     meta["file"] = str(path)
     return assemble(data, det, meta, pixel_mask=pixel_mask, saturation=saturation, hot_pixels=hot_pixels,
                     monitor=mon, frame_selection=sel, roi=roi)

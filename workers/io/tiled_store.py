@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 
 from physics.errors import InputError
-from workers.io.id01 import DETECTORS, assemble, peak_region, pick_detector, resolve_scan_name, scan_metadata
+from workers.io.id01 import (DETECTORS, assemble, peak_region, pick_detector, read_monitor, resolve_scan_name,
+                             scan_metadata)
 
 __all__ = [
     "ScanRef",
@@ -252,13 +253,7 @@ def load_scan_tiled(client, ref: "dict | ScanRef", *, roi_size: tuple[int, int] 
                                    probe_frames=probe_frames, where=where)
     data = np.asarray(frames_node[:, r0:r0 + h, c0:c0 + w])
     meta = scan_metadata(get, det, name, n)
-    mon = None
-    if monitor is not None:
-        mon = get(f"measurement/{monitor}")
-        if mon is None:
-            mon = get(f"instrument/{monitor}/data")
-        if mon is None:
-            raise InputError(f"{where}: monitor counter {monitor!r} not found")
+    mon = None if monitor is None else read_monitor(get, monitor, where)
     meta.update(tiled_path=ref.tiled_path, tiled_entry="/".join(list(node.path_parts) + [name]))
     return assemble(data, det, meta, pixel_mask=pixel_mask, saturation=saturation, hot_pixels=hot_pixels,
                     monitor=mon, roi=(r0, c0, rows, cols))
