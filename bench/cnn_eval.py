@@ -179,6 +179,9 @@ def report(args) -> str:
                   for b, n, s, p, i, llk, w in _bin_rows(recs)]
         lines.append("")
     lines += target_lines()
+    lines += ["Where the shipped model misses a target, models/weights/MODEL_CARD.md (\"Closing the gap\", written by "
+              "`bench/model_card.py` from the model file and these results) says by how much and what would close it.",
+              ""]
     return "\n".join(lines)
 
 
