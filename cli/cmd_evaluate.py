@@ -14,7 +14,8 @@ data (LLK, free LLK on the same withheld voxels), and reports per phase-range bi
 rate (phase RMSE <= 0.5 rad and IoU >= 0.7), medians and wall time per crystal.
 Results are appended per crystal to bench/results/*.jsonl, so the command resumes where it stopped; (c) does
 not depend on the model and is reused. --report writes the table into docs/benchmarks.md.
-(c) costs ~20 x 1700 ER/HIO/RAAR cycles per crystal: minutes per crystal on a 2-core CPU."""
+(c) costs ~20 x 1700 ER/HIO/RAAR cycles per crystal: about 2 minutes per crystal on one core of the
+project's 2-core CPU, so run one process per core with --shard 0/2 and --shard 1/2."""
 
 
 def register(subparsers) -> None:
@@ -28,6 +29,8 @@ def register(subparsers) -> None:
     p.add_argument("--nb-run", type=int, default=20, help="standard recipe: runs per crystal (default %(default)s)")
     p.add_argument("--nb-keep", type=int, default=5, help="standard recipe: runs kept (default %(default)s)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default %(default)s)")
+    p.add_argument("--shard", default="0/1", metavar="K/N",
+                   help="only crystals K, K+N, ...: start N processes (K = 0..N-1) to use N cores (default all)")
     p.add_argument("--report", action="store_true", help="only write the docs/benchmarks.md section")
     p.set_defaults(func=run)
 
@@ -40,8 +43,12 @@ def run(args) -> int:
         return cnn_eval.main(["report"])
     if args.n_high < 0 or args.n_low < 0 or args.nb_run < 1 or not 1 <= args.nb_keep <= args.nb_run:
         raise InputError("--n-high/--n-low must be >= 0 and 1 <= --nb-keep <= --nb-run")
+    try:
+        cnn_eval._shard(args.shard)
+    except argparse.ArgumentTypeError as exc:
+        raise InputError(f"--shard: {exc}") from None
     argv = ["run", "--n-high", str(args.n_high), "--n-low", str(args.n_low), "--nb-run", str(args.nb_run),
-            "--nb-keep", str(args.nb_keep), "--threads", str(args.threads), "--methods", *args.methods]
+            "--nb-keep", str(args.nb_keep), "--threads", str(args.threads), "--shard", args.shard, "--methods", *args.methods]
     if args.model:
         argv += ["--model", args.model]
     cnn_eval.main(argv)
