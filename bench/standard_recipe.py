@@ -202,7 +202,7 @@ def report(a) -> str:
                    f"--threads {threads[0] if threads else a.threads}")
     body = "\n".join([
         f"Commands: `{compute_cmd} --bins 'under pi'`, then `{compute_cmd} --bins 'pi-2pi,2pi-5pi' --order index` "
-        "(both resumable; run in the background at nice 10 while other work shared the 2 cores), then "
+        "(both resumable; run in the background at nice 0-10 while other benchmarks and tests shared the 2 cores), then "
         f"`.venv/bin/python bench/standard_recipe.py --nb-run {cfg['nb_run']} --nb-keep {cfg['nb_keep']} --report`. "
         "Results: `bench/results/standard_recipe.jsonl` (one line per crystal and engine).",
         "",
