@@ -143,13 +143,18 @@ def run(args) -> None:
             _append(files[m], {**base, **rec, "model": tag if m != "standard" else None})
 
 
+def _success(rec: dict) -> bool:
+    """The issue's success criterion for one reconstruction: phase RMSE and support IoU both within bounds."""
+    return rec["phase_rmse"] <= SUCCESS["phase_rmse"] and rec["iou"] >= SUCCESS["iou"]
+
+
 def _bin_rows(recs: list[dict]) -> list[tuple]:
     rows = []
     for name, lo, hi in BINS:
         sel = [r for r in recs if lo <= r["phase_range"] < hi]
         if not sel:
             continue
-        ok = [r["phase_rmse"] <= SUCCESS["phase_rmse"] and r["iou"] >= SUCCESS["iou"] for r in sel]
+        ok = [_success(r) for r in sel]
         med = lambda k: float(np.median([r[k] for r in sel if r.get(k) is not None]))  # noqa: E731
         rows.append((name, len(sel), 100 * np.mean(ok), med("phase_rmse"), med("iou"), med("llk_free"),
                      med("wall_s")))
@@ -201,7 +206,7 @@ def target_lines(model_tag: str | None = None) -> list[str]:
         if not seeds:
             continue
         b, c = [b_all[s] for s in seeds], [c_all[s] for s in seeds]
-        ok = lambda r: r["phase_rmse"] <= SUCCESS["phase_rmse"] and r["iou"] >= SUCCESS["iou"]  # noqa: E731
+        ok = _success
         sb, sc = 100 * np.mean([ok(r) for r in b]), 100 * np.mean([ok(r) for r in c])
         rb, rc = np.median([r["phase_rmse"] for r in b]), np.median([r["phase_rmse"] for r in c])
         wb, wc = np.median([r["wall_s"] for r in b]), np.median([r["wall_s"] for r in c])
