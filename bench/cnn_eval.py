@@ -1,5 +1,8 @@
 """The paper's comparison: (a) CNN only, (b) CNN + border-restricted ER, (c) the standard multi-run recipe.
 
+(b+) is our variant of (b): RAAR**200 before the same 400 ER cycles, with the same border-only support
+updates (`reconstruct --pre-recipe RAAR**200`); from a weak CNN start, ER alone stagnates.
+
 Held-out simulated crystals (test seeds, never used in training or validation) are reconstructed by each
 method; every result is compared with the truth after twin / sub-voxel shift / phase alignment. Results are
 appended per crystal to JSON-lines files under bench/results/, so an interrupted run resumes where it stopped,
@@ -28,6 +31,8 @@ STANDARD = "HIO**400,RAAR**1000,ER**300"
 LOW_SEED0 = 500_000  # offset of the low-strain test seeds inside the test seed range
 BINS = (("< π", 0.0, math.pi), ("π–2π", math.pi, 2 * math.pi), ("2π–5π", 2 * math.pi, 5 * math.pi + 1e-3))
 SUCCESS = {"phase_rmse": 0.5, "iou": 0.7}
+PRE_RECIPE = "RAAR**200"  # (b+): cycles run from the CNN object before the ER refinement
+CNN_METHODS = ("cnn", "cnn_er", "cnn_raar_er")
 
 
 def test_crystals(n_high: int, n_low: int):
@@ -78,13 +83,13 @@ def free_mask_for(sample: dict, seed: int) -> np.ndarray:
     return free_pixel_mask(sample["intensity"].shape, mask=sample["mask"], seed=seed)
 
 
-def run_cnn(sample: dict, seed: int, model, refine: int) -> dict:
-    """(a) refine=0 or (b) refine=400 on one crystal."""
+def run_cnn(sample: dict, seed: int, model, refine: int, pre_recipe: str = "") -> dict:
+    """(a) refine=0, (b) refine=400 or (b+) pre_recipe + refine on one crystal."""
     from workers.pipeline import ReconOptions, reconstruct
 
     t = time.perf_counter()
-    r = reconstruct(sample["intensity"], sample["mask"], model.predict_phase, ReconOptions(refine=refine),
-                    free_mask=free_mask_for(sample, seed))
+    r = reconstruct(sample["intensity"], sample["mask"], model.predict_phase,
+                    ReconOptions(refine=refine, pre_recipe=pre_recipe), free_mask=free_mask_for(sample, seed))
     wall = time.perf_counter() - t
     return {**_truth_metrics(r.obj, r.support, sample), "llk": r.llk.get("llk_poisson"),
             "llk_free": r.llk.get("llk_poisson_free"), "r_factor": r.llk.get("r_factor"), "wall_s": wall,
@@ -115,10 +120,11 @@ def run(args) -> None:
     from physics.simulate import simulate_sample
 
     torch.set_num_threads(args.threads)
-    model = load_model(args.model) if {"cnn", "cnn_er"} & set(args.methods) else None
+    model = load_model(args.model) if set(CNN_METHODS) & set(args.methods) else None
     tag = f"{model.name}-{model.sha256[:8]}" if model else ""
     std_tag = f"standard-{args.nb_run}x{args.nb_keep}-{STANDARD if args.recipe is None else args.recipe}"
     files = {"cnn": RESULTS / f"eval_cnn_{tag}.jsonl", "cnn_er": RESULTS / f"eval_cnn_er_{tag}.jsonl",
+             "cnn_raar_er": RESULTS / f"eval_cnn_raar_er_{tag}.jsonl",
              "standard": RESULTS / f"eval_{std_tag.replace('*', '').replace(',', '_')}.jsonl"}
     done = {m: _jsonl(files[m]) for m in args.methods}
     crystals = test_crystals(args.n_high, args.n_low)
@@ -138,6 +144,8 @@ def run(args) -> None:
                 rec = run_cnn(sample, seed, model, 0)
             elif m == "cnn_er":
                 rec = run_cnn(sample, seed, model, args.refine)
+            elif m == "cnn_raar_er":
+                rec = run_cnn(sample, seed, model, args.refine, PRE_RECIPE)
             else:
                 rec = run_standard(sample, seed, args.nb_run, args.nb_keep, args.recipe or STANDARD)
             _append(files[m], {**base, **rec, "model": tag if m != "standard" else None})
@@ -191,15 +199,26 @@ def report(args) -> str:
 
 
 def target_lines(model_tag: str | None = None) -> list[str]:
-    """The issue's targets, checked on the crystals that both (b) and (c) have (nothing extrapolated)."""
-    files = sorted(RESULTS.glob("eval_cnn_er_*.jsonl"))
+    """The issue's targets, checked on the crystals that both (b) and (c) have (nothing extrapolated);
+    the same figures for our variant (b+), where it has been run."""
     std_files = sorted(RESULTS.glob("eval_standard-*.jsonl"))
-    if model_tag:
-        files = [f for f in files if model_tag in f.stem]
-    if not files or not std_files:
-        return ["Targets: not checked (need both the CNN + ER and the standard-recipe results)."]
-    b_all, c_all = _jsonl(files[-1]), _jsonl(std_files[-1])
-    out = [f"**Targets** ({files[-1].stem.removeprefix('eval_')} against {std_files[-1].stem.removeprefix('eval_')}, "
+    out = []
+    for method, label in (("cnn_er", "(b)"), ("cnn_raar_er", "(b+)")):
+        files = sorted(RESULTS.glob(f"eval_{method}_*.jsonl"))
+        if model_tag:
+            files = [f for f in files if model_tag in f.stem]
+        if not files or not std_files:
+            if method == "cnn_er":
+                return ["Targets: not checked (need both the CNN + ER and the standard-recipe results)."]
+            continue
+        out += _method_against_standard(_jsonl(files[-1]), _jsonl(std_files[-1]), label, files[-1], std_files[-1])
+    return out
+
+
+def _method_against_standard(b_all: dict, c_all: dict, label: str, b_file: Path, c_file: Path) -> list[str]:
+    """Target lines for one CNN method (label "(b)" or "(b+)") against (c), on the crystals both have."""
+    title = "Targets" if label == "(b)" else "Our variant (b+) against the same targets"
+    out = [f"**{title}** ({b_file.stem.removeprefix('eval_')} against {c_file.stem.removeprefix('eval_')}, "
            "on the crystals both have):", ""]
     for name, lo, hi in BINS:
         seeds = [s for s, r in b_all.items() if s in c_all and lo <= r["phase_range"] < hi]
@@ -213,18 +232,18 @@ def target_lines(model_tag: str | None = None) -> list[str]:
         both = sum(ok(x) and ok(y) for x, y in zip(b, c))
         only_b = sum(ok(x) and not ok(y) for x, y in zip(b, c))
         only_c = sum(ok(y) and not ok(x) for x, y in zip(b, c))
-        out.append(f"- {name} ({len(seeds)} crystals): (b) succeeds on {sb:.0f} %, (c) on {sc:.0f} % "
-                   f"(both {both}, only (b) {only_b}, only (c) {only_c}); median phase RMSE {rb:.3f} vs {rc:.3f} rad; "
-                   f"median wall time {wb:.2f} s vs {wc:.1f} s per crystal, (c)/(b) = {wc / wb:.0f}x.")
+        out.append(f"- {name} ({len(seeds)} crystals): {label} succeeds on {sb:.0f} %, (c) on {sc:.0f} % "
+                   f"(both {both}, only {label} {only_b}, only (c) {only_c}); median phase RMSE {rb:.3f} vs "
+                   f"{rc:.3f} rad; median wall time {wb:.2f} s vs {wc:.1f} s per crystal, (c)/{label} = {wc / wb:.0f}x.")
         if lo >= 2 * math.pi:
-            out.append(f"  - (b) ≥ 90 % on 2π–5π: **{'met' if sb >= 90 else 'missed'}** ({sb:.0f} %"
+            out.append(f"  - {label} ≥ 90 % on 2π–5π: **{'met' if sb >= 90 else 'missed'}** ({sb:.0f} %"
                        + ("" if sb >= 90 else f", {90 - sb:.0f} points short") + ").")
-            out.append(f"  - (b) beats (c) on 2π–5π: **{'met' if sb > sc else 'missed'}** (success {sb:.0f} % vs "
-                       f"{sc:.0f} %, median RMSE {rb:.3f} vs {rc:.3f} rad).")
-            out.append(f"  - (b) at most 1/50 of (c)'s wall time: **{'met' if wc / wb >= 50 else 'missed'}** "
+            out.append(f"  - {label} beats (c) on 2π–5π: **{'met' if sb > sc else 'missed'}** (success {sb:.0f} % "
+                       f"vs {sc:.0f} %, median RMSE {rb:.3f} vs {rc:.3f} rad).")
+            out.append(f"  - {label} at most 1/50 of (c)'s wall time: **{'met' if wc / wb >= 50 else 'missed'}** "
                        f"({wc / wb:.0f}x faster).")
     cnn_t = [r["timings"]["cnn"] for r in b_all.values() if r.get("timings", {}).get("cnn") is not None]
-    if cnn_t:
+    if cnn_t and label == "(b)":
         med = float(np.median(cnn_t))
         out.append(f"- CNN inference ≤ 0.5 s per pattern: **{'met' if med <= 0.5 else 'missed'}** (median {med:.2f} s "
                    f"over {len(cnn_t)} patterns, inside (b), 1 torch thread).")
@@ -249,8 +268,8 @@ def main(argv=None) -> int:
     r = sub.add_parser("run", help="compute missing results (resumable)")
     r.add_argument("--n-high", type=int, default=100)
     r.add_argument("--n-low", type=int, default=30)
-    r.add_argument("--methods", nargs="+", default=["cnn", "cnn_er", "standard"],
-                   choices=["cnn", "cnn_er", "standard"])
+    r.add_argument("--methods", nargs="+", default=["cnn", "cnn_er", "cnn_raar_er", "standard"],
+                   choices=[*CNN_METHODS, "standard"])
     r.add_argument("--model", default=None, help="weights (default: shipped model)")
     r.add_argument("--refine", type=int, default=400)
     r.add_argument("--nb-run", type=int, default=20)

@@ -19,6 +19,8 @@ retrieval from random starts often fails:
   6. the object is put back on the crop grid and scaled to the data;
   7. --refine ER cycles refine it (default 400), with support updates every --update-period cycles that may
      only move voxels within --border-n of the support border (threshold starts at --threshold x rms).
+     --pre-recipe RAAR**200 runs 200 RAAR cycles (same support rule) before them: from a weak CNN start
+     it escapes ER's stagnation (see docs/benchmarks.md, method b+); the default is the paper's ER only.
 
 INPUT is a centred 3D intensity (.npy, .npz[:KEY], .tif, .cxi/.h5[:/dataset], as for `phase`), or an ID01
 BLISS dataset file with --scan (frames, masks and metadata read from the file; detector auto-detected).
@@ -43,6 +45,8 @@ def register(subparsers) -> None:
     p.add_argument("--mask", help="mask file[:dataset] (nonzero = masked), for plain intensity inputs")
     p.add_argument("--model", help="weights file (default: the shipped model)")
     p.add_argument("--refine", type=int, default=400, help="ER refinement cycles, 0 = CNN only (default %(default)s)")
+    p.add_argument("--pre-recipe", default="", metavar="RECIPE",
+                   help="HIO/RAAR cycles before the ER, e.g. RAAR**200 (default: none, the paper's ER only)")
     p.add_argument("--update-period", type=int, default=20, help="support update period (default %(default)s)")
     p.add_argument("--border-n", type=int, default=2, help="support may change within n voxels of its border "
                                                           "(default %(default)s)")
@@ -100,7 +104,7 @@ def run(args) -> int:
     from models.predict import load_model
     from workers.pipeline import ReconOptions, reconstruct
 
-    opts = ReconOptions(refine=args.refine, update_period=args.update_period, border_n=args.border_n,
+    opts = ReconOptions(refine=args.refine, pre_recipe=args.pre_recipe, update_period=args.update_period, border_n=args.border_n,
                         threshold=args.threshold, crop_size=args.crop_size, device=args.device, seed=args.seed)
     t = time.perf_counter()
     model = load_model(args.model, device=args.device)

@@ -88,7 +88,15 @@ class ReconOptions(BaseModel):
     er_cycles: int = Field(400, ge=0, le=100_000, description="error-reduction refinement cycles")
     support_threshold: float = Field(0.2, gt=0.0, lt=1.0, description="relative support threshold")
     border_n: int = Field(2, ge=0, le=64, description="support updates may only move this many border voxels")
+    pre_recipe: str = Field("", max_length=80, pattern=r"^$|^(ER|HIO|RAAR)\*\*\d{1,5}(,(ER|HIO|RAAR)\*\*\d{1,5})*$",
+                            description="HIO/RAAR cycles run before the ER cycles, e.g. RAAR**200; empty = ER only")
     engine: Literal["torch", "pynx"] = Field("torch", description="phasing engine for the refinement")
+
+    @model_validator(mode="after")
+    def _pre_recipe_needs_er(self):
+        if self.pre_recipe and self.er_cycles == 0:
+            raise ValueError("pre_recipe runs before the ER cycles, so it needs er_cycles > 0")
+        return self
 
 
 class ReconRequest(BaseModel):

@@ -60,6 +60,8 @@ def test_submit_get_list_and_duplicates(api):
     ({**BODY, "options": {"er_cycles": -1}}, "body.options.er_cycles"),
     ({**BODY, "options": {"crop_size": [64, 64]}}, "body.options.crop_size"),
     ({**BODY, "options": {"engine": "matlab"}}, "body.options.engine"),
+    ({**BODY, "options": {"pre_recipe": "RAAR**200;rm -rf"}}, "body.options.pre_recipe"),
+    ({**BODY, "options": {"pre_recipe": "RAAR**200", "er_cycles": 0}}, "body.options"),
     ({**BODY, "priority": "urgent"}, "body.priority"),
     ({"options": {}}, "body.scan"),
     ({"scan": {"tiled_path": "../etc/passwd"}}, "body.scan.tiled_path"),

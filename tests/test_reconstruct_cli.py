@@ -59,6 +59,7 @@ def test_id01_scan_is_read_cropped_and_offsets_recorded(tmp_path):
 @pytest.mark.parametrize("argv, message", [
     (["missing.npz"], "missing.npz"),
     (["{npz}", "--refine", "-3"], "refine"),
+    (["{npz}", "--pre-recipe", "RAAR**20,FAA"], "pre-recipe"),
     (["{npz}", "--detector", "mpx1x4"], "--scan"),
     (["{npz}", "--device", "cuda"], "CUDA"),
     (["{npz}", "--model", "nope.pt"], "not found"),

@@ -24,6 +24,7 @@ class ReconOptions:
     """Options of one reconstruction (recorded in the output's process information)."""
 
     refine: int = 400  # ER cycles after the CNN (0: CNN-only object)
+    pre_recipe: str = ""  # optional HIO/RAAR cycles before the ER, e.g. "RAAR**200" (same border-only support)
     update_period: int = 20  # support update every K ER cycles
     border_n: int = 2  # support updates may only change voxels within n of the border
     threshold: float = 0.25  # shrink-wrap threshold, relative to the rms of the smoothed modulus in the support
@@ -42,6 +43,15 @@ class ReconOptions:
             raise InputError(f"unknown engine {self.engine!r}: use builtin or pynx")
         if self.refine < 0:
             raise InputError(f"refine must be >= 0 ER cycles, got {self.refine}")
+        if self.pre_recipe:
+            from physics.phasing.recipe import parse_recipe
+
+            steps = parse_recipe(self.pre_recipe)
+            bad = sorted(set(steps) - {"ER", "HIO", "RAAR"})
+            if bad:
+                raise InputError(f"pre-recipe {self.pre_recipe!r} may only use ER, HIO and RAAR, not {', '.join(bad)}")
+            if self.refine == 0:
+                raise InputError("a pre-recipe needs refine > 0: it runs before the ER cycles")
         if self.update_period < 1:
             raise InputError(f"update period must be >= 1, got {self.update_period}")
         if self.border_n < 0:
@@ -139,12 +149,13 @@ def reconstruct(intensity: np.ndarray, mask: np.ndarray | None, predict: Callabl
     timings["ifft"] = time.perf_counter() - t
 
     t = time.perf_counter()
+    recipe = f"{options.pre_recipe},ER**{options.refine}" if options.pre_recipe else f"ER**{options.refine}"
     if options.refine > 0 and options.engine == "pynx":
         from workers.engines.pynx_engine import pynx_run_recipe
 
         progress("refine", 0.0)
         out = pynx_run_recipe(i_crop, mask=m_crop, obj=cdi.get_obj(), support=cdi.get_support(),
-                              free_mask=cdi.get_free_mask(), recipe=f"ER**{options.refine}",
+                              free_mask=cdi.get_free_mask(), recipe=recipe,
                               support_update=dict(threshold_relative=options.threshold, method="rms",
                                                   smooth_width=options.smooth, force_shrink=False,
                                                   border_n=options.border_n),
@@ -154,9 +165,8 @@ def reconstruct(intensity: np.ndarray, mask: np.ndarray | None, predict: Callabl
     elif options.refine > 0:
         sup = SupportUpdate(threshold_relative=options.threshold, method="rms", smooth_width=options.smooth,
                             border_n=options.border_n)
-        total = options.refine
-        run_recipe(cdi, f"ER**{options.refine}", support_update=sup, update_period=options.update_period,
-                   progress=lambda done, _tot: progress("refine", done / total), should_cancel=should_cancel)
+        run_recipe(cdi, recipe, support_update=sup, update_period=options.update_period,
+                   progress=lambda done, tot: progress("refine", done / tot), should_cancel=should_cancel)
     cdi = LLK() * cdi
     llk = dict(cdi.get_llk())
     timings["refine"] = time.perf_counter() - t
@@ -212,7 +222,7 @@ def run_job(spec: dict, progress: Progress = _noop, should_cancel: Callable[[], 
     meta = {**meta, **({"run_uid": ref["run_uid"]} if ref.get("run_uid") else {})}
     timings["read"] = time.perf_counter() - t
     crop_size = opts_in.get("crop_size")
-    options = ReconOptions(refine=int(opts_in.get("er_cycles", 400)),
+    options = ReconOptions(refine=int(opts_in.get("er_cycles", 400)), pre_recipe=str(opts_in.get("pre_recipe") or ""),
                            threshold=float(opts_in.get("support_threshold", 0.25)),
                            border_n=int(opts_in.get("border_n", 2)),
                            crop_size=tuple(crop_size) if crop_size else None,

@@ -1,0 +1,40 @@
+"""The paper's comparison harness (bench.cnn_eval) end to end on two crystals, in a temporary results folder.
+
+The methods here are the real ones ((a), (b), (b+) with the shipped model, (c) with a short recipe), so this checks
+the resumable JSON-lines files, the shared free voxels and the target lines, not the model's quality.
+"""
+import json
+
+import pytest
+
+from bench import cnn_eval
+
+
+@pytest.fixture
+def results(tmp_path, monkeypatch):
+    monkeypatch.setattr(cnn_eval, "RESULTS", tmp_path)
+    return tmp_path
+
+
+def test_run_is_resumable_and_reports_targets_for_b_and_b_plus(results):
+    argv = ["run", "--n-high", "1", "--n-low", "1", "--nb-run", "2", "--nb-keep", "1",
+            "--recipe", "HIO**20,RAAR**20,ER**20", "--methods", "cnn", "cnn_er", "cnn_raar_er", "standard"]
+    assert cnn_eval.main(argv) == 0
+    files = sorted(p.name for p in results.glob("eval_*.jsonl"))
+    assert len(files) == 4 and any(f.startswith("eval_cnn_raar_er_unet_") for f in files), files
+    before = {f: (results / f).read_text() for f in files}
+    for text in before.values():
+        recs = [json.loads(line) for line in text.splitlines()]
+        assert len(recs) == 2 and {r["seed"] for r in recs} == {cnn_eval.test_crystals(1, 1)[0][0],
+                                                                  cnn_eval.test_crystals(1, 1)[1][0]}
+        assert all(0 <= r["iou"] <= 1 and r["phase_rmse"] >= 0 and r["wall_s"] > 0 for r in recs)
+    assert cnn_eval.main(argv) == 0  # everything is done: nothing recomputed or appended
+    assert {f: (results / f).read_text() for f in files} == before
+
+    (b_plus,) = results.glob("eval_cnn_raar_er_*.jsonl")
+    rec = json.loads(b_plus.read_text().splitlines()[0])
+    assert rec["timings"]["refine"] > 0 and rec["llk_free"] > 0  # RAAR + ER ran, free LLK on withheld voxels
+
+    text = "\n".join(cnn_eval.target_lines())
+    assert "**Targets**" in text and "(b) ≥ 90 % on 2π–5π" in text
+    assert "Our variant (b+)" in text and "(b+) beats (c) on 2π–5π" in text
