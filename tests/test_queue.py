@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 
 import pytest
 
@@ -106,15 +107,24 @@ def test_cancelled_queued_job_is_acked_and_skipped_by_worker(queue):
     assert queue.stats()["streams"]["normal"]["length"] == 0
 
 
-def test_redis_restart_with_append_only_file_loses_no_job(tmp_path):
-    """kill -9 of a Redis with appendonly yes + appendfsync always: queued, running and finished jobs survive,
-    and a worker then completes every unfinished job exactly once (results in a real Tiled)."""
+@contextmanager
+def own_redis_queue():
+    """A private Redis (append-only, so it can be killed and restarted) with the shared Tiled: (server, s, q, tiled)."""
     tiled = shared_tiled()
     server = RedisServer().start()
     try:
         s = make_settings(redis_url=server.url, tiled_url=tiled.url)
         q = JobQueue(connect(s), s)
         q.ensure_groups()
+        yield server, s, q, tiled
+    finally:
+        server.stop()
+
+
+def test_redis_restart_with_append_only_file_loses_no_job(tmp_path):
+    """kill -9 of a Redis with appendonly yes + appendfsync always: queued, running and finished jobs survive,
+    and a worker then completes every unfinished job exactly once (results in a real Tiled)."""
+    with own_redis_queue() as (server, s, q, tiled):
         jobs = [q.submit(req(100 + i, options={"er_cycles": 5, "crop_size": [16, 16, 16]}))[0] for i in range(5)]
         high, _ = q.submit(req(200, priority="high", options={"er_cycles": 5, "crop_size": [16, 16, 16]}))
         [inflight] = q.claim("crashed-worker", block_ms=50)  # one job was running when Redis died
@@ -134,8 +144,6 @@ def test_redis_restart_with_append_only_file_loses_no_job(tmp_path):
         assert q.get(high)["deliveries"] == 2  # re-delivered from the crashed worker's pending entry
         for j in [*jobs, high]:
             assert tiled.results_for(j) == [j]
-    finally:
-        server.stop()
 
 
 def test_settings_from_file_and_env(tmp_path, monkeypatch):
@@ -159,12 +167,7 @@ def test_worker_rides_out_a_redis_restart_mid_job(caplog):
     recorded once Redis is back, queued jobs are done afterwards, every job has exactly one Tiled result."""
     import logging
 
-    tiled = shared_tiled()
-    server = RedisServer().start()
-    try:
-        s = make_settings(redis_url=server.url, tiled_url=tiled.url)
-        q = JobQueue(connect(s), s)
-        q.ensure_groups()
+    with own_redis_queue() as (server, s, q, tiled):
         opts = {"er_cycles": 300, "crop_size": [24, 24, 24]}
         jobs = [q.submit(req(300 + i, options=opts))[0] for i in range(4)]
         with caplog.at_level(logging.INFO, logger="bcdi.worker"), worker_thread(s, "survivor") as w:
@@ -181,5 +184,3 @@ def test_worker_rides_out_a_redis_restart_mid_job(caplog):
         for j in jobs:
             assert tiled.results_for(j) == [j]
         assert q.stats()["streams"]["normal"] == {"length": 0, "pending": 0}
-    finally:
-        server.stop()
