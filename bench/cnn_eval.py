@@ -2,6 +2,8 @@
 
 (b+) is our variant of (b): RAAR**200 before the same 400 ER cycles, with the same border-only support
 updates (`reconstruct --pre-recipe RAAR**200`); from a weak CNN start, ER alone stagnates.
+(b*) replaces the CNN by the true reciprocal phase (a perfect CNN) and runs (b)'s refinement: the upper bound
+of (b), which separates what the network misses from what the refinement misses.
 
 Held-out simulated crystals (test seeds, never used in training or validation) are reconstructed by each
 method; every result is compared with the truth after twin / sub-voxel shift / phase alignment. Results are
@@ -33,6 +35,19 @@ BINS = (("< π", 0.0, math.pi), ("π–2π", math.pi, 2 * math.pi), ("2π–5π"
 SUCCESS = {"phase_rmse": 0.5, "iou": 0.7}
 PRE_RECIPE = "RAAR**200"  # (b+): cycles run from the CNN object before the ER refinement
 CNN_METHODS = ("cnn", "cnn_er", "cnn_raar_er")
+METHODS = (*CNN_METHODS, "oracle_er", "standard")
+
+
+class TruePhase:
+    """A perfect 'CNN' for one simulated crystal: predicts its true reciprocal phase (64³ inputs are not cropped)."""
+
+    def __init__(self, sample: dict):
+        self.phase = sample["phase"]
+
+    def predict_phase(self, i64: np.ndarray) -> np.ndarray:
+        if i64.shape != self.phase.shape:
+            raise ValueError(f"the true phase is {self.phase.shape}, the CNN input {i64.shape}")
+        return self.phase
 
 
 def test_crystals(n_high: int, n_low: int):
@@ -124,7 +139,7 @@ def run(args) -> None:
     tag = f"{model.name}-{model.sha256[:8]}" if model else ""
     std_tag = f"standard-{args.nb_run}x{args.nb_keep}-{STANDARD if args.recipe is None else args.recipe}"
     files = {"cnn": RESULTS / f"eval_cnn_{tag}.jsonl", "cnn_er": RESULTS / f"eval_cnn_er_{tag}.jsonl",
-             "cnn_raar_er": RESULTS / f"eval_cnn_raar_er_{tag}.jsonl",
+             "cnn_raar_er": RESULTS / f"eval_cnn_raar_er_{tag}.jsonl", "oracle_er": RESULTS / "eval_oracle_er.jsonl",
              "standard": RESULTS / f"eval_{std_tag.replace('*', '').replace(',', '_')}.jsonl"}
     done = {m: _jsonl(files[m]) for m in args.methods}
     crystals = test_crystals(args.n_high, args.n_low)
@@ -146,9 +161,11 @@ def run(args) -> None:
                 rec = run_cnn(sample, seed, model, args.refine)
             elif m == "cnn_raar_er":
                 rec = run_cnn(sample, seed, model, args.refine, PRE_RECIPE)
+            elif m == "oracle_er":
+                rec = run_cnn(sample, seed, TruePhase(sample), args.refine)
             else:
                 rec = run_standard(sample, seed, args.nb_run, args.nb_keep, args.recipe or STANDARD)
-            _append(files[m], {**base, **rec, "model": tag if m != "standard" else None})
+            _append(files[m], {**base, **rec, "model": tag if m in CNN_METHODS else None})
 
 
 def _success(rec: dict) -> bool:
@@ -212,6 +229,15 @@ def target_lines(model_tag: str | None = None) -> list[str]:
                 return ["Targets: not checked (need both the CNN + ER and the standard-recipe results)."]
             continue
         out += _method_against_standard(_jsonl(files[-1]), _jsonl(std_files[-1]), label, files[-1], std_files[-1])
+    oracle = _jsonl(RESULTS / "eval_oracle_er.jsonl")
+    if oracle:
+        out += ["**Upper bound (b\\*)**: (b)'s refinement started from the true reciprocal phase (a perfect CNN):", ""]
+        for name, lo, hi in BINS:
+            sel = [r for r in oracle.values() if lo <= r["phase_range"] < hi]
+            if sel:
+                out.append(f"- {name} ({len(sel)} crystals): success {100 * np.mean([_success(r) for r in sel]):.0f} %, "
+                           f"median phase RMSE {np.median([r['phase_rmse'] for r in sel]):.3f} rad.")
+        out.append("")
     return out
 
 
@@ -268,8 +294,7 @@ def main(argv=None) -> int:
     r = sub.add_parser("run", help="compute missing results (resumable)")
     r.add_argument("--n-high", type=int, default=100)
     r.add_argument("--n-low", type=int, default=30)
-    r.add_argument("--methods", nargs="+", default=["cnn", "cnn_er", "cnn_raar_er", "standard"],
-                   choices=[*CNN_METHODS, "standard"])
+    r.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     r.add_argument("--model", default=None, help="weights (default: shipped model)")
     r.add_argument("--refine", type=int, default=400)
     r.add_argument("--nb-run", type=int, default=20)

@@ -8,7 +8,8 @@ HELP = "compare CNN-only, CNN+ER and the standard multi-run recipe on held-out s
 DESCRIPTION = """\
 Reconstructs held-out simulated crystals (test seeds never used in training or validation) with
   (a) the CNN alone, (b) CNN + 400 ER with border-restricted support updates,
-  (b+) CNN + RAAR**200 + the same 400 ER (our variant: ER alone stagnates from a weak CNN start), and
+  (b+) CNN + RAAR**200 + the same 400 ER (our variant: ER alone stagnates from a weak CNN start),
+  (b*) the true reciprocal phase + (b)'s refinement (a perfect CNN: the upper bound of (b)), and
   (c) the standard recipe HIO**400,RAAR**1000,ER**300, 20 runs, best 5 by free LLK, first mode,
 compares each with the truth (twin / sub-voxel shift / phase aligned: phase RMSE, support IoU) and with the
 data (LLK, free LLK on the same withheld voxels), and reports per phase-range bin (< π, π-2π, 2π-5π): success
@@ -24,8 +25,9 @@ def register(subparsers) -> None:
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n-high", type=int, default=100, help="crystals with phase range 2π-5π (default %(default)s)")
     p.add_argument("--n-low", type=int, default=30, help="crystals with phase range under π (default %(default)s)")
-    p.add_argument("--methods", nargs="+", default=["cnn", "cnn_er", "cnn_raar_er", "standard"],
-                   choices=["cnn", "cnn_er", "cnn_raar_er", "standard"], help="which methods to run (default: all)")
+    p.add_argument("--methods", nargs="+", default=["cnn", "cnn_er", "cnn_raar_er", "oracle_er", "standard"],
+                   choices=["cnn", "cnn_er", "cnn_raar_er", "oracle_er", "standard"],
+                   help="which methods to run (default: all)")
     p.add_argument("--model", help="weights file (default: the shipped model)")
     p.add_argument("--nb-run", type=int, default=20, help="standard recipe: runs per crystal (default %(default)s)")
     p.add_argument("--nb-keep", type=int, default=5, help="standard recipe: runs kept (default %(default)s)")

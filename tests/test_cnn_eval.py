@@ -1,6 +1,7 @@
 """The paper's comparison harness (bench.cnn_eval) end to end on two crystals, in a temporary results folder.
 
-The methods here are the real ones ((a), (b), (b+) with the shipped model, (c) with a short recipe), so this checks
+The methods here are the real ones ((a), (b), (b+) with the shipped model, (b*) from the true phase, (c) with a
+short recipe), so this checks
 the resumable JSON-lines files, the shared free voxels and the target lines, not the model's quality.
 """
 import json
@@ -18,10 +19,10 @@ def results(tmp_path, monkeypatch):
 
 def test_run_is_resumable_and_reports_targets_for_b_and_b_plus(results):
     argv = ["run", "--n-high", "1", "--n-low", "1", "--nb-run", "2", "--nb-keep", "1",
-            "--recipe", "HIO**20,RAAR**20,ER**20", "--methods", "cnn", "cnn_er", "cnn_raar_er", "standard"]
+            "--recipe", "HIO**20,RAAR**20,ER**20", "--methods", "cnn", "cnn_er", "cnn_raar_er", "oracle_er", "standard"]
     assert cnn_eval.main(argv) == 0
     files = sorted(p.name for p in results.glob("eval_*.jsonl"))
-    assert len(files) == 4 and any(f.startswith("eval_cnn_raar_er_unet_") for f in files), files
+    assert len(files) == 5 and "eval_oracle_er.jsonl" in files and any(f.startswith("eval_cnn_raar_er_unet_") for f in files), files
     before = {f: (results / f).read_text() for f in files}
     for text in before.values():
         recs = [json.loads(line) for line in text.splitlines()]
@@ -38,3 +39,6 @@ def test_run_is_resumable_and_reports_targets_for_b_and_b_plus(results):
     text = "\n".join(cnn_eval.target_lines())
     assert "**Targets**" in text and "(b) ≥ 90 % on 2π–5π" in text
     assert "Our variant (b+)" in text and "(b+) beats (c) on 2π–5π" in text
+    assert "Upper bound" in text
+    oracle = [json.loads(line) for line in (results / "eval_oracle_er.jsonl").read_text().splitlines()]
+    assert all(r["phase_rmse"] < 0.2 and r["iou"] > 0.7 for r in oracle)  # a perfect CNN: (b) recovers the crystal
