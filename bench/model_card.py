@@ -117,8 +117,24 @@ def main(argv=None) -> int:
         trend = (f"Its validation loss went from {float(rows[0]['val_loss']):.3f} (step {rows[0]['step']}) to "
                  f"{float(rows[-1]['val_loss']):.3f} (step {rows[-1]['step']}), still changing by {slope:+.4f} per "
                  "1000 steps over the second half of the run: it had not converged. ")
+    oracle = list(_jsonl(RESULTS / "eval_oracle_er.jsonl").values())
+    where = ""
+    if oracle:  # the refinement from a perfect CNN: what is left is the network's share of the gap
+        from bench.cnn_eval import _success
+
+        ok = sum(_success(r) for r in oracle)
+        where = (f"Where the gap lies: started from the true reciprocal phase (a perfect CNN), the same 400 border-"
+                 f"restricted ER cycles succeed on {ok} of {len(oracle)} held-out crystals (method (b*) above), so "
+                 "the refinement is not what limits (b): the network is. ")
+    from models.unet import DILATED_BLOCKS, FINAL_FILTERS, scaled
+
+    wd = float(arch["width"])
+    thin = (f"A third lever is the full-resolution path: at w = {wd:g} the first dilated block has "
+            f"{max(1, scaled(DILATED_BLOCKS[0][0], wd) // 4)} filter(s) per dilated branch and the last 64³ "
+            f"convolution {scaled(FINAL_FILTERS, wd)} channels, against 8 and 16 at w = 1; widening only those "
+            "layers (the issue allows it) is untested here. " if wd < 1 else "")
     lines += [
-        "## Closing the gap", "",
+        "## Closing the gap", "", where +
         "The reference model (Masto et al. 2025; matteomasto/high_strain_CNN) has 143,759,937 parameters and was "
         "trained on about 95,000 simulated patterns for 60 epochs at batch 16, i.e. about 5.7 million sample-steps "
         f"on GPUs. This model has {n_params:,} parameters ({100 * n_params / 143_759_937:.1f} % of it) and has seen "
@@ -127,8 +143,8 @@ def main(argv=None) -> int:
         "`bcdi-recon train --out runs/unet_w0125 --steps N` resumes from models/weights/train_state. "
         "The second is width: w = 0.25 (9.0 M parameters) costs about 2.3x more per step on this CPU, and "
         "w = 1 is practical only on a GPU (`--device cuda`, bf16, torchrun/DDP are implemented but were not run on "
-        "a GPU: none was lent to this project's sessions so far). The data needs no change: it is simulated "
-        "on the fly, so longer training never repeats a sample.", ""]
+        "a GPU: none was lent to this project's sessions so far). " + thin + "The data needs no change: it is "
+        "simulated on the fly, so longer training never repeats a sample.", ""]
     Path(args.out).write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out}")
     return 0
