@@ -208,7 +208,12 @@ def report(args) -> str:
         lines += [f"| {b} | {n} | {s:.0f} | {p:.3f} | {i:.3f} | {llk:.3g} | {w:.2f} |"
                   for b, n, s, p, i, llk, w in _bin_rows(recs)]
         lines.append("")
-    lines += target_lines()
+    from models.predict import DEFAULT_WEIGHTS, file_sha256
+
+    shipped = file_sha256(DEFAULT_WEIGHTS)[:8]
+    lines += [f"The shipped model is `{DEFAULT_WEIGHTS.name}` (sha256 {shipped}...); tables of earlier models are kept "
+              "for comparison.", ""]
+    lines += target_lines(shipped)
     lines += ["Where the shipped model misses a target, models/weights/MODEL_CARD.md (\"Closing the gap\", written by "
               "`bench/model_card.py` from the model file and these results) says by how much and what would close it.",
               ""]
