@@ -35,6 +35,7 @@ BINS = (("< π", 0.0, math.pi), ("π–2π", math.pi, 2 * math.pi), ("2π–5π"
 SUCCESS = {"phase_rmse": 0.5, "iou": 0.7}
 PRE_RECIPE = "RAAR**200"  # (b+): cycles run from the CNN object before the ER refinement
 CNN_METHODS = ("cnn", "cnn_er", "cnn_raar_er")
+TIMING = "timing_same_load.txt"  # lines written by `timing`
 METHODS = (*CNN_METHODS, "oracle_er", "standard")
 
 
@@ -214,6 +215,13 @@ def report(args) -> str:
     lines += [f"The shipped model is `{DEFAULT_WEIGHTS.name}` (sha256 {shipped}...); tables of earlier models are kept "
               "for comparison.", ""]
     lines += target_lines(shipped)
+    if (RESULTS / TIMING).exists():
+        lines += ["**Wall time under the same load** (`.venv/bin/python -m bench.cnn_eval timing --n 2 --shard K/2`, "
+                  "two processes at once, one per core, as the (c) column above was computed; the (b) and (b+) columns "
+                  "come from other runs, at other machine loads, so their ratios to (c) above are only indicative):",
+                  ""]
+        lines += [f"- {ln}" for ln in (RESULTS / TIMING).read_text().splitlines() if ln.strip()]
+        lines.append("")
     lines += ["Where the shipped model misses a target, models/weights/MODEL_CARD.md (\"Closing the gap\", written by "
               "`bench/model_card.py` from the model file and these results) says by how much and what would close it.",
               ""]
@@ -282,6 +290,33 @@ def _method_against_standard(b_all: dict, c_all: dict, label: str, b_file: Path,
     return out
 
 
+def timing(args) -> str:
+    """(b), (b+) and (c) back to back on the same crystals in one process, so that their wall times share the same
+    machine load (the full evaluation computes (c) once, at another time); prints and returns a markdown line."""
+    import torch
+
+    from models.predict import load_model
+    from physics.simulate import simulate_sample
+
+    torch.set_num_threads(args.threads)
+    model = load_model(args.model)
+    crystals = test_crystals(100, 30)[args.shard[0]::args.shard[1]][:args.n]
+    t = {"b": [], "b+": [], "c": []}
+    for seed, params in crystals:
+        sample = simulate_sample(seed, params)
+        t["b"].append(run_cnn(sample, seed, model, 400)["wall_s"])
+        t["b+"].append(run_cnn(sample, seed, model, 400, PRE_RECIPE)["wall_s"])
+        t["c"].append(run_standard(sample, seed, 20, 5, STANDARD)["wall_s"])
+    med = {k: float(np.median(v)) for k, v in t.items()}
+    line = (f"shard {args.shard[0]}/{args.shard[1]}, {len(crystals)} crystals, {args.threads} thread(s): median wall "
+            f"(b) {med['b']:.2f} s, (b+) {med['b+']:.2f} s, (c) {med['c']:.1f} s; (c)/(b) = {med['c'] / med['b']:.0f}x, "
+            f"(c)/(b+) = {med['c'] / med['b+']:.0f}x")
+    print(line, flush=True)
+    with open(RESULTS / TIMING, "a") as f:  # one line per shard; the report quotes them
+        f.write(f"{time.strftime('%Y-%m-%d %H:%M')} {line}\n")
+    return line
+
+
 def _shard(text: str) -> tuple[int, int]:
     """Parse "K/N" (0 <= K < N)."""
     try:
@@ -309,9 +344,16 @@ def main(argv=None) -> int:
     r.add_argument("--shard", type=_shard, default=(0, 1), metavar="K/N",
                    help="process only crystals K, K+N, K+2N, ... (run N processes with K=0..N-1 on N cores)")
     sub.add_parser("report", help="write the docs/benchmarks.md section")
+    tm = sub.add_parser("timing", help="(b), (b+), (c) back to back on N crystals under the same load")
+    tm.add_argument("--n", type=int, default=2)
+    tm.add_argument("--model", default=None)
+    tm.add_argument("--threads", type=int, default=1)
+    tm.add_argument("--shard", type=_shard, default=(0, 1), metavar="K/N")
     args = ap.parse_args(argv)
     if args.cmd == "run":
         run(args)
+    elif args.cmd == "timing":
+        timing(args)
     else:
         from bench.common import write_section
 
