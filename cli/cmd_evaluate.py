@@ -25,8 +25,9 @@ def register(subparsers) -> None:
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n-high", type=int, default=100, help="crystals with phase range 2π-5π (default %(default)s)")
     p.add_argument("--n-low", type=int, default=30, help="crystals with phase range under π (default %(default)s)")
-    p.add_argument("--methods", nargs="+", default=["cnn", "cnn_er", "cnn_raar_er", "oracle_er", "standard"],
-                   choices=["cnn", "cnn_er", "cnn_raar_er", "oracle_er", "standard"],
+    from bench.cnn_eval import METHODS  # one list of methods for the CLI and the bench (numpy only, no torch)
+
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS,
                    help="which methods to run (default: all)")
     p.add_argument("--model", help="weights file (default: the shipped model)")
     p.add_argument("--nb-run", type=int, default=20, help="standard recipe: runs per crystal (default %(default)s)")
