@@ -245,11 +245,8 @@ def target_lines(model_tag: str | None = None) -> list[str]:
     oracle = _jsonl(RESULTS / "eval_oracle_er.jsonl")
     if oracle:
         out += ["**Upper bound (b\\*)**: (b)'s refinement started from the true reciprocal phase (a perfect CNN):", ""]
-        for name, lo, hi in BINS:
-            sel = [r for r in oracle.values() if lo <= r["phase_range"] < hi]
-            if sel:
-                out.append(f"- {name} ({len(sel)} crystals): success {100 * np.mean([_success(r) for r in sel]):.0f} %, "
-                           f"median phase RMSE {np.median([r['phase_rmse'] for r in sel]):.3f} rad.")
+        out += [f"- {name} ({n} crystals): success {succ:.0f} %, median phase RMSE {rmse:.3f} rad."
+                for name, n, succ, rmse, *_ in _bin_rows(list(oracle.values()))]
         out.append("")
     return out
 

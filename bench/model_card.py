@@ -131,7 +131,8 @@ def main(argv=None) -> int:
     wd = float(arch["width"])
     thin = (f"A third lever is the full-resolution path: at w = {wd:g} the first dilated block has "
             f"{max(1, scaled(DILATED_BLOCKS[0][0], wd) // 4)} filter(s) per dilated branch and the last 64³ "
-            f"convolution {scaled(FINAL_FILTERS, wd)} channels, against 8 and 16 at w = 1; widening only those "
+            f"convolution {scaled(FINAL_FILTERS, wd)} channels, against {scaled(DILATED_BLOCKS[0][0], 1) // 4} and "
+            f"{scaled(FINAL_FILTERS, 1)} at w = 1; widening only those "
             "layers (the issue allows it) is untested here. " if wd < 1 else "")
     lines += [
         "## Closing the gap", "", where +

@@ -104,8 +104,9 @@ def run(args) -> int:
     from models.predict import load_model
     from workers.pipeline import ReconOptions, reconstruct
 
-    opts = ReconOptions(refine=args.refine, pre_recipe=args.pre_recipe, update_period=args.update_period, border_n=args.border_n,
-                        threshold=args.threshold, crop_size=args.crop_size, device=args.device, seed=args.seed)
+    opts = ReconOptions(refine=args.refine, pre_recipe=args.pre_recipe, update_period=args.update_period,
+                        border_n=args.border_n, threshold=args.threshold, crop_size=args.crop_size,
+                        device=args.device, seed=args.seed)
     t = time.perf_counter()
     model = load_model(args.model, device=args.device)
     t_model = time.perf_counter() - t

@@ -222,7 +222,8 @@ def run_job(spec: dict, progress: Progress = _noop, should_cancel: Callable[[], 
     meta = {**meta, **({"run_uid": ref["run_uid"]} if ref.get("run_uid") else {})}
     timings["read"] = time.perf_counter() - t
     crop_size = opts_in.get("crop_size")
-    options = ReconOptions(refine=int(opts_in.get("er_cycles", 400)), pre_recipe=str(opts_in.get("pre_recipe") or ""),
+    options = ReconOptions(refine=int(opts_in.get("er_cycles", 400)),
+                           pre_recipe=str(opts_in.get("pre_recipe") or ""),
                            threshold=float(opts_in.get("support_threshold", 0.25)),
                            border_n=int(opts_in.get("border_n", 2)),
                            crop_size=tuple(crop_size) if crop_size else None,
