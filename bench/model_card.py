@@ -99,10 +99,11 @@ def main(argv=None) -> int:
         recs = list(_jsonl(f).values())
         if recs:
             lines += [f"**{f.stem.removeprefix('eval_')}** ({len(recs)} crystals)", "",
-                      "| bin | n | success % | median phase RMSE | median IoU | median free LLK | median s |",
-                      "|---|---:|---:|---:|---:|---:|---:|"]
-            lines += [f"| {b} | {n} | {s:.0f} | {p:.3f} | {i:.3f} | {llk:.3g} | {t:.2f} |"
-                      for b, n, s, p, i, llk, t in _bin_rows(recs)]
+                      "| bin | n | success % | median phase RMSE | median IoU | median free LLK | median s "
+                      "| median CNN coherence |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+            lines += [f"| {b} | {n} | {s:.0f} | {p:.3f} | {i:.3f} | {llk:.3g} | {t:.2f} | "
+                      + ("—" if coh is None else f"{coh:.3f}") + " |"
+                      for b, n, s, p, i, llk, t, coh in _bin_rows(recs)]
             lines.append("")
     from bench.cnn_eval import target_lines
 

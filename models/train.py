@@ -27,7 +27,7 @@ CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
 CURVE_CSV = "learning_curve.csv"
 CURVE_PNG = "learning_curve.png"
-CURVE_FIELDS = ("step", "samples", "train_loss", "val_loss", "lr", "wall_s")
+CURVE_FIELDS = ("step", "samples", "train_loss", "val_loss", "val_coherence", "lr", "wall_s", "cpu_s")
 
 
 @dataclass
@@ -73,6 +73,25 @@ def _pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def cpu_seconds() -> float:
+    """CPU time (user + system, all threads) of this process and its live children, e.g. the DataLoader workers
+    that simulate: the training ledger's cost figure, which a shared machine distorts far less than wall time."""
+    total = sum(os.times()[:2])
+    try:
+        tick = os.sysconf("SC_CLK_TCK")
+        kids = []
+        for task in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{task}/children") as f:
+                kids += f.read().split()
+        for pid in kids:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+    except (OSError, ValueError, IndexError):
+        pass  # not Linux, or a child ended meanwhile: the process's own time still counts
+    return total
+
+
 def _atomic_save(obj, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
@@ -111,7 +130,14 @@ def plot_curve(rows: list[dict], path: Path, title: str = "") -> None:
     ax.set_ylabel("WCA loss")
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
-    ax.legend()
+    coh = [(int(r["samples"]), float(r["val_coherence"])) for r in rows if r.get("val_coherence")]
+    if coh:  # the network's judge (physics.coherence), on its own axis
+        ax2 = ax.twinx()
+        ax2.plot(*zip(*coh), "s-", ms=3, color="tab:green", label="validation phase coherence")
+        ax2.set_ylabel("median phase coherence (1 = perfect)")
+        ax2.set_ylim(0, 1)
+        ax2.legend(loc="lower right")
+    ax.legend(loc="lower left")
     ax.set_title(title or "phase UNet learning curve")
     fig.tight_layout()
     tmp = path.with_name(path.name + ".tmp.png")
@@ -127,18 +153,25 @@ def validation_set(n: int, sim: SimParams) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.inference_mode()
-def evaluate_loss(model, x: torch.Tensor, y: torch.Tensor, device, batch: int = 4, memory_format=None) -> float:
-    """Mean WCA loss of the model on (x, y), in batches."""
+def evaluate_loss(model, x: torch.Tensor, y: torch.Tensor, device, batch: int = 4, memory_format=None,
+                  coherence: bool = False):
+    """Mean WCA loss of the model on (x, y), in batches; with coherence=True also the median phase coherence
+    (physics.coherence, shift- and twin-blind), returned as (loss, coherence)."""
     model.eval()
-    losses = []
+    losses, cohs = [], []
     for i in range(0, len(x), batch):
         xb = x[i:i + batch].to(device)
         if memory_format is not None:
             xb = xb.contiguous(memory_format=memory_format)
         pred = model(xb).float()
         losses.append(wca_per_sample(pred, y[i:i + batch].to(device), xb.float()).cpu())
+        if coherence:
+            from physics.coherence import coherence_batch
+
+            cohs.extend(coherence_batch(pred.cpu().numpy(), y[i:i + batch].numpy(), x[i:i + batch].numpy()))
     model.train()
-    return float(torch.cat(losses).mean())
+    loss = float(torch.cat(losses).mean())
+    return (loss, float(np.median(cohs))) if coherence else loss
 
 
 def export_weights(checkpoint: str | os.PathLike, dest: str | os.PathLike, extra: dict | None = None) -> dict:
@@ -192,13 +225,14 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     if cpu_cl:
         model = model.to(memory_format=torch.channels_last_3d)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    step, wall0, best_val, best_state = 0, 0.0, math.inf, None
+    step, wall0, cpu0, best_val, best_state = 0, 0.0, 0.0, math.inf, None
     if ck is not None:
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         for group in opt.param_groups:
             group["lr"] = cfg.lr
         step, wall0, best_val = ck["step"], ck["wall_s"], ck.get("best_val", math.inf)
+        cpu0 = ck.get("cpu_s", 0.0)  # runs before the ledger counted CPU time start from 0 here
         best_state = ck.get("best_model")
     net = model
     if ddp:
@@ -218,7 +252,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         from tqdm import tqdm
 
         bar = tqdm(total=cfg.steps, initial=step, unit="step", dynamic_ncols=True, desc="train")
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), cpu_seconds()
     run_losses: list[float] = []
     last_val = rows[-1]["val_loss"] if rows else float("nan")
     for xb, yb in loader:
@@ -239,17 +273,19 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
             bar.set_postfix(loss=f"{np.mean(run_losses[-20:]):.4f}", val=f"{float(last_val):.4f}")
         if step % cfg.val_every == 0 or step == cfg.steps:
             if rank == 0:
-                val = evaluate_loss(model, xv, yv, device, memory_format=mf)
+                val, coh = evaluate_loss(model, xv, yv, device, memory_format=mf, coherence=True)
                 wall = wall0 + time.perf_counter() - t0
+                cpu = cpu0 + cpu_seconds() - c0
                 if val < best_val:
                     best_val = val
                     best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
                 rows.append({"step": step, "samples": step * cfg.batch * world,
                              "train_loss": f"{np.mean(run_losses):.6f}", "val_loss": f"{val:.6f}",
-                             "lr": cfg.lr, "wall_s": f"{wall:.1f}"})
+                             "val_coherence": f"{coh:.4f}",
+                             "lr": cfg.lr, "wall_s": f"{wall:.1f}", "cpu_s": f"{cpu:.1f}"})
                 _write_curve(out / CURVE_CSV, rows)
                 _atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
-                              "samples": step * cfg.batch * world, "wall_s": wall, "best_val": best_val,
+                              "samples": step * cfg.batch * world, "wall_s": wall, "cpu_s": cpu, "best_val": best_val,
                               "val_loss": val, "best_model": best_state, "config": asdict(cfg),
                               "arch_config": arch_config}, ckpt_path)
                 plot_curve(rows, out / CURVE_PNG, f"UNet w={cfg.width}, batch {cfg.batch}, lr {cfg.lr}")
