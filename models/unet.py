@@ -31,7 +31,12 @@ DECODER_BLOCKS = ((1024, 3), (512, 3), (256, 3), (128, 4), (64, 5), (32, 5))
 FINAL_FILTERS = 16
 SKIP_KERNEL = 3
 
-DEFAULT_OPTIONS = {"final_kernel": 5}
+# Architecture options; the defaults are the paper's model. The others are the ablation's candidates for a small
+# CPU budget (bench/arch_ablation.py): full_res_kernel = kernel of the first dilated block (64³), min_branch /
+# min_final = floors on the filters of the 64³ layers (at w = 0.125 they are 1 and 2), coords = three coordinate
+# channels (q_z, q_y, q_x in [-1, 1]) beside the intensity, output "cossin" = predict (cos, sin) and return atan2.
+DEFAULT_OPTIONS = {"final_kernel": 5, "full_res_kernel": 5, "min_branch": 1, "min_final": 1, "coords": False,
+                   "output": "phase"}
 
 
 def scaled(filters: int, width: float) -> int:
@@ -47,10 +52,19 @@ def _check_options(width: float, options: dict) -> dict:
     if unknown:
         raise InputError(f"unknown UNet option(s) {unknown}; known: {sorted(DEFAULT_OPTIONS)}")
     opts = {**DEFAULT_OPTIONS, **options}
-    k = opts["final_kernel"]
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1 or k % 2 == 0:
-        raise InputError(f"final_kernel must be a positive odd integer, got {k!r}")
-    return {"width": float(width), **opts}
+    for key in ("final_kernel", "full_res_kernel"):
+        k = opts[key]
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1 or k % 2 == 0:
+            raise InputError(f"{key} must be a positive odd integer, got {k!r}")
+    for key in ("min_branch", "min_final"):
+        if isinstance(opts[key], bool) or not isinstance(opts[key], int) or opts[key] < 1:
+            raise InputError(f"{key} must be a positive integer, got {opts[key]!r}")
+    if opts["output"] not in ("phase", "cossin"):
+        raise InputError(f"output must be 'phase' or 'cossin', got {opts['output']!r}")
+    opts["coords"] = bool(opts["coords"])
+    # only non-default options are stored, so configs (and checkpoints) of the paper's layout stay as they were
+    return {"width": float(width), "final_kernel": opts["final_kernel"],
+            **{k: v for k, v in opts.items() if k != "final_kernel" and v != DEFAULT_OPTIONS[k]}}
 
 
 class ConvAct(nn.Module):
@@ -116,12 +130,16 @@ class PhaseUNet(nn.Module):
         super().__init__()
         cfg = _check_options(width, options)
         self._config = {"arch": ARCH, **cfg}
+        opt = {**DEFAULT_OPTIONS, **cfg}
         w = cfg["width"]
+        self.coords = opt["coords"]
+        self.cossin = opt["output"] == "cossin"
 
-        cin = 1
+        cin = 4 if self.coords else 1
         self.dilated = nn.ModuleList()
-        for filters, kernel, dilations in DILATED_BLOCKS:
-            block = DilatedBlock(cin, max(1, scaled(filters, w) // 4), kernel, dilations)
+        for i, (filters, kernel, dilations) in enumerate(DILATED_BLOCKS):
+            kernel = opt["full_res_kernel"] if i == 0 else kernel
+            block = DilatedBlock(cin, max(opt["min_branch"], scaled(filters, w) // 4), kernel, dilations)
             self.dilated.append(block)
             cin = block.out_channels
         skip_in = [b.out_channels for b in self.dilated]
@@ -142,8 +160,9 @@ class PhaseUNet(nn.Module):
             cin = scaled(filters, w)
         cin += skip_out[0]
         k = cfg["final_kernel"]
-        self.final = ConvAct(cin, scaled(FINAL_FILTERS, w), k)
-        self.head = ConvAct(scaled(FINAL_FILTERS, w), 1, k, act=False)
+        final = max(opt["min_final"], scaled(FINAL_FILTERS, w))
+        self.final = ConvAct(cin, final, k)
+        self.head = ConvAct(final, 2 if self.cossin else 1, k, act=False)
 
     @property
     def config(self) -> dict:
@@ -154,6 +173,11 @@ class PhaseUNet(nn.Module):
         if x.ndim != 5 or x.shape[1] != 1 or tuple(x.shape[2:]) != (INPUT_SIZE,) * 3:
             raise InputError(f"UNet input must have shape (B,1,{INPUT_SIZE},{INPUT_SIZE},{INPUT_SIZE}), "
                              f"got {tuple(x.shape)}")
+        if self.coords:
+            g = torch.linspace(-1, 1, INPUT_SIZE, device=x.device, dtype=x.dtype)
+            zz, yy, xx = torch.meshgrid(g, g, g, indexing="ij")
+            grid = torch.stack([zz, yy, xx])[None].expand(x.shape[0], -1, -1, -1, -1)
+            x = torch.cat([x, grid], dim=1)
         skips = []
         for block in self.dilated:
             s = block(x)
@@ -170,7 +194,10 @@ class PhaseUNet(nn.Module):
                 x = torch.cat([x, skips[len(skips) - i]], dim=1)
             x = up(x)
         x = torch.cat([x, skips[0]], dim=1)
-        return self.head(self.final(x))
+        out = self.head(self.final(x))
+        if self.cossin:  # the phase of the predicted unit vector: no 2π wrap for the network to learn
+            out = torch.atan2(out[:, 1:2], out[:, 0:1])
+        return out
 
     def keras_layers(self) -> list[tuple[str, nn.Module]]:
         """Weighted layers in the reference Keras model's creation order: (qualified name, Conv3d/ConvTranspose3d)."""

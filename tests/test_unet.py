@@ -1,5 +1,7 @@
 """Tests of the phase UNet: paper parameter counts, TF 'same' conventions, channels_last_3d, config round trip."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -108,3 +110,26 @@ def test_even_kernel_conv_pads_like_tf(k):
         j = tuple(3 - c + before for c in t)
         assert y[j].item() == conv.conv.weight[0, 0][t].item()
     assert y.shape == (6, 6, 6)
+
+
+def test_ablation_options_build_run_and_keep_the_default_config():
+    """The ablation's candidates build, keep the 64³ phase output, and leave the paper layout's config unchanged."""
+    import torch
+
+    from models.unet import build_unet, count_parameters
+
+    base = build_unet(0.125)
+    assert base.config == {"arch": "masto2025-unet3d", "width": 0.125, "final_kernel": 5}
+    x = torch.rand(1, 1, 64, 64, 64)
+    for opts in ({"final_kernel": 3, "full_res_kernel": 3}, {"min_branch": 4, "min_final": 8}, {"coords": True},
+                 {"output": "cossin"}):
+        m = build_unet(0.125, **opts)
+        assert build_unet(**m.config).config == m.config
+        with torch.no_grad():
+            y = m(x)
+        assert y.shape == (1, 1, 64, 64, 64)
+        if opts.get("output") == "cossin":
+            assert float(y.abs().max()) <= math.pi + 1e-6
+    assert count_parameters(build_unet(0.125, min_branch=4, min_final=8)) > count_parameters(base)
+    with pytest.raises(InputError, match="output"):
+        build_unet(0.125, output="sin")
