@@ -336,7 +336,8 @@ def _shard(text: str) -> tuple[int, int]:
     return k, n
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The bench's command line: run, report, timing."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="compute missing results (resumable)")
@@ -357,7 +358,11 @@ def main(argv=None) -> int:
     tm.add_argument("--model", default=None)
     tm.add_argument("--threads", type=int, default=1)
     tm.add_argument("--shard", type=_shard, default=(0, 1), metavar="K/N")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     if args.cmd == "run":
         run(args)
     elif args.cmd == "timing":
