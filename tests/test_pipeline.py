@@ -11,7 +11,7 @@ from physics.errors import InputError
 from physics.metrics import compare_to_truth
 from physics.phasing import Cancelled
 from physics.simulate import SimParams, simulate_sample
-from workers.pipeline import ReconOptions, reconstruct
+from workers.pipeline import ReconOptions, reconstruct, run_pipeline
 
 SEED = 2_000_003
 
@@ -102,6 +102,7 @@ def test_pre_recipe_escapes_er_stagnation_and_keeps_the_border_rule(crystal):
     er = reconstruct(crystal["intensity"], crystal["mask"], flat, ReconOptions(er_cycles=200))
     pre = reconstruct(crystal["intensity"], crystal["mask"], flat, ReconOptions(er_cycles=200, pre_recipe="RAAR**200"))
     assert pre.options["pre_recipe"] == "RAAR**200"
+    assert pre.recipe == "RAAR**200,ER**200" and er.recipe == "ER**200"  # what ran, as writers record it
     assert pre.llk["llk_poisson_free"] < 0.6 * er.llk["llk_poisson_free"]
 
     from scipy import ndimage
@@ -114,3 +115,24 @@ def test_pre_recipe_escapes_er_stagnation_and_keeps_the_border_rule(crystal):
                                                                                              iterations=2)
     changed = r0.support ^ r1.support
     assert changed.sum() > 0 and not (changed & ~band2).any()  # 2 updates of border_n=1 (one per recipe part)
+
+
+def test_run_pipeline_adds_strain_and_previews_to_the_reconstruction(crystal):
+    """The one path of the CLI and the service: reconstruct -> displacement and strain -> arrays -> previews."""
+    stages = []
+    out = run_pipeline(crystal["intensity"], crystal["mask"], lambda i: crystal["phase"], ReconOptions(er_cycles=20),
+                       title="t", progress=lambda stage, f: stages.append(stage))
+    res, a = out.result, out.arrays
+    assert stages[-1] == "strain" and "refine" in stages
+    assert set(out.timings) == {"preprocess", "cnn", "ifft", "refine", "strain"}
+    np.testing.assert_array_equal(a["support"], res.support)
+    np.testing.assert_allclose(a["amplitude"], np.abs(res.obj))
+    for key in ("displacement", "strain", "phase"):
+        assert a[key].shape == res.obj.shape and np.all(a[key][~res.support] == 0), key
+    # the strain is the phase gradient (rad/voxel along the rocking axis, no geometry here): a real strain field
+    assert np.abs(a["strain"][res.support]).max() > 0 and not out.strain_meta["geometry_used"]
+    assert set(out.previews) == {"preview_object", "preview_strain", "preview_reciprocal"}
+    assert all(p.dtype == np.uint8 and p.ndim == 3 and p.shape[2] == 3 for p in out.previews.values())
+    bare = run_pipeline(crystal["intensity"], crystal["mask"], lambda i: crystal["phase"], ReconOptions(er_cycles=0),
+                        previews=False)
+    assert bare.previews == {} and bare.result.recipe == "ER**0"
