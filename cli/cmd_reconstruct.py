@@ -78,12 +78,12 @@ def add_option_flags(parser) -> None:
             kw["type"] = str
         else:
             kw["type"] = {"int": int, "float": float}[f.type]
+            kw["metavar"] = kw["metavar"] or ("N" if kw["type"] is int else "X")
         if f.name == "engine":
             kw["choices"] = ("builtin", "torch", "pynx")
             kw.pop("metavar")
         shown = "" if f.default in (None, "") else " (default %(default)s)"
-        alias = f" [also {', '.join(m['aliases'])}]" if m["aliases"] else ""
-        parser.add_argument(*flags, help=m["help"].replace("%", "%%") + shown + alias, **kw)
+        parser.add_argument(*flags, help=m["help"].replace("%", "%%") + shown, **kw)
 
 
 def options_from_args(args):

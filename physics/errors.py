@@ -19,3 +19,7 @@ class InputFileError(InputError):
 
 class ScanRefError(InputError):
     """A scan reference (Tiled path, scan number, detector, run uid) that is malformed or names nothing."""
+
+
+class SettingsError(InputError):
+    """Service settings (environment variables, config file) that are missing, malformed or inconsistent."""
