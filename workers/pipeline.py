@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from contract.options import ReconOptions  # noqa: F401 - the one options schema, re-exported for callers
+from contract.options import ReconOptions  # the one options schema (also imported from here by callers)
 from physics.errors import InputError
 from physics.preprocess import crop, crop_like, find_peak, fit_object_to, resize_to
 from physics.simulate import object_from_diffraction
