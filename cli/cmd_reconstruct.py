@@ -66,7 +66,7 @@ def _crop_size(text: str):
 
 def add_option_flags(parser) -> None:
     """One flag per field of the options schema (contract.options), with its default and help; aliases kept."""
-    from contract.options import schema_fields
+    from contract.options import scalar_type, schema_fields
 
     for f in schema_fields():
         m = f.metadata
@@ -74,11 +74,10 @@ def add_option_flags(parser) -> None:
         kw = dict(dest=f.name, default=f.default, metavar=m["metavar"])
         if f.name == "crop_size":
             kw["type"] = _crop_size
-        elif f.name in ("engine", "device", "pre_recipe", "model"):
-            kw["type"] = str
         else:
-            kw["type"] = {"int": int, "float": float}[f.type]
-            kw["metavar"] = kw["metavar"] or ("N" if kw["type"] is int else "X")
+            kw["type"] = scalar_type(f)
+            if kw["type"] is not str:
+                kw["metavar"] = kw["metavar"] or ("N" if kw["type"] is int else "X")
         if f.name == "engine":
             kw["choices"] = ("builtin", "torch", "pynx")
             kw.pop("metavar")

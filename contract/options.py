@@ -105,6 +105,12 @@ def rest_fields() -> list[dataclasses.Field]:
     return [f for f in schema_fields() if f.metadata["rest"]]
 
 
+def scalar_type(f: dataclasses.Field) -> type:
+    """int or float for a numeric field, str otherwise (crop_size aside): what the CLI parses and pydantic checks."""
+    name = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
+    return {"int": int, "float": float}.get(name, str)
+
+
 def check_pre_recipe(value: str) -> str:
     """A pre-recipe is empty or comma-separated NAME**N steps with NAME in ER, HIO, RAAR (readable error)."""
     if not isinstance(value, str):
@@ -153,9 +159,9 @@ def _check_field(f: dataclasses.Field, value) -> None:
             raise OptionsError(f"model must be a weights file path, got {value!r}")
     elif name == "pre_recipe":
         return  # checked by check_pre_recipe
-    elif f.type in ("int", int):
+    elif scalar_type(f) is int:
         _check_number(name, what, value, m, int)
-    elif f.type in ("float", float):
+    elif scalar_type(f) is float:
         _check_number(name, what, value, m, (int, float))
 
 

@@ -91,8 +91,7 @@ def _options_field(f):
     if f.name == "pre_recipe":
         return (str, Field(f.default, max_length=options_schema.PRE_RECIPE_MAX_LENGTH, description=m["help"],
                            examples=["RAAR**200"]))
-    kind = {"int": int, "float": float}[f.type if isinstance(f.type, str) else f.type.__name__]
-    return (kind, Field(f.default, description=m["help"], **bounds))
+    return (options_schema.scalar_type(f), Field(f.default, description=m["help"], **bounds))
 
 
 def _check_pre_recipe(cls, v: str) -> str:
