@@ -99,17 +99,32 @@ def free_mask_for(sample: dict, seed: int) -> np.ndarray:
     return free_pixel_mask(sample["intensity"].shape, mask=sample["mask"], seed=seed)
 
 
-def run_cnn(sample: dict, seed: int, model, refine: int, pre_recipe: str = "") -> dict:
-    """(a) refine=0, (b) refine=400 or (b+) pre_recipe + refine on one crystal."""
-    from workers.pipeline import ReconOptions, reconstruct
+def method_options(method: str, er_cycles: int | None = None):
+    """The reconstruction options of a CNN method: the schema's defaults (the same as a default REST job or CLI
+    run), with (a) no refinement and (b+) PRE_RECIPE before the ER cycles."""
+    from contract.options import DEFAULTS, ReconOptions
+
+    cycles = DEFAULTS.er_cycles if er_cycles is None else er_cycles
+    if method == "cnn":
+        return ReconOptions(er_cycles=0)
+    if method in ("cnn_er", "oracle_er"):
+        return ReconOptions(er_cycles=cycles)
+    if method == "cnn_raar_er":
+        return ReconOptions(er_cycles=cycles, pre_recipe=PRE_RECIPE)
+    raise ValueError(f"{method!r} is not a CNN method ({', '.join(CNN_METHODS)}, oracle_er)")
+
+
+def run_cnn(sample: dict, seed: int, model, options) -> dict:
+    """(a), (b), (b+) or (b*) on one crystal, with that method's options (method_options)."""
+    from workers.pipeline import reconstruct
 
     t = time.perf_counter()
-    r = reconstruct(sample["intensity"], sample["mask"], model.predict_phase,
-                    ReconOptions(refine=refine, pre_recipe=pre_recipe), free_mask=free_mask_for(sample, seed))
+    r = reconstruct(sample["intensity"], sample["mask"], model.predict_phase, options,
+                    free_mask=free_mask_for(sample, seed))
     wall = time.perf_counter() - t
     rec = {**_truth_metrics(r.obj, r.support, sample), "llk": r.llk.get("llk_poisson"),
            "llk_free": r.llk.get("llk_poisson_free"), "r_factor": r.llk.get("r_factor"), "wall_s": wall,
-           "timings": r.timings}
+           "timings": r.timings, "recipe": r.recipe}
     if r.phase_cnn.shape == sample["phase"].shape:  # the network's own figure, beside the WCA loss
         from physics.coherence import phase_coherence
 
@@ -161,14 +176,10 @@ def run(args) -> None:
         base = {"seed": seed, "phase_range": float(sample["phase_range"]), "shape": str(sample["shape_kind"]),
                 "field": str(sample["field_kind"])}
         for m in todo:
-            if m == "cnn":
-                rec = run_cnn(sample, seed, model, 0)
-            elif m == "cnn_er":
-                rec = run_cnn(sample, seed, model, args.refine)
-            elif m == "cnn_raar_er":
-                rec = run_cnn(sample, seed, model, args.refine, PRE_RECIPE)
+            if m in CNN_METHODS:
+                rec = run_cnn(sample, seed, model, method_options(m, args.refine))
             elif m == "oracle_er":
-                rec = run_cnn(sample, seed, TruePhase(sample), args.refine)
+                rec = run_cnn(sample, seed, TruePhase(sample), method_options(m, args.refine))
             else:
                 rec = run_standard(sample, seed, args.nb_run, args.nb_keep, args.recipe or STANDARD)
             _append(files[m], {**base, **rec, "model": tag if m in CNN_METHODS else None})
@@ -311,8 +322,8 @@ def timing(args) -> str:
     t = {"b": [], "b+": [], "c": []}
     for seed, params in crystals:
         sample = simulate_sample(seed, params)
-        t["b"].append(run_cnn(sample, seed, model, 400)["wall_s"])
-        t["b+"].append(run_cnn(sample, seed, model, 400, PRE_RECIPE)["wall_s"])
+        t["b"].append(run_cnn(sample, seed, model, method_options("cnn_er"))["wall_s"])
+        t["b+"].append(run_cnn(sample, seed, model, method_options("cnn_raar_er"))["wall_s"])
         t["c"].append(run_standard(sample, seed, 20, 5, STANDARD)["wall_s"])
     med = {k: float(np.median(v)) for k, v in t.items()}
     line = (f"shard {args.shard[0]}/{args.shard[1]}, {len(crystals)} crystals, {args.threads} thread(s): median wall "
@@ -335,7 +346,8 @@ def _shard(text: str) -> tuple[int, int]:
     return k, n
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The bench's command line: run, report, timing."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="compute missing results (resumable)")
@@ -343,7 +355,7 @@ def main(argv=None) -> int:
     r.add_argument("--n-low", type=int, default=30)
     r.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     r.add_argument("--model", default=None, help="weights (default: shipped model)")
-    r.add_argument("--refine", type=int, default=400)
+    r.add_argument("--refine", type=int, default=None, help="ER cycles (default: the options schema's, 400)")
     r.add_argument("--nb-run", type=int, default=20)
     r.add_argument("--nb-keep", type=int, default=5)
     r.add_argument("--recipe", default=None)
@@ -356,7 +368,11 @@ def main(argv=None) -> int:
     tm.add_argument("--model", default=None)
     tm.add_argument("--threads", type=int, default=1)
     tm.add_argument("--shard", type=_shard, default=(0, 1), metavar="K/N")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     if args.cmd == "run":
         run(args)
     elif args.cmd == "timing":

@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.cnn_eval import PRE_RECIPE, STANDARD  # noqa: E402 - the same (b+) and (c) as the simulated comparison
+from bench.cnn_eval import PRE_RECIPE, STANDARD, method_options  # noqa: E402 - the same (b+) and (c) as the simulated comparison
 from bench.common import ROOT, command_line, machine, write_section  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "aps_34idc_crystal_64" / "ft_crop_64.tif"
@@ -47,7 +47,7 @@ def main() -> int:
     from physics.metrics import data_metrics
     from physics.phasing import free_pixel_mask, phase_runs
     from workers.io.previews import intensity_preview, object_preview, save_png
-    from workers.pipeline import ReconOptions, reconstruct
+    from workers.pipeline import reconstruct
 
     iobs = tifffile.imread(DATA).astype("float32")
     mask = zero_patch_mask(iobs)
@@ -57,11 +57,12 @@ def main() -> int:
 
     model = load_model(args.model)
     t = time.perf_counter()
-    b = reconstruct(iobs, mask, model.predict_phase, ReconOptions(refine=400), free_mask=free)
+    b = reconstruct(iobs, mask, model.predict_phase, method_options("cnn_er"), free_mask=free)
     t_b = time.perf_counter() - t
     db = data_metrics(b.obj, iobs, mask=mask, free_mask=free, support=b.support)
     t = time.perf_counter()
-    bp = reconstruct(iobs, mask, model.predict_phase, ReconOptions(refine=400, pre_recipe=PRE_RECIPE), free_mask=free)
+    bp = reconstruct(iobs, mask, model.predict_phase, method_options("cnn_raar_er"),
+                     free_mask=free)
     t_bp = time.perf_counter() - t
     dbp = data_metrics(bp.obj, iobs, mask=mask, free_mask=free, support=bp.support)
     t = time.perf_counter()

@@ -374,12 +374,12 @@ def run_offline(args) -> int:
     t = time.perf_counter()
     model = load_model(device=args.device)
     res = reconstruct(sample["intensity"], sample["mask"], model.predict_phase,
-                      ReconOptions(refine=400, device=args.device))
+                      ReconOptions(er_cycles=400, device=args.device))
     wall = time.perf_counter() - t
     m = compare_to_truth(res.obj, sample["object"], truth_support=sample["support"], recon_support=res.support)
     write_cxi(out / "cnn_er.cxi", res.obj, res.support, iobs=res.intensity_crop, mask=res.mask_crop,
               process={"pipeline": "cnn+er", "model": model.name, "model_sha256": model.sha256,
-                       "recipe": "ER**400", "support_update_border_n": 2},
+                       "recipe": res.recipe, "support_update_border_n": 2},
               results={**{k: v for k, v in res.llk.items() if isinstance(v, float)}, "wall_s": wall},
               free_mask=res.free_mask, crop_offsets=res.crop_offsets)
     write_previews(out, iobs=res.intensity_crop, obj=res.obj, support=res.support, stem="cnn_er",

@@ -258,6 +258,10 @@ def run(args) -> int:
 
     from physics.phasing import SupportTooLarge, SupportTooSmall
 
+    if args.engine == "pynx":
+        from workers.engines.pynx_engine import PyNXError as pynx_error
+    else:
+        pynx_error = ()  # an empty tuple matches no exception: only PyNX's engine raises PyNXError
     t_start = time.perf_counter()
     try:
         result = phase_runs(iobs, mask=mask, recipe=args.recipe, nb_run=args.runs, nb_keep=keep,
@@ -267,9 +271,7 @@ def run(args) -> int:
         print(f"bcdi-recon: error: phasing failed: {_one_line(e)} (try another --support-threshold or more "
               f"--runs)", file=sys.stderr)
         return 1
-    except RuntimeError as e:
-        if type(e).__name__ != "PyNXError":
-            raise
+    except pynx_error as e:
         print(f"bcdi-recon: error: {_one_line(e)}", file=sys.stderr)
         return 1
     finally:

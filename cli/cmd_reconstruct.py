@@ -17,22 +17,26 @@ retrieval from random starts often fails:
   4. the CNN predicts the reciprocal-space phase;
   5. the measured modulus with that phase is inverse-FFT'd into a first object;
   6. the object is put back on the crop grid and scaled to the data;
-  7. --refine ER cycles refine it (default 400), with support updates every --update-period cycles that may
-     only move voxels within --border-n of the support border (threshold starts at --threshold x rms).
+  7. --er-cycles ER cycles refine it (default 400), with support updates every --update-period cycles that
+     may only move voxels within --border-n of the support border (threshold --support-threshold x rms);
+  8. displacement and strain along G are computed from the phase (ramp and offset removed).
      --pre-recipe RAAR**200 runs 200 RAAR cycles (same support rule) before them: from a weak CNN start
      it escapes ER's stagnation (see docs/benchmarks.md, method b+); the default is the paper's ER only.
 
 INPUT is a centred 3D intensity (.npy, .npz[:KEY], .tif, .cxi/.h5[:/dataset], as for `phase`), or an ID01
 BLISS dataset file with --scan (frames, masks and metadata read from the file; detector auto-detected).
 The CXI holds the object on the crop grid with the crop offsets, the support, the cropped intensity and
-mask, the CNN's 64³ phase, the options, LLK / free LLK / obj2_out and the per-stage timings.
---refine 0 gives the CNN-only object. The shipped model is models/weights/unet_w0125.pt (see its model card)."""
+mask, the displacement and strain, the options and the recipe that ran, LLK / free LLK / obj2_out and the
+per-stage timings. --er-cycles 0 gives the CNN-only object. The options, their names and defaults are the
+service's (contract/options.py); --refine and --threshold are the older names of --er-cycles and
+--support-threshold. The shipped model is models/weights/unet_w0125.pt (see its model card)."""
 
 EPILOG = """\
 examples:
   bcdi-recon reconstruct crystal.npz --out crystal.cxi --previews png/
   bcdi-recon reconstruct PtNP_0001.h5 --scan 1.1 --detector mpx1x4 --out scan1.cxi
-  bcdi-recon reconstruct data.tif --out cnn_only.cxi --refine 0"""
+  bcdi-recon reconstruct data.tif --out cnn_only.cxi --er-cycles 0
+  bcdi-recon reconstruct crystal.npz --out bplus.cxi --pre-recipe RAAR**200"""
 
 
 def register(subparsers) -> None:
@@ -43,22 +47,49 @@ def register(subparsers) -> None:
     p.add_argument("--scan", help="ID01 scan entry, e.g. 1.1 (INPUT is then a BLISS dataset or master file)")
     p.add_argument("--detector", help="ID01 detector (mpx1x4, mpxgaas, eiger2M); default: auto-detected")
     p.add_argument("--mask", help="mask file[:dataset] (nonzero = masked), for plain intensity inputs")
-    p.add_argument("--model", help="weights file (default: the shipped model)")
-    p.add_argument("--refine", type=int, default=400, help="ER refinement cycles, 0 = CNN only (default %(default)s)")
-    p.add_argument("--pre-recipe", default="", metavar="RECIPE",
-                   help="HIO/RAAR cycles before the ER, e.g. RAAR**200 (default: none, the paper's ER only)")
-    p.add_argument("--update-period", type=int, default=20, help="support update period (default %(default)s)")
-    p.add_argument("--border-n", type=int, default=2, help="support may change within n voxels of its border "
-                                                          "(default %(default)s)")
-    p.add_argument("--threshold", type=float, default=0.25, help="support threshold relative to the rms of the "
-                                                                  "smoothed modulus (default %(default)s)")
-    p.add_argument("--crop-size", type=int, help="crop box size around the peak (default: largest centred box; "
-                                                 "64³ inputs are not cropped)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the free-voxel draw (default %(default)s)")
+    add_option_flags(p)
     p.add_argument("--previews", metavar="DIR", help="also write PNG previews into DIR")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=run)
+
+
+def _crop_size(text: str):
+    """--crop-size N (all axes) or Z,Y,X."""
+    try:
+        dims = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or Z,Y,X integers, got {text!r}") from None
+    if len(dims) not in (1, 3):
+        raise argparse.ArgumentTypeError(f"expected one size or three (Z,Y,X), got {text!r}")
+    return dims[0] if len(dims) == 1 else dims
+
+
+def add_option_flags(parser) -> None:
+    """One flag per field of the options schema (contract.options), with its default and help; aliases kept."""
+    from contract.options import scalar_type, schema_fields
+
+    for f in schema_fields():
+        m = f.metadata
+        flags = ("--" + f.name.replace("_", "-"), *m["aliases"])
+        kw = dict(dest=f.name, default=f.default, metavar=m["metavar"])
+        if f.name == "crop_size":
+            kw["type"] = _crop_size
+        else:
+            kw["type"] = scalar_type(f)
+            if kw["type"] is not str:
+                kw["metavar"] = kw["metavar"] or ("N" if kw["type"] is int else "X")
+        if f.name == "engine":
+            kw["choices"] = ("builtin", "torch", "pynx")
+            kw.pop("metavar")
+        shown = "" if f.default in (None, "") else " (default %(default)s)"
+        parser.add_argument(*flags, help=m["help"].replace("%", "%%") + shown, **kw)
+
+
+def options_from_args(args):
+    """The options schema filled from the parsed flags (validated: OptionsError names the field)."""
+    from contract.options import ReconOptions, names
+
+    return ReconOptions(**{name: getattr(args, name) for name in names()})
 
 
 def _read_input(args):
@@ -86,13 +117,14 @@ def run(args) -> int:
     from physics.errors import InputError
     from workers.io.formats import check_output_path
 
+    opts = options_from_args(args)  # bad options fail before any reading
     out = check_output_path(args.out, suffixes=(".cxi", ".h5"))
     if args.previews:
         from pathlib import Path
 
         if not Path(args.previews).parent.is_dir():
             raise InputError(f"--previews {args.previews}: parent directory does not exist")
-    if args.device.startswith("cuda"):
+    if opts.device.startswith("cuda"):
         import torch
 
         if not torch.cuda.is_available():
@@ -102,57 +134,63 @@ def run(args) -> int:
     t_read = time.perf_counter() - t0
 
     from models.predict import load_model
-    from workers.pipeline import ReconOptions, reconstruct
+    from workers.pipeline import run_pipeline
 
-    opts = ReconOptions(refine=args.refine, pre_recipe=args.pre_recipe, update_period=args.update_period,
-                        border_n=args.border_n, threshold=args.threshold, crop_size=args.crop_size,
-                        device=args.device, seed=args.seed)
     t = time.perf_counter()
-    model = load_model(args.model, device=args.device)
+    model = load_model(opts.model, device=opts.device)
     t_model = time.perf_counter() - t
 
     from tqdm import tqdm
 
     bar = tqdm(total=100, desc="reconstruct", unit="%", disable=True if args.quiet else None, file=sys.stderr,
                leave=False, bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}")
-    weights = {"preprocess": 2, "cnn": 8, "ifft": 2, "refine": 88}
-    base = {"preprocess": 0, "cnn": 2, "ifft": 10, "refine": 12}
+    weights = {"preprocess": 2, "cnn": 8, "ifft": 2, "refine": 83, "strain": 5}
+    base = {"preprocess": 0, "cnn": 2, "ifft": 10, "refine": 12, "strain": 95}
 
     def progress(stage: str, fraction: float) -> None:
         bar.n = int(base[stage] + weights[stage] * fraction)
         bar.set_postfix_str(stage)
         bar.refresh()
 
+    title = f"{out.name}: CNN ({model.name}) + {opts.recipe()}"
     try:
-        result = reconstruct(iobs, mask, model.predict_phase, opts, progress=progress)
+        done = run_pipeline(iobs, mask, model.predict_phase, opts, scan_meta=meta if args.scan else None,
+                            previews=bool(args.previews), title=title, progress=progress)
     finally:
         bar.close()
+    result = done.result
 
     from workers.io.cxi import write_cxi
 
-    timings = {"read_s": t_read, "model_load_s": t_model, **{f"{k}_s": v for k, v in result.timings.items()}}
-    process = {"pipeline": "cnn+er", "engine": "builtin", "recipe": f"ER**{args.refine}",
+    timings = {"read_s": t_read, "model_load_s": t_model, **{f"{k}_s": v for k, v in done.timings.items()}}
+    process = {"pipeline": "cnn+er", "recipe": result.recipe,
                "model": model.name, "model_sha256": model.sha256, "input": args.input,
                "scan": args.scan or "", "detector": meta.get("detector", args.detector or ""),
                "crop_offsets": list(result.crop_offsets), "input_shape": list(result.input_shape),
-               **{k: v for k, v in result.options.items() if v is not None}}
+               **{k: v for k, v in result.options.items() if v is not None},
+               "strain_units": done.strain_meta.get("strain_units", ""),
+               "displacement_units": done.strain_meta.get("displacement_units", "")}
     results = {**{k: v for k, v in result.llk.items() if isinstance(v, (int, float))}, "timings": timings,
                "support_size": int(result.support.sum())}
     write_cxi(out, result.obj, result.support, iobs=result.intensity_crop, mask=result.mask_crop,
               process=process, results=results, free_mask=result.free_mask, crop_offsets=result.crop_offsets,
-              command="bcdi-recon " + " ".join(sys.argv[1:]))
+              command="bcdi-recon " + " ".join(sys.argv[1:]),
+              derived={"displacement": (done.arrays["displacement"], done.strain_meta.get("displacement_units", "")),
+                       "strain": (done.arrays["strain"], done.strain_meta.get("strain_units", ""))})
     written = {}
     if args.previews:
-        from workers.io.previews import write_previews
+        from pathlib import Path
 
-        written = write_previews(args.previews, iobs=result.intensity_crop, obj=result.obj, support=result.support,
-                                 mask=result.mask_crop, stem=out.stem,
-                                 title=f"{out.name}: CNN ({model.name}) + ER**{args.refine}")
-        from workers.io.previews import intensity_preview, save_png
+        from workers.io.previews import intensity_preview, reciprocal_phase, save_png
 
-        rgb = intensity_preview(result.intensity_cnn, result.phase_cnn, None,
-                                title=f"{out.name}: 64³ input and the CNN's reciprocal phase")
-        written["cnn"] = save_png(rgb, f"{args.previews}/{out.stem + '_' if out.stem else ''}cnn_phase.png")
+        d = Path(args.previews)
+        d.mkdir(exist_ok=True)
+        stem = out.stem + "_" if out.stem else ""
+        images = {"intensity": intensity_preview(result.intensity_crop, reciprocal_phase(result.obj), result.mask_crop,
+                                                 title=title),
+                  "object": done.previews["preview_object"], "strain": done.previews["preview_strain"],
+                  "cnn_phase": done.previews["preview_reciprocal"]}
+        written = {name: save_png(rgb, d / f"{stem}{name}.png") for name, rgb in images.items()}
     if not args.quiet:
         llk = result.llk
         print(f"wrote {out}; crop {result.intensity_crop.shape} at {result.crop_offsets}; "

@@ -28,8 +28,13 @@ def run(args) -> int:
     from service.app import create_app
     from service.settings import load_settings
 
+    from physics.errors import SettingsError
+
     overrides = {k: v for k, v in {"host": args.host, "port": args.port}.items() if v is not None}
-    settings = load_settings(args.config, **overrides)
-    app = create_app(settings)
+    try:  # settings and keys are the operator's input: their errors (pydantic's are ValueErrors) are one line
+        settings = load_settings(args.config, **overrides)
+        app = create_app(settings)
+    except (ValueError, FileNotFoundError) as e:
+        raise SettingsError(" ".join(str(e).split())) from None
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level, access_log=False)
     return 0

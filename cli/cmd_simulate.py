@@ -111,10 +111,7 @@ def run(args) -> int:
         kwargs["shapes"] = args.shapes
     if args.fields is not None:
         kwargs["fields"] = args.fields
-    try:
-        params = SimParams(**kwargs)
-    except ValueError as e:  # SimParams names the bad range; report it as an option error
-        raise InputError(f"simulate: {' '.join(str(e).split())}") from None
+    params = SimParams(**kwargs)  # names a bad range with an OptionsError (an InputError)
 
     if not is_set:
         from workers.io.formats import atomic_path

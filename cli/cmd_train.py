@@ -62,10 +62,7 @@ def run(args) -> int:
     cfg = TrainConfig(out=args.out, width=args.width, steps=args.steps, batch=args.batch, lr=args.lr,
                       val_every=args.val_every, n_val=args.n_val, workers=args.workers, device=args.device,
                       amp=not args.no_amp, threads=args.threads, sim=params_to_dict(sim))
-    try:
-        summary = train(cfg, progress=not args.quiet)
-    except ValueError as e:
-        raise InputError(str(e)) from None
+    summary = train(cfg, progress=not args.quiet)  # its option checks raise InputError (OptionsError)
     if os.environ.get("RANK", "0") != "0":
         return 0  # one summary per torchrun job
     print(f"trained to step {summary['step']}, best validation WCA loss {summary['best_val']:.4f} -> {summary['out']}")

@@ -1,8 +1,10 @@
 """The `bcdi-recon` command: one subcommand per cli/cmd_<name>.py module, each exposing register(subparsers).
 
 Subcommand modules are imported only if their file exists and import nothing heavy at module level, so
-`bcdi-recon --help` stays fast (no torch). Bad input surfaces as one line `bcdi-recon: error: ...` on stderr,
-exit code 2, no traceback (`--traceback` shows it, for debugging).
+`bcdi-recon --help` stays fast (no torch). Bad input (physics.errors.InputError and its family, raised where the
+input is read or validated) surfaces as one line `bcdi-recon: error: ...` on stderr, exit code 2; anything else
+is a bug or an outage: `bcdi-recon: internal error: ...`, exit code 1. No traceback either way (`--traceback`
+shows it, for debugging).
 """
 from __future__ import annotations
 
@@ -90,12 +92,13 @@ def _version() -> str:
 
 
 def _one_line(err: BaseException) -> str:
+    """The error's message on one line (a KeyError's key without quotes, a missing file's name appended)."""
     if isinstance(err, KeyError) and err.args:
         text = str(err.args[0])
     else:
         text = str(err)
     text = " ".join(text.split())
-    if isinstance(err, FileNotFoundError) and err.filename and err.filename not in text:
+    if isinstance(err, OSError) and err.filename and str(err.filename) not in text:
         text = f"{text}: {err.filename}"
     return text or type(err).__name__
 
@@ -118,12 +121,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"{PROG}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (InputError, FileNotFoundError, KeyError, ValueError, OSError) as e:
+    except InputError as e:  # bad user input (the InputError family, physics/errors.py), and only that
         if show_traceback:
             raise
         print(f"{PROG}: error: {_one_line(e)}", file=sys.stderr)
         return EXIT_INPUT
-    except Exception as e:  # a bug, not bad input: still one line, with a hint to get the traceback
+    except Exception as e:  # a bug or an outage, not bad input: one line, with a hint to get the traceback
         if show_traceback:
             raise
         print(f"{PROG}: internal error: {type(e).__name__}: {_one_line(e)} "

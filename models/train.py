@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Sampler
 from models.data import TRAIN_SEED0, VAL_SEED0, SimulatedPatterns, params_from_dict, params_to_dict, sample_to_tensors
 from models.loss import wca_per_sample
 from models.unet import build_unet
+from physics.errors import OptionsError
 from physics.simulate import SimParams, simulate_sample
 
 CHECKPOINT = "checkpoint.pt"
@@ -69,7 +70,7 @@ def _pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda was requested but no CUDA device is available")
+        raise OptionsError("--device cuda was requested but no CUDA device is available")
     return torch.device(name)
 
 

@@ -7,32 +7,7 @@ import numpy as np
 
 from physics.align import align, fourier_shift, twin
 from physics.errors import InputError
-
-
-def _wrap(p):
-    """Wrap phases to (-pi, pi]."""
-    return np.angle(np.exp(1j * p))
-
-
-def _coords(shape):
-    """Voxel coordinates relative to the array centre n//2, one array per axis (broadcastable)."""
-    return [np.arange(n).reshape([-1 if i == a else 1 for i in range(len(shape))]) - n // 2
-            for a, n in enumerate(shape)]
-
-
-def fit_phase_ramp(phase_diff_unit: np.ndarray, support: np.ndarray, weights=None):
-    """Linear phase ramp (rad/voxel per axis) of a unit complex field exp(i d) over a support.
-
-    Estimated from the mean phase increment between neighbours inside the support (robust to 2 pi wraps).
-    """
-    grads = []
-    w = np.ones(support.shape) if weights is None else weights
-    for axis in range(support.ndim):
-        nb = np.roll(phase_diff_unit, -1, axis)
-        ok = support & np.roll(support, -1, axis)
-        c = np.sum((nb * np.conj(phase_diff_unit) * w)[ok])
-        grads.append(float(np.angle(c)) if ok.any() else 0.0)
-    return np.array(grads)
+from physics.phase import phase_ramp, ramp_plane, wrap_phase
 
 
 def support_iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -65,17 +40,16 @@ def compare_to_truth(recon, truth, truth_support=None, recon_support=None, thres
     aligned, info = align(truth, recon, upsample=upsample, allow_twin=allow_twin)
     ramp = np.zeros(truth.ndim)
     if remove_ramp:
-        d = np.exp(1j * np.angle(truth * np.conj(aligned)))
-        ramp = fit_phase_ramp(d, truth_support, weights=np.abs(truth))
-        aligned = aligned * np.exp(1j * sum(g * x for g, x in zip(ramp, _coords(truth.shape))))
+        ramp = phase_ramp(np.angle(truth * np.conj(aligned)), truth_support, weights=np.abs(truth))
+        aligned = aligned * np.exp(1j * ramp_plane(ramp, truth.shape))
     g = np.vdot(aligned, truth) / np.vdot(aligned, aligned)
     scaled = g * aligned
     complex_error = float(np.linalg.norm(scaled - truth) / np.linalg.norm(truth))
     dphi = np.angle(truth * np.conj(scaled))[truth_support]
     w = np.abs(truth)[truth_support]
     # best constant offset per variant: circular mean (unweighted) / weighted circular mean
-    d_u = _wrap(dphi - np.angle(np.mean(np.exp(1j * dphi))))
-    d_w = _wrap(dphi - np.angle(np.sum(w * np.exp(1j * dphi))))
+    d_u = wrap_phase(dphi - np.angle(np.mean(np.exp(1j * dphi))))
+    d_w = wrap_phase(dphi - np.angle(np.sum(w * np.exp(1j * dphi))))
     if recon_support is None:
         rs = np.abs(aligned) > threshold * np.abs(aligned).max()
     else:

@@ -15,6 +15,8 @@ import numpy as np
 import scipy.fft as sfft
 from scipy.spatial.transform import Rotation
 
+from physics.errors import OptionsError
+
 TWO_PI = 2.0 * np.pi
 
 SHAPES = ("wulff", "winterbottom", "cube")
@@ -47,20 +49,20 @@ class SimParams:
 
     def __post_init__(self):
         if self.size < 16:
-            raise ValueError(f"size must be >= 16, got {self.size}")
+            raise OptionsError(f"size must be >= 16, got {self.size}")
         lo, hi = self.oversampling
         if lo < 2.0 or hi < lo:
-            raise ValueError(f"oversampling range must satisfy 2 <= min <= max, got {self.oversampling}")
+            raise OptionsError(f"oversampling range must satisfy 2 <= min <= max, got {self.oversampling}")
         if self.phase_range[0] < 0 or self.phase_range[1] < self.phase_range[0]:
-            raise ValueError(f"phase_range must satisfy 0 <= min <= max, got {self.phase_range}")
+            raise OptionsError(f"phase_range must satisfy 0 <= min <= max, got {self.phase_range}")
         if not (0 < self.peak_counts[0] <= self.peak_counts[1]):
-            raise ValueError(f"peak_counts must satisfy 0 < min <= max, got {self.peak_counts}")
+            raise OptionsError(f"peak_counts must satisfy 0 < min <= max, got {self.peak_counts}")
         for s in self.shapes:
             if s not in SHAPES:
-                raise ValueError(f"unknown shape {s!r}; choose from {SHAPES}")
+                raise OptionsError(f"unknown shape {s!r}; choose from {SHAPES}")
         for f in self.fields:
             if f not in FIELDS:
-                raise ValueError(f"unknown phase field {f!r}; choose from {FIELDS}")
+                raise OptionsError(f"unknown phase field {f!r}; choose from {FIELDS}")
 
 
 def _grid(n: int) -> np.ndarray:
@@ -155,15 +157,17 @@ def phase_field(rng: np.random.Generator, kind: str, support: np.ndarray, target
         filt = np.exp(-2 * (np.pi * corr) ** 2 * q2)
         f = sfft.ifftn(sfft.fftn(noise, workers=-1) * filt, workers=-1).real.astype(np.float32)
     else:
-        raise ValueError(f"unknown phase field {kind!r}")
+        raise OptionsError(f"unknown phase field {kind!r}; choose from {FIELDS}")
     return _normalised(_remove_ramp(f, support), support, target_range)
 
 
 def _remove_ramp(f: np.ndarray, support: np.ndarray) -> np.ndarray:
-    """Subtract the least-squares linear ramp over the support.
+    """Subtract the least-squares linear trend of a smooth, unwrapped field over the support (before it becomes a phase).
 
     A mean phase gradient is a shift of the Bragg peak; measured data are centred on the peak, so the
     reference lattice has no mean strain and the simulated intensity stays centred like the real one.
+    This is a fit of a real field, not a ramp estimate of a wrapped phase (that is physics.phase.phase_ramp);
+    it stays a least-squares fit so that every seed simulates the same crystal as the model was trained on.
     """
     idx = np.argwhere(support).astype(np.float64)
     a = np.c_[idx, np.ones(len(idx))]

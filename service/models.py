@@ -10,15 +10,15 @@ import json
 from enum import Enum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
+
+from contract import options as options_schema
 
 JOB_ID_PATTERN = r"^[0-9a-f]{32}$"
 PATH_PATTERN = r"^[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*$"
 NAME_PATTERN = r"^[A-Za-z0-9_.\-]+$"
 UID_PATTERN = r"^[A-Za-z0-9\-]+$"
 SCAN_PATTERN = r"^[0-9]{1,9}(\.[0-9]{1,4})?$"
-
-CropDim = Annotated[int, Field(ge=8, le=2048)]
 
 
 class JobState(str, Enum):
@@ -78,25 +78,48 @@ class ScanRef(BaseModel):
         return self
 
 
-class ReconOptions(BaseModel):
-    """Reconstruction options; defaults are concrete so that equal requests hash equal."""
+def _options_field(f):
+    """(annotation, pydantic Field) of one REST-visible field of the options schema, with its bounds."""
+    m = f.metadata
+    bounds = {k: m[k] for k in ("ge", "gt", "le", "lt") if m[k] is not None}
+    if f.name == "crop_size":
+        dim = Annotated[int, Field(**bounds)]
+        return (list[dim] | None, Field(f.default, min_length=3, max_length=3, description=m["help"]))
+    if f.name == "engine":
+        engines = Literal[tuple(options_schema.ENGINES) + tuple(options_schema.ENGINE_ALIASES)]
+        return (engines, Field(f.default, description=m["help"]))
+    if f.name == "pre_recipe":
+        return (str, Field(f.default, max_length=options_schema.PRE_RECIPE_MAX_LENGTH, description=m["help"],
+                           examples=["RAAR**200"]))
+    return (options_schema.scalar_type(f), Field(f.default, description=m["help"], **bounds))
 
-    model_config = ConfigDict(extra="forbid")
 
-    crop_size: list[CropDim] | None = Field(None, min_length=3, max_length=3,
-                                            description="(z, y, x) crop around the Bragg peak; null = automatic")
-    er_cycles: int = Field(400, ge=0, le=100_000, description="error-reduction refinement cycles")
-    support_threshold: float = Field(0.2, gt=0.0, lt=1.0, description="relative support threshold")
-    border_n: int = Field(2, ge=0, le=64, description="support updates may only move this many border voxels")
-    pre_recipe: str = Field("", max_length=80, pattern=r"^$|^(ER|HIO|RAAR)\*\*\d{1,5}(,(ER|HIO|RAAR)\*\*\d{1,5})*$",
-                            description="HIO/RAAR cycles run before the ER cycles, e.g. RAAR**200; empty = ER only")
-    engine: Literal["torch", "pynx"] = Field("torch", description="phasing engine for the refinement")
+def _check_pre_recipe(cls, v: str) -> str:
+    return options_schema.check_pre_recipe(v)  # OptionsError is a ValueError: a 422 naming the field
 
-    @model_validator(mode="after")
-    def _pre_recipe_needs_er(self):
-        if self.pre_recipe and self.er_cycles == 0:
-            raise ValueError("pre_recipe runs before the ER cycles, so it needs er_cycles > 0")
-        return self
+
+def _engine_alias(cls, v: str) -> str:
+    return options_schema.ENGINE_ALIASES.get(v, v)
+
+
+def _whole_schema(self):
+    """Cross-field rules of the schema (e.g. a pre-recipe needs ER cycles): the dataclass checks them."""
+    options_schema.ReconOptions.from_mapping(self.model_dump())
+    return self
+
+
+# The request model is generated from the one options schema (contract/options.py): same names, defaults,
+# bounds and help; device and model are the worker's choice and not part of a request.
+ReconOptions = create_model(
+    "ReconOptions",
+    __config__=ConfigDict(extra="forbid"),
+    __doc__="Reconstruction options (contract.options.ReconOptions); defaults are concrete so equal requests "
+            "hash equal.",
+    __validators__={"_pre_recipe": field_validator("pre_recipe")(_check_pre_recipe),
+                    "_engine": field_validator("engine")(_engine_alias),
+                    "_schema": model_validator(mode="after")(_whole_schema)},
+    **{f.name: _options_field(f) for f in options_schema.rest_fields()},
+)
 
 
 class ReconRequest(BaseModel):

@@ -29,7 +29,7 @@ def crystal_npz(tmp_path_factory):
 
 
 def test_64_cube_cnn_only_and_refined(crystal_npz, tmp_path):
-    r = cli("reconstruct", crystal_npz, "--out", tmp_path / "cnn.cxi", "--refine", "0", "--quiet")
+    r = cli("reconstruct", crystal_npz, "--out", tmp_path / "cnn.cxi", "--er-cycles", "0", "--quiet")
     assert r.returncode == 0, r.stderr
     r = cli("reconstruct", crystal_npz, "--out", tmp_path / "er.cxi", "--refine", "40", "--previews", tmp_path / "png")
     assert r.returncode == 0, r.stderr
@@ -41,7 +41,25 @@ def test_64_cube_cnn_only_and_refined(crystal_npz, tmp_path):
     d = read_cxi(tmp_path / "er.cxi")
     assert d["process"]["model"] == "unet_w0125" and len(d["process"]["model_sha256"]) == 64
     assert list(d["process"]["crop_offsets"]) == [0, 0, 0]
-    assert {"er_intensity.png", "er_object.png", "er_cnn_phase.png"} <= {p.name for p in (tmp_path / "png").iterdir()}
+    assert {"er_intensity.png", "er_object.png", "er_cnn_phase.png", "er_strain.png"} <= {
+        p.name for p in (tmp_path / "png").iterdir()}
+    # the recorded recipe is the one that ran; --refine is the older name of --er-cycles
+    assert d["process"]["recipe"] == "ER**40" and d["process"]["er_cycles"] == 40
+    assert d["process"]["support_threshold"] == 0.25  # the schema's default, as for a REST job
+    # the pipeline's strain reaches the CLI's CXI: displacement and strain on the object grid, 0 outside the support
+    for name in ("displacement", "strain"):
+        arr = d["derived"][name]
+        assert arr.shape == d["obj"].shape and np.isfinite(arr).all()
+        assert np.all(arr[~d["support"]] == 0) and np.any(arr[d["support"]] != 0)
+
+
+def test_pre_recipe_is_run_and_recorded(crystal_npz, tmp_path):
+    r = cli("reconstruct", crystal_npz, "--out", tmp_path / "bp.cxi", "--er-cycles", "20", "--pre-recipe", "RAAR**10",
+            "--support-threshold", "0.3", "--quiet")
+    assert r.returncode == 0, r.stderr
+    d = read_cxi(tmp_path / "bp.cxi")
+    assert d["process"]["recipe"] == "RAAR**10,ER**20" and d["process"]["pre_recipe"] == "RAAR**10"
+    assert d["process"]["support_threshold"] == 0.3
 
 
 def test_id01_scan_is_read_cropped_and_offsets_recorded(tmp_path):
@@ -59,6 +77,9 @@ def test_id01_scan_is_read_cropped_and_offsets_recorded(tmp_path):
 @pytest.mark.parametrize("argv, message", [
     (["missing.npz"], "missing.npz"),
     (["{npz}", "--refine", "-3"], "refine"),
+    (["{npz}", "--er-cycles", "-3"], "er_cycles"),
+    (["{npz}", "--threshold", "1.5"], "support_threshold"),
+    (["{npz}", "--crop-size", "8"], "crop_size"),
     (["{npz}", "--pre-recipe", "RAAR**20,FAA"], "pre-recipe"),
     (["{npz}", "--detector", "mpx1x4"], "--scan"),
     (["{npz}", "--device", "cuda"], "CUDA"),

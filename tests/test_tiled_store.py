@@ -11,8 +11,9 @@ from physics.errors import InputError
 from physics.simulate import SimParams, simulate_sample
 from workers.io.id01 import load_scan
 from workers.io.tiled_server import free_port
-from workers.io.tiled_store import (REQUIRED_ARRAYS, ScanRef, TiledUnavailable, build_result_arrays, connect,
-                                    load_scan_tiled, make_previews, read_result, result_keys, write_result)
+from workers.io.tiled_store import (REQUIRED_ARRAYS, ScanRef, TiledUnavailable, connect, load_scan_tiled,
+                                    make_previews, read_result, result_keys, write_result)
+from workers.pipeline import result_arrays
 
 REF = {"tiled_path": "raw/PtNP/PtNP_0001", "scan": "1.1", "detector": "mpx1x4"}
 SCAN_META = {"energy_eV": 9000.0, "delta_deg": 36.0, "nu_deg": 1.5, "distance_m": 0.85, "pixel_size_x_m": 55e-6,
@@ -93,7 +94,7 @@ def result():
     """Result arrays + previews + metadata from a simulated crystal (stands in for a refined object)."""
     s = simulate_sample(5, SimParams(size=32))
     recip = np.angle(np.fft.fftshift(np.fft.fftn(np.fft.ifftshift(s["object"]))))
-    arrays, strain_meta = build_result_arrays(s["object"], s["support"], s["intensity"], recip, SCAN_META)
+    arrays, strain_meta = result_arrays(s["object"], s["support"], s["intensity"], recip, SCAN_META)
     previews = make_previews(arrays, title="PtNP_0001 scan 1.1")
     metadata = {"model": {"name": "unet-paper", "sha256": "ab" * 32}, "engine": "torch", "recipe": "ER**400",
                 "parameters": {"support_threshold": 0.25, "crop_offsets": [0, 118, 298]},

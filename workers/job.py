@@ -71,18 +71,22 @@ def tiled_client(spec: dict):
 def simulated_scan_job(spec: dict, progress: Progress, should_cancel: ShouldCancel) -> dict:
     """Simulate the scan named in spec, refine it by error reduction, publish the object to Tiled.
 
-    Stages: read (connect to Tiled, simulate the scan seeded by its reference), phasing (options.er_cycles
-    numpy ER cycles from a random start inside a loose support, cancel checked every cycle), publish.
+    Stages: read (connect to Tiled, simulate the scan seeded by its reference), phasing (options.er_cycles,
+    default 400 as for every job, numpy ER cycles from a random start inside a loose support, cancel checked every cycle), publish.
     Idempotent by job id: a complete result already in Tiled is reused, an incomplete one is replaced.
     """
     import numpy as np
 
     from physics.simulate import SimParams, simulate_sample
 
+    from contract.options import ReconOptions
+
     job_id = spec["job_id"]
     opts = spec.get("options") or {}
-    size = int((opts.get("crop_size") or [32])[0])
-    cycles = int(opts.get("er_cycles", 50))
+    options = ReconOptions.from_mapping(opts)  # the one schema: same names, defaults and bounds as run_job
+    crop = options.crop_size
+    size = 32 if crop is None else int(crop if isinstance(crop, int) else crop[0])
+    cycles = options.er_cycles
 
     progress("read", 0.0)
     client = tiled_client(spec)  # fails here, before any work, when Tiled is down

@@ -1,65 +1,26 @@
-"""The reconstruction pipeline of Masto et al. (2025): crop -> 64³ -> CNN phase -> iFFT -> border-restricted ER.
+"""The reconstruction pipeline of Masto et al. (2025): crop -> 64³ -> CNN phase -> iFFT -> border-restricted ER
+-> strain -> result arrays -> previews.
 
-`reconstruct` works on arrays (no I/O) and returns everything a writer needs (CXI file, Tiled container):
-the refined object on the crop grid, its support, the CNN's 64³ phase, LLKs and per-stage timings.
+`reconstruct` works on arrays (no I/O): the refined object on the crop grid, its support, the CNN's 64³ phase,
+LLKs and per-stage timings. `run_pipeline` adds the physics after it (displacement and strain, physics.strain)
+and the previews, and is what both the CLI (`bcdi-recon reconstruct`) and the service's `run_job` call; the
+adapters (CXI, Tiled) only write what it returns.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 
+from contract.options import ReconOptions  # the one options schema (also imported from here by callers)
 from physics.errors import InputError
 from physics.preprocess import crop, crop_like, find_peak, fit_object_to, resize_to
 from physics.simulate import object_from_diffraction
 
 CNN_SIZE = 64
 Progress = Callable[[str, float], None]
-
-
-@dataclass
-class ReconOptions:
-    """Options of one reconstruction (recorded in the output's process information)."""
-
-    refine: int = 400  # ER cycles after the CNN (0: CNN-only object)
-    pre_recipe: str = ""  # optional HIO/RAAR cycles before the ER, e.g. "RAAR**200" (same border-only support)
-    update_period: int = 20  # support update every K ER cycles
-    border_n: int = 2  # support updates may only change voxels within n of the border
-    threshold: float = 0.25  # shrink-wrap threshold, relative to the rms of the smoothed modulus in the support
-    smooth: float = 0.5  # Gaussian sigma (voxels) of the shrink-wrap smoothing during refinement
-    init_threshold: float = 0.2  # initial support: smoothed |object| > init_threshold * max
-    crop_size: int | tuple | None = None  # crop box (FFT-friendly); None: 64³ inputs are not cropped, else largest box
-    free_ratio: float = 0.05  # fraction of voxels withheld for free LLK
-    device: str = "cpu"
-    seed: int = 0
-    engine: str = "builtin"  # refinement engine: builtin (torch) or pynx (CPU back-end ignores border_n)
-
-    def __post_init__(self):
-        if self.engine == "torch":
-            self.engine = "builtin"
-        if self.engine not in ("builtin", "pynx"):
-            raise InputError(f"unknown engine {self.engine!r}: use builtin or pynx")
-        if self.refine < 0:
-            raise InputError(f"refine must be >= 0 ER cycles, got {self.refine}")
-        if self.pre_recipe:
-            from physics.phasing.recipe import parse_recipe
-
-            steps = parse_recipe(self.pre_recipe)
-            bad = sorted(set(steps) - {"ER", "HIO", "RAAR"})
-            if bad:
-                raise InputError(f"pre-recipe {self.pre_recipe!r} may only use ER, HIO and RAAR, not {', '.join(bad)}")
-            if self.refine == 0:
-                raise InputError("a pre-recipe needs refine > 0: it runs before the ER cycles")
-        if self.update_period < 1:
-            raise InputError(f"update period must be >= 1, got {self.update_period}")
-        if self.border_n < 0:
-            raise InputError(f"border_n must be >= 0, got {self.border_n}")
-        if not 0 < self.threshold < 1 or not 0 < self.init_threshold < 1:
-            raise InputError(f"support thresholds must be in (0, 1), got {self.threshold}, {self.init_threshold}")
-        if self.crop_size is not None and min(np.atleast_1d(self.crop_size)) < 16:
-            raise InputError(f"crop size must be >= 16 per axis, got {self.crop_size}")
 
 
 @dataclass
@@ -77,6 +38,7 @@ class ReconResult:
     llk: dict
     timings: dict
     options: dict
+    recipe: str = ""  # the refinement recipe that ran (ReconOptions.recipe(), pre_recipe included)
     free_mask: np.ndarray | None = None
     warnings: list = field(default_factory=list)
 
@@ -149,21 +111,21 @@ def reconstruct(intensity: np.ndarray, mask: np.ndarray | None, predict: Callabl
     timings["ifft"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    recipe = f"{options.pre_recipe},ER**{options.refine}" if options.pre_recipe else f"ER**{options.refine}"
-    if options.refine > 0 and options.engine == "pynx":
+    recipe = options.recipe()
+    if options.er_cycles > 0 and options.engine == "pynx":
         from workers.engines.pynx_engine import pynx_run_recipe
 
         progress("refine", 0.0)
         out = pynx_run_recipe(i_crop, mask=m_crop, obj=cdi.get_obj(), support=cdi.get_support(),
                               free_mask=cdi.get_free_mask(), recipe=recipe,
-                              support_update=dict(threshold_relative=options.threshold, method="rms",
+                              support_update=dict(threshold_relative=options.support_threshold, method="rms",
                                                   smooth_width=options.smooth, force_shrink=False,
                                                   border_n=options.border_n),
                               update_period=options.update_period, seed=options.seed)
         cdi.set_obj(out["obj"])
         cdi.set_support(out["support"])
-    elif options.refine > 0:
-        sup = SupportUpdate(threshold_relative=options.threshold, method="rms", smooth_width=options.smooth,
+    elif options.er_cycles > 0:
+        sup = SupportUpdate(threshold_relative=options.support_threshold, method="rms", smooth_width=options.smooth,
                             border_n=options.border_n)
         run_recipe(cdi, recipe, support_update=sup, update_period=options.update_period,
                    progress=lambda done, tot: progress("refine", done / tot), should_cancel=should_cancel)
@@ -173,8 +135,93 @@ def reconstruct(intensity: np.ndarray, mask: np.ndarray | None, predict: Callabl
     progress("refine", 1.0)
     return ReconResult(obj=cdi.get_obj(), support=cdi.get_support(), intensity_crop=i_crop, mask_crop=m_crop,
                        phase_cnn=phase64, intensity_cnn=i64, crop_offsets=tuple(int(o) for o in offsets),
-                       input_shape=tuple(intensity.shape), llk=llk, timings=timings, options=asdict(options),
-                       free_mask=cdi.get_free_mask())
+                       input_shape=tuple(intensity.shape), llk=llk, timings=timings, options=options.to_dict(),
+                       recipe=recipe, free_mask=cdi.get_free_mask())
+
+
+def result_arrays(obj: np.ndarray, support: np.ndarray, intensity_crop: np.ndarray,
+                  reciprocal_phase_predicted: np.ndarray, scan_meta: dict | None = None,
+                  binning=(1, 1, 1), lab_frame: bool = True) -> tuple[dict[str, np.ndarray], dict]:
+    """All result arrays from the refined object: amplitude, phases, displacement and strain (physics.strain).
+
+    ``intensity_crop`` is the linear cropped intensity (stored as log10(1+I)). With ``scan_meta`` carrying the
+    geometry (energy, angles, distance, pixels, rocking step) the strain is along G through the detector-frame basis;
+    otherwise the phase gradient along the rocking axis in rad/voxel. With the geometry and ``lab_frame``, the
+    amplitude, support, displacement and strain are also resampled on an orthogonal lab grid (``*_lab``).
+    Returns (arrays, strain metadata with units).
+    """
+    from physics.strain import Geometry, displacement_and_strain, to_lab_frame
+
+    obj = np.asarray(obj).astype(np.complex64)
+    support = np.asarray(support, dtype=bool)
+    geometry = None
+    if scan_meta:
+        try:
+            geometry = Geometry.from_metadata(scan_meta, binning)
+            geometry.real_space_basis(obj.shape)
+        except InputError:  # incomplete or inconsistent geometry: strain along the rocking axis, in rad/voxel
+            geometry = None
+    derived, strain_meta = displacement_and_strain(obj, support, geometry)
+    strain_meta["geometry_used"] = geometry is not None
+    lab: dict[str, np.ndarray] = {}
+    if geometry is not None and lab_frame:
+        basis = geometry.real_space_basis(obj.shape)
+        lab["amplitude_lab"], lab_meta = to_lab_frame(np.abs(obj).astype(np.float32), basis)
+        lab["support_lab"], _ = to_lab_frame(support, basis)
+        lab["displacement_lab"], _ = to_lab_frame(derived["displacement"], basis)
+        lab["strain_lab"], _ = to_lab_frame(derived["strain"], basis)
+        for key in ("displacement_lab", "strain_lab"):  # outside the lab-grid support: 0, as in the detector frame
+            lab[key] = np.where(lab["support_lab"], lab[key], 0.0).astype(np.float32)
+        strain_meta["lab_frame"] = lab_meta
+    arrays = {
+        "amplitude": np.abs(obj).astype(np.float32),
+        "phase": derived["phase"],
+        "phase_wrapped": derived["phase_wrapped"],
+        "support": support,
+        "object": obj,
+        "reciprocal_phase_predicted": np.asarray(reciprocal_phase_predicted, dtype=np.float32),
+        "intensity_crop": np.log10(1.0 + np.clip(np.asarray(intensity_crop, dtype=np.float32), 0, None)),
+        "displacement": derived["displacement"],
+        "strain": derived["strain"],
+        **lab,
+    }
+    return arrays, strain_meta
+
+
+@dataclass
+class PipelineOutput:
+    """Outcome of `run_pipeline`: the reconstruction, its result arrays (strain included), their units, previews."""
+
+    result: ReconResult
+    arrays: dict  # name -> array, as result_arrays returns them (what a Tiled result container holds)
+    strain_meta: dict  # units, G, frame, ramp removed
+    previews: dict  # name -> uint8 RGB image; empty when previews were not asked for
+    timings: dict  # per stage, reconstruct's stages + strain (+ previews)
+
+
+def run_pipeline(intensity: np.ndarray, mask: np.ndarray | None, predict: Callable[[np.ndarray], np.ndarray],
+                 options: ReconOptions = ReconOptions(), *, scan_meta: dict | None = None,
+                 previews: bool = True, title: str | None = None, progress: Progress = _noop,
+                 should_cancel: Callable[[], bool] | None = None,
+                 free_mask: np.ndarray | None = None) -> PipelineOutput:
+    """reconstruct -> displacement and strain -> result arrays -> previews: the one path of the CLI and the service.
+
+    scan_meta: the scan's metadata (geometry for the strain along G; without it, strain in rad/voxel).
+    """
+    res = reconstruct(intensity, mask, predict, options, progress=progress, should_cancel=should_cancel,
+                      free_mask=free_mask)
+    timings = dict(res.timings)
+    t = time.perf_counter()
+    progress("strain", 0.0)
+    arrays, strain_meta = result_arrays(res.obj, res.support, res.intensity_crop, res.phase_cnn, scan_meta)
+    rgb: dict = {}
+    if previews:
+        from workers.io.tiled_store import make_previews
+
+        rgb = make_previews(arrays, title=title)
+    timings["strain"] = time.perf_counter() - t
+    progress("strain", 1.0)
+    return PipelineOutput(result=res, arrays=arrays, strain_meta=strain_meta, previews=rgb, timings=timings)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -198,15 +245,19 @@ def warm_up(device: str | None = None) -> None:
     _model(device or "cpu")
 
 
+def job_options(spec: dict) -> ReconOptions:
+    """The options of a queued job: its request's options (schema names) on the worker's device."""
+    return ReconOptions.from_mapping(spec.get("options") or {}, device=spec.get("device") or "cpu")
+
+
 def run_job(spec: dict, progress: Progress = _noop, should_cancel: Callable[[], bool] | None = None) -> dict:
     """Run one queued job: spec has job_id, scan (Tiled reference), options, device and tiled {url, api_key}.
 
     Returns a small summary (Tiled path of the results, LLKs, support size, timings); the arrays go to Tiled.
     """
-    from workers.io.tiled_store import build_result_arrays, connect, load_scan_tiled, make_previews, write_result
+    from workers.io.tiled_store import connect, load_scan_tiled, write_result
 
-    opts_in = dict(spec.get("options") or {})
-    device = spec.get("device") or "cpu"
+    options = job_options(spec)  # before any I/O: bad options fail the job at once
     timings: dict[str, float] = {}
     t = time.perf_counter()
     progress("read", 0.0)
@@ -221,21 +272,11 @@ def run_job(spec: dict, progress: Progress = _noop, should_cancel: Callable[[], 
     frames, mask, meta = load_scan_tiled(client, spec["scan"])
     meta = {**meta, **({"run_uid": ref["run_uid"]} if ref.get("run_uid") else {})}
     timings["read"] = time.perf_counter() - t
-    crop_size = opts_in.get("crop_size")
-    options = ReconOptions(refine=int(opts_in.get("er_cycles", 400)),
-                           pre_recipe=str(opts_in.get("pre_recipe") or ""),
-                           threshold=float(opts_in.get("support_threshold", 0.25)),
-                           border_n=int(opts_in.get("border_n", 2)),
-                           crop_size=tuple(crop_size) if crop_size else None,
-                           engine=opts_in.get("engine", "builtin"), device=device)
-    model = _model(device, opts_in.get("model"))
-    res = reconstruct(frames, mask, model.predict_phase, options, progress=progress, should_cancel=should_cancel)
-    timings.update(res.timings)
-    t = time.perf_counter()
-    progress("strain", 0.0)
-    arrays, strain_meta = build_result_arrays(res.obj, res.support, res.intensity_crop, res.phase_cnn, meta)
-    previews = make_previews(arrays, title=f"job {spec['job_id']}")
-    timings["strain"] = time.perf_counter() - t
+    model = _model(options.device, options.model)
+    out = run_pipeline(frames, mask, model.predict_phase, options, scan_meta=meta, title=f"job {spec['job_id']}",
+                       progress=progress, should_cancel=should_cancel)
+    res, arrays, previews = out.result, out.arrays, out.previews
+    timings.update(out.timings)
     if should_cancel is not None and should_cancel():
         from physics.phasing import Cancelled
 
@@ -245,9 +286,9 @@ def run_job(spec: dict, progress: Progress = _noop, should_cancel: Callable[[], 
     llk = {k: v for k, v in res.llk.items() if isinstance(v, (int, float))}
     metadata = {"scan": spec["scan"], "model": {"name": model.name, "sha256": model.sha256,
                                                 "arch": model.arch_config},
-                "engine": options.engine, "recipe": f"ER**{options.refine}", "parameters": asdict(options),
+                "engine": options.engine, "recipe": res.recipe, "parameters": options.to_dict(),
                 "metrics": {**llk, "support_size": int(res.support.sum())}, "timings": timings,
-                "crop_offsets": list(res.crop_offsets), "input": meta, "strain": strain_meta}
+                "crop_offsets": list(res.crop_offsets), "input": meta, "strain": out.strain_meta}
     path = write_result(client, spec["scan"], spec["job_id"], arrays, metadata, previews)
     timings["publish"] = time.perf_counter() - t
     progress("publish", 1.0)

@@ -17,7 +17,8 @@ import numpy as np
 
 from physics.simulate import SimParams, simulate_sample
 from workers.io.tiled_server import TiledServer
-from workers.io.tiled_store import build_result_arrays, make_previews, write_result
+from workers.io.tiled_store import make_previews, write_result
+from workers.pipeline import result_arrays
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -41,7 +42,7 @@ def main(out_dir: str = "docs/screenshots") -> None:
         meta_in = {"energy_eV": 9000.0, "delta_deg": 36.0, "nu_deg": 0.5, "distance_m": 0.85,
                    "pixel_size_x_m": 55e-6, "pixel_size_y_m": 55e-6, "rocking_motor": "eta",
                    "rocking_step_deg": 0.005, "eta_deg": 18.0}
-        arrays, strain_meta = build_result_arrays(s["object"], s["support"], s["intensity"], recip, meta_in)
+        arrays, strain_meta = result_arrays(s["object"], s["support"], s["intensity"], recip, meta_in)
         previews = make_previews(arrays, title="PtNP_0001 scan 1.1 (simulated crystal)")
         metadata = {"engine": "simulated ground truth (screenshot of the result layout)", "input": meta_in,
                     "strain": strain_meta, "metrics": {"support_size": int(s["support"].sum())}}

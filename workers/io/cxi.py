@@ -11,6 +11,8 @@ Layout (CXI 1.6 / NeXus style; what PyNX's `save_obj_cxi` writes, which `pynx-cd
                                         results/ (NXcollection: llk_poisson, free_llk_poisson, obj2_out, timings)
   /entry_1/image_2          NXdata      (optional) data: observed intensity (float32, centred),
                                         mask: detector mask (uint8, 1 = masked), data_space "diffraction"
+  /entry_1/image_3, image_4 NXdata      (optional) data: displacement, strain (float32, object grid, units attr),
+                                        data_type "displacement" / "strain", data_space "real"
   /entry_1/data_1           NXdata      data -> /entry_1/image_1/data (soft link): what viewers open first
 The intensity is deliberately not stored under entry_1/instrument_1/detector_1/data: PyNX's loader takes a file
 with that dataset for a *data* file instead of a result.
@@ -93,11 +95,14 @@ def write_cxi(path: str | os.PathLike, obj: np.ndarray, support: np.ndarray, *,
               iobs: np.ndarray | None = None, mask: np.ndarray | None = None,
               process: Mapping[str, Any] | None = None, results: Mapping[str, Any] | None = None,
               free_mask: np.ndarray | None = None, crop_offsets=None, command: str | None = None,
-              note: str | None = None, sample_name: str | None = None) -> Path:
+              note: str | None = None, sample_name: str | None = None,
+              derived: Mapping[str, tuple[np.ndarray, str]] | None = None) -> Path:
     """Write a reconstructed object + support (centred, full grid of the intensity) to a CXI file atomically.
 
     process: parameters (recipe, engine, seed, ...) -> process_1/configuration; results: LLK, free LLK,
-    obj2_out, timings, ... -> process_1/results; crop_offsets: where the analysed box starts in the raw data.
+    obj2_out, timings, ... -> process_1/results; crop_offsets: where the analysed box starts in the raw data;
+    derived: name -> (real-space array on the object grid, units), e.g. displacement and strain, written as
+    further entry_1/image_N groups (data_type = name, data_space = real) after the intensity.
     The file appears only once complete (temp file + rename). Returns the path.
     """
     import h5py
@@ -114,6 +119,9 @@ def write_cxi(path: str | os.PathLike, obj: np.ndarray, support: np.ndarray, *,
         raise ValueError(f"write_cxi: mask shape {np.shape(mask)} != object shape {obj.shape}")
     if free_mask is not None and np.shape(free_mask) != obj.shape:
         raise ValueError(f"write_cxi: free_mask shape {np.shape(free_mask)} != object shape {obj.shape}")
+    for name, (arr, _) in (derived or {}).items():
+        if np.shape(arr) != obj.shape:
+            raise ValueError(f"write_cxi: {name} shape {np.shape(arr)} != object shape {obj.shape}")
     out = check_output_path(path)
     now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     version = _version()
@@ -191,6 +199,18 @@ def write_cxi(path: str | os.PathLike, obj: np.ndarray, support: np.ndarray, *,
                 img2.create_dataset("data_type", data="intensity")
                 img2.create_dataset("data_space", data="diffraction")
 
+            for n, (name, (arr, units)) in enumerate((derived or {}).items(), start=3):
+                img = entry.create_group(f"image_{n}")
+                img.attrs["NX_class"] = "NXdata"
+                img.attrs["signal"] = "data"
+                img.attrs["interpretation"] = "scaler"
+                ds = img.create_dataset("data", data=np.asarray(arr, dtype=np.float32), chunks=True, shuffle=True,
+                                        compression="gzip")
+                if units:
+                    ds.attrs["units"] = units
+                img.create_dataset("data_type", data=name)
+                img.create_dataset("data_space", data="real")
+
             data1 = entry.create_group("data_1")
             data1.attrs["NX_class"] = "NXdata"
             data1.attrs["signal"] = "data"
@@ -217,9 +237,10 @@ def _read_collection(group) -> dict[str, Any]:
 
 
 def read_cxi(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a CXI result (ours or PyNX's) -> dict(obj, support, iobs, mask, process, results, program).
+    """Read a CXI result (ours or PyNX's) -> dict(obj, support, iobs, mask, process, results, program, derived).
 
-    iobs/mask are None when the file has no intensity. Raises InputError on a missing or non-result file.
+    iobs/mask are None when the file has no intensity; derived maps each further real-space image's data_type
+    (displacement, strain) to its array. Raises InputError on a missing or non-result file.
     """
     import h5py
 
@@ -245,8 +266,14 @@ def read_cxi(path: str | os.PathLike) -> dict[str, Any]:
             iobs = f["entry_1/image_2/data"][()]
             if "entry_1/image_2/mask" in f:
                 mask = f["entry_1/image_2/mask"][()] != 0
+        derived = {}
+        for key, grp in f["entry_1"].items():
+            if (key.startswith("image_") and key not in ("image_1", "image_2") and isinstance(grp, h5py.Group)
+                    and "data" in grp and "data_type" in grp):
+                kind = grp["data_type"][()]
+                derived[kind.decode("utf-8", "replace") if isinstance(kind, bytes) else str(kind)] = grp["data"][()]
         program = f["entry_1/program_name"][()] if "entry_1/program_name" in f else b""
         if isinstance(program, bytes):
             program = program.decode("utf-8", "replace")
     return {"obj": obj, "support": support, "iobs": iobs, "mask": mask, "process": process,
-            "results": results, "program": program}
+            "results": results, "program": program, "derived": derived}

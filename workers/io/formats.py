@@ -14,7 +14,7 @@ from typing import Iterator
 
 import numpy as np
 
-from physics.errors import InputError
+from physics.errors import InputError, InputFileError
 
 NUMPY_SUFFIXES = (".npy", ".npz")
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -154,9 +154,9 @@ def read_array(spec: str | os.PathLike, *, what: str = "intensity") -> tuple[np.
     path, key = split_spec(spec)
     label = f"{path}:{key}" if key else str(path)
     if not path.exists():
-        raise InputError(f"{what} file not found: {path}")
+        raise InputFileError(f"{what} file not found: {path}")
     if path.is_dir():
-        raise InputError(f"{path}: is a directory, expected a {what} file")
+        raise InputFileError(f"{path}: is a directory, expected a {what} file")
     suffix = path.suffix.lower()
     if suffix == ".npy":
         arr = _read_npy(path, key)
@@ -167,7 +167,7 @@ def read_array(spec: str | os.PathLike, *, what: str = "intensity") -> tuple[np.
     elif suffix in HDF5_SUFFIXES:
         arr = _read_hdf5(path, key, CXI_MASK_PATHS if what == "mask" else CXI_INTENSITY_PATHS, what)
     else:
-        raise InputError(f"{path}: unknown file type '{suffix or '(none)'}' "
+        raise InputFileError(f"{path}: unknown file type '{suffix or '(none)'}' "
                          f"(expected one of {', '.join(KNOWN_SUFFIXES)})")
     return np.asarray(arr), label
 

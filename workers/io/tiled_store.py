@@ -30,7 +30,6 @@ __all__ = [
     "TiledUnavailable",
     "connect",
     "load_scan_tiled",
-    "build_result_arrays",
     "make_previews",
     "write_result",
     "read_result",
@@ -261,57 +260,6 @@ def load_scan_tiled(client, ref: "dict | ScanRef", *, roi_size: tuple[int, int] 
 
 # --------------------------------------------------------------------------------------------------------------------
 # results
-
-def build_result_arrays(obj: np.ndarray, support: np.ndarray, intensity_crop: np.ndarray,
-                        reciprocal_phase_predicted: np.ndarray, scan_meta: dict[str, Any] | None = None,
-                        binning=(1, 1, 1), lab_frame: bool = True) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """All result arrays from the refined object: amplitude, phases, displacement and strain (physics.strain).
-
-    ``intensity_crop`` is the linear cropped intensity (stored as log10(1+I)). With ``scan_meta`` carrying the
-    geometry (energy, angles, distance, pixels, rocking step) the strain is along G through the detector-frame basis;
-    otherwise the phase gradient along the rocking axis in rad/voxel. With the geometry and ``lab_frame``, the
-    amplitude, support, displacement and strain are also resampled on an orthogonal lab grid (``*_lab``).
-    Returns (arrays, strain metadata with units).
-    """
-    from physics.strain import Geometry, displacement_and_strain
-
-    obj = np.asarray(obj).astype(np.complex64)
-    support = np.asarray(support, dtype=bool)
-    geometry = None
-    if scan_meta:
-        try:
-            geometry = Geometry.from_metadata(scan_meta, binning)
-            geometry.real_space_basis(obj.shape)
-        except InputError:
-            geometry = None
-    derived, strain_meta = displacement_and_strain(obj, support, geometry)
-    strain_meta["geometry_used"] = geometry is not None
-    lab: dict[str, np.ndarray] = {}
-    if geometry is not None and lab_frame:
-        from physics.strain import to_lab_frame
-
-        basis = geometry.real_space_basis(obj.shape)
-        lab["amplitude_lab"], lab_meta = to_lab_frame(np.abs(obj).astype(np.float32), basis)
-        lab["support_lab"], _ = to_lab_frame(support, basis)
-        lab["displacement_lab"], _ = to_lab_frame(derived["displacement"], basis)
-        lab["strain_lab"], _ = to_lab_frame(derived["strain"], basis)
-        for key in ("displacement_lab", "strain_lab"):  # outside the lab-grid support: 0, as in the detector frame
-            lab[key] = np.where(lab["support_lab"], lab[key], 0.0).astype(np.float32)
-        strain_meta["lab_frame"] = lab_meta
-    arrays = {
-        "amplitude": np.abs(obj).astype(np.float32),
-        "phase": derived["phase"],
-        "phase_wrapped": derived["phase_wrapped"],
-        "support": support,
-        "object": obj,
-        "reciprocal_phase_predicted": np.asarray(reciprocal_phase_predicted, dtype=np.float32),
-        "intensity_crop": np.log10(1.0 + np.clip(np.asarray(intensity_crop, dtype=np.float32), 0, None)),
-        "displacement": derived["displacement"],
-        "strain": derived["strain"],
-        **lab,
-    }
-    return arrays, strain_meta
-
 
 def _strain_preview(strain: np.ndarray, support: np.ndarray, title: str | None = None) -> np.ndarray:
     """Three central slices of the strain (diverging colormap, symmetric range, colour bar); RGB uint8."""
