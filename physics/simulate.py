@@ -266,9 +266,15 @@ def _extra_parts(kind: str, rng: np.random.Generator) -> list[tuple[np.ndarray, 
     return [(np.asarray(n, np.float32), np.asarray(d, np.float32)) for n, d in parts]
 
 
+def _scalars(a, like):
+    """a as is for numpy work, as Python floats for torch tensors (numpy scalars slow torch down)."""
+    return a if isinstance(like, np.ndarray) else np.asarray(a).tolist()
+
+
 def _signed_distance(r, normals, dist, xp=np):
     """Max over facets of (n·r - d): negative inside the convex polyhedron (numpy or torch arrays)."""
     sd = None
+    normals, dist = _scalars(normals, r), _scalars(dist, r)
     for n, d in zip(normals, dist):
         v = n[0] * r[0] + n[1] * r[1] + n[2] * r[2] - d
         sd = v if sd is None else xp.maximum(sd, v)
@@ -450,7 +456,7 @@ def _extra_field(rng, kind, r, support, target, geom, ops):
         for normals, dist in geom["parts"]:
             eps = rng.choice([-1.0, 1.0], size=len(normals)) * rng.uniform(0.3, 1.0, len(normals))
             for k, (nk, dk) in enumerate(zip(normals, dist)):
-                v = nk[0] * rc[0] + nk[1] * rc[1] + nk[2] * rc[2] - dk
+                v = rc[0] * float(nk[0]) + rc[1] * float(nk[1]) + rc[2] * float(nk[2]) - float(dk)
                 nlab = nk / scale
                 nlab = nlab / np.linalg.norm(nlab)
                 u = float(eps[k] * (g @ nlab))
@@ -496,7 +502,7 @@ def phase_field(rng: np.random.Generator, kind: str, support, target_range: floa
     if kind == "gaussians":
         f = xp.zeros(support.shape, np.float32)
         for _ in range(2):
-            c0 = rng.uniform(lo, hi).astype(np.float32)
+            c0 = _scalars(rng.uniform(lo, hi).astype(np.float32), r)
             w = rng.uniform(0.2, 0.6) * size
             d2 = sum((r[i] - c0[i]) ** 2 for i in range(3))
             f += rng.choice([-1.0, 1.0]) * rng.uniform(0.5, 1.0) * xp.exp(-d2 / (2 * w * w))
@@ -505,7 +511,7 @@ def phase_field(rng: np.random.Generator, kind: str, support, target_range: floa
         for _ in range(2):
             direction = rng.normal(size=3)
             direction /= np.linalg.norm(direction)
-            k = TWO_PI / (rng.uniform(0.6, 2.5) * size) * direction
+            k = _scalars(TWO_PI / (rng.uniform(0.6, 2.5) * size) * direction, r)
             f += rng.uniform(0.5, 1.0) * xp.cos(k[0] * r[0] + k[1] * r[1] + k[2] * r[2] + rng.uniform(0, TWO_PI))
     elif kind == "grf":
         corr = rng.uniform(0.12, 0.35) * size
