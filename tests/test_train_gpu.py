@@ -19,7 +19,7 @@ from models.unet import build_unet
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--width", "0.0625", "--allow-narrow", "--batch", "1", "--pool", "2", "--gen-batch", "2", "--refresh", "1",
-        "--n-val", "2", "--val-every-s", "1e9", "--device", "cpu", "--cpu-bf16", "--budget-s", "300",
+        "--n-val", "1", "--val-every-s", "1e9", "--device", "cpu", "--budget-s", "300",
         "--reserve-s", "0", "--sim", "wide"]
 
 
@@ -32,38 +32,38 @@ def _run(out: Path, state: Path, *extra: str) -> subprocess.CompletedProcess:
 def test_cpu_stand_in_for_the_gpu_segment_end_to_end_and_resume(tmp_path):
     """CPU stand-in for the GPU: simulate on the device, train in bf16, write shards/curve/summary, resume."""
     out, state = tmp_path / "out", tmp_path / "state"
-    p = _run(out, state, "--max-steps", "2")
+    p = _run(out, state, "--max-steps", "1", "--cpu-bf16")  # the bf16 autocast path, as on the GPU
     assert p.returncode == 0, p.stderr[-3000:]
     summary = json.loads((out / "gpu_summary.json").read_text())
-    assert summary["step"] == 2 and summary["samples"] == 2 and summary["segment_steps"] == 2
+    assert summary["step"] == 1 and summary["samples"] == 1 and summary["segment_steps"] == 1
     assert summary["device"] == "cpu" and summary["sim"]["shapes"][-1] == "platelet"  # the wide distribution
     rows = list(csv.DictReader(open(out / "gpu_learning_curve.csv")))
-    assert [int(r["step"]) for r in rows] == [2]
+    assert [int(r["step"]) for r in rows] == [1]
     assert 0 < float(rows[0]["val_loss"]) < 1 and 0 < float(rows[0]["val_coherence"]) <= 1
     files = sorted(os.listdir(out))
     assert len(files) <= 8 and all(os.path.getsize(out / f) <= 16 * 2 ** 20 for f in files)  # what may come back
     assert not [f for f in files if f.endswith(".tmp")]
 
     # the full state in --state resumes exactly where it stopped, with the curve and the seed stream
-    p = _run(out, state, "--max-steps", "4")
+    p = _run(out, state, "--max-steps", "2")
     assert p.returncode == 0, p.stderr[-3000:]
     assert "resuming the full state" in p.stdout
     summary = json.loads((out / "gpu_summary.json").read_text())
-    assert summary["step"] == 4 and summary["segment_steps"] == 2 and summary["pool_next"] > 2
-    assert [int(r["step"]) for r in csv.DictReader(open(out / "gpu_learning_curve.csv"))] == [2, 4]
+    assert summary["step"] == 2 and summary["segment_steps"] == 1 and summary["pool_next"] > 2
+    assert [int(r["step"]) for r in csv.DictReader(open(out / "gpu_learning_curve.csv"))] == [1, 2]
     st = torch.load(state / "gpu_state.pt", weights_only=False)
     arch, sd, meta = read_shards(out)
-    assert meta["step"] == 4 and arch == st["arch_config"]
+    assert meta["step"] == 2 and arch == st["arch_config"]
     for k, v in st["model"].items():  # the shards are the state's weights to int8 rounding
         assert torch.allclose(sd[k], v, atol=float(v.abs().max()) / 127 * 0.51 + 1e-12), k
 
     # brought-back shards start a later segment (a fresh machine: no state), continuing the step count
-    p = _run(tmp_path / "out2", tmp_path / "state2", "--init", str(out), "--max-steps", "5")
+    p = _run(tmp_path / "out2", tmp_path / "state2", "--init", str(out), "--max-steps", "3")
     assert p.returncode == 0, p.stderr[-3000:]
     assert "starting from" in p.stdout
     s2 = json.loads((tmp_path / "out2" / "gpu_summary.json").read_text())
-    assert s2["step"] == 5 and s2["segment_steps"] == 1
-    assert [int(r["step"]) for r in csv.DictReader(open(tmp_path / "out2" / "gpu_learning_curve.csv"))] == [2, 4, 5]
+    assert s2["step"] == 3 and s2["segment_steps"] == 1
+    assert [int(r["step"]) for r in csv.DictReader(open(tmp_path / "out2" / "gpu_learning_curve.csv"))] == [1, 2, 3]
 
 
 def test_bad_options_are_one_line_errors(tmp_path):
