@@ -110,3 +110,20 @@ def test_int8_pack_round_trip():
     err = (back["a"] - sd["a"]).abs().reshape(8, -1).amax(1)
     assert torch.all(err <= sd["a"].abs().reshape(8, -1).amax(1) / 127 * 0.51)
     assert np.isfinite(back["a"].numpy()).all()
+
+
+def test_the_gpu_path_needs_only_torch_and_numpy():
+    """With scipy, h5py and matplotlib made unimportable, the GPU entry point imports and simulates."""
+    code = ("import sys\n"
+            "for m in ('scipy', 'h5py', 'matplotlib', 'tqdm', 'skimage'): sys.modules[m] = None\n"
+            "import models.train_gpu\n"
+            "from physics.simulate import WIDE\n"
+            "from physics.simulate_torch import simulate_batch\n"
+            "b = simulate_batch([5], WIDE)\n"
+            "assert b['intensity'].shape == (1, 64, 64, 64)\n"
+            "print('ok', sorted(k for k in sys.modules if k.split('.')[0] in ('scipy', 'h5py', 'matplotlib')"
+            " and sys.modules[k] is not None))\n")
+    p = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.strip() == "ok []"
