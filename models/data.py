@@ -12,11 +12,23 @@ import torch
 from torch.utils.data import Dataset
 
 from models.loss import normalise_intensity
-from physics.simulate import SimParams, simulate_sample
+from physics.simulate import WIDE, SimParams, simulate_sample
 
 TRAIN_SEED0 = 10_000_000
 VAL_SEED0 = 1_000
 TEST_SEED0 = 2_000_000
+
+# Named training distributions. "paper" (the default, and what every stored run without a name means) is the
+# paper's three shape and three field families; "wide" adds the other nanocrystal shapes and strain fields,
+# oversampling 2-5, peak counts 1e3-1e7, gaps, bad pixels and a small background (physics.simulate.WIDE).
+SIM_DISTRIBUTIONS = {"paper": SimParams(), "wide": WIDE}
+
+
+def sim_distribution(name: str) -> SimParams:
+    """The named training distribution (see SIM_DISTRIBUTIONS); a one-line error for an unknown name."""
+    if name not in SIM_DISTRIBUTIONS:
+        raise ValueError(f"unknown simulation distribution {name!r}; choose from {sorted(SIM_DISTRIBUTIONS)}")
+    return SIM_DISTRIBUTIONS[name]
 
 
 def sample_to_tensors(sample: dict) -> tuple[torch.Tensor, torch.Tensor]:

@@ -59,3 +59,18 @@ def coherence_batch(phase_pred: np.ndarray, phase_true: np.ndarray, weights: np.
     if p.ndim == 5:
         p, t, w = p[:, 0], t[:, 0], w[:, 0]
     return np.array([phase_coherence(p[k], t[k], weights=w[k]) for k in range(len(p))])
+
+
+def coherence_torch(phi_pred, phi_true, weights):
+    """The same C per sample for torch tensors (B, n, n, n) or (B, 1, n, n, n), on their device (the GPU
+    training segment validates on the device with it); weights are the network input."""
+    import torch
+
+    phi_pred, phi_true, w = (t.reshape(t.shape[0], *t.shape[-3:]).float() for t in (phi_pred, phi_true, weights))
+    padded = tuple(2 * n for n in phi_true.shape[-3:])
+    total = w.sum(dim=(1, 2, 3)).clamp(min=1e-12)
+    best = torch.zeros(len(w), device=w.device)
+    for sign in (1.0, -1.0):
+        z = w * torch.polar(torch.ones_like(w), sign * phi_true - phi_pred)
+        best = torch.maximum(best, torch.fft.fftn(z, s=padded, dim=(1, 2, 3)).abs().amax(dim=(1, 2, 3)) / total)
+    return best.clamp(max=1.0)

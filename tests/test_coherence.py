@@ -54,3 +54,18 @@ def test_bad_input_is_one_error():
         phase_coherence(np.zeros((4, 4, 4)), np.zeros((4, 4, 5)), np.ones((4, 4, 4)))
     with pytest.raises(InputError, match="sum to zero"):
         phase_coherence(np.zeros((4, 4, 4)), np.zeros((4, 4, 4)), np.zeros((4, 4, 4)))
+
+
+def test_torch_version_matches_numpy(sample):
+    """One definition, two back-ends: the GPU segment's torch coherence equals the numpy one."""
+    import torch
+
+    from physics.coherence import coherence_torch
+
+    ph, w = sample["phase"], coherence_weights(sample["intensity"])
+    rng = np.random.default_rng(2)
+    pred = ph + gaussian_filter(rng.normal(size=ph.shape), 3) * 3
+    got = coherence_torch(torch.from_numpy(np.stack([pred, ph])), torch.from_numpy(np.stack([ph, ph])),
+                          torch.from_numpy(np.stack([w, w]).astype(np.float32)))
+    assert float(got[0]) == pytest.approx(phase_coherence(pred, ph, weights=w), abs=1e-3)
+    assert float(got[1]) == pytest.approx(1.0, abs=1e-4)
