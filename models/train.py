@@ -175,6 +175,25 @@ def evaluate_loss(model, x: torch.Tensor, y: torch.Tensor, device, batch: int = 
     return (loss, float(np.median(cohs))) if coherence else loss
 
 
+def compact_checkpoint(src: str | os.PathLike, dest: str | os.PathLike) -> dict:
+    """A small resumable copy of a checkpoint, for committing: weights in fp16, Adam moments in bf16 (bf16 keeps
+    the range of the squared-gradient moment, which fp16 would underflow), the best-weights copy dropped (the
+    shipped weights file is that copy) and best_val reset to the current model's validation loss, so that best
+    tracking restarts honestly. Resuming casts everything back to fp32 (load_state_dict copies into the model's
+    dtype). About 0.4x the size of a full checkpoint."""
+    ck = torch.load(src, map_location="cpu", weights_only=False)
+    ck["model"] = {k: (v.half() if v.is_floating_point() else v) for k, v in ck["model"].items()}
+    for state in ck["optimizer"]["state"].values():
+        for k in ("exp_avg", "exp_avg_sq"):
+            if k in state:
+                state[k] = state[k].to(torch.bfloat16)
+    ck.pop("best_model", None)
+    ck["best_val"] = ck.get("val_loss", math.inf)
+    ck["compact"] = True
+    _atomic_save(ck, Path(dest))
+    return {k: ck.get(k) for k in ("step", "samples", "val_loss")}
+
+
 def export_weights(checkpoint: str | os.PathLike, dest: str | os.PathLike, extra: dict | None = None) -> dict:
     """Write a shippable weights file (fp32 state dict, architecture config, training metadata) from a checkpoint."""
     ck = torch.load(checkpoint, map_location="cpu", weights_only=False)

@@ -83,3 +83,25 @@ def test_resume_takes_a_lower_learning_rate(tmp_path):
         rows = list(csv.DictReader(f))
     assert rows[0]["lr"] == "0.001" and rows[1]["lr"] == "1e-05"
     assert all(0 <= float(r["val_coherence"]) <= 1 and float(r["cpu_s"]) > 0 for r in rows)
+
+
+def test_compact_checkpoint_resumes(tmp_path):
+    """The committed training state is small (fp16 weights, bf16 Adam moments) and still resumes."""
+    from models.train import compact_checkpoint
+
+    run = tmp_path / "r"
+    train(TrainConfig(out=str(run), steps=1, val_every=1, **TINY), progress=False)
+    full = run / "checkpoint.pt"
+    small = tmp_path / "small.pt"
+    compact_checkpoint(full, small)
+    assert small.stat().st_size < 0.6 * full.stat().st_size
+    ck = torch.load(small, weights_only=False)
+    assert "best_model" not in ck and ck["best_val"] == ck["val_loss"]
+    assert all(v.dtype == torch.float16 for v in ck["model"].values() if v.is_floating_point())
+    run2 = tmp_path / "r2"
+    run2.mkdir()
+    small.replace(run2 / "checkpoint.pt")
+    out = train(TrainConfig(out=str(run2), steps=2, val_every=1, **TINY), progress=False)
+    assert out["step"] == 2
+    ck2 = torch.load(run2 / "checkpoint.pt", weights_only=False)
+    assert all(v.dtype == torch.float32 for v in ck2["model"].values() if v.is_floating_point())
