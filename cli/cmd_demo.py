@@ -189,7 +189,7 @@ def _prepare_dir(path: Path) -> Path:
     if path.exists() and any(path.iterdir()):
         if not (path / MARKER).exists():
             raise InputError(f"--dir {path} is not empty and was not made by the demo; give an empty or new folder")
-        from workers.stack import Stack
+        from devtools.stack import Stack
 
         Stack(path).reap_previous()  # processes of an earlier demo that was killed before it could stop them
         shutil.rmtree(path)
@@ -247,7 +247,7 @@ def run_stack(args) -> int:
     from bluesky import RunEngine
 
     from service.triggers import BcdiSelector, BcdiTrigger, GatewaySubmitter
-    from workers.stack import Stack
+    from devtools.stack import Stack
 
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
     base = _prepare_dir(Path(args.dir))

@@ -26,7 +26,7 @@ def run(args) -> int:
     import uvicorn
 
     from service.app import create_app
-    from service.settings import load_settings
+    from contract.settings import load_settings
 
     overrides = {k: v for k, v in {"host": args.host, "port": args.port}.items() if v is not None}
     settings = load_settings(args.config, **overrides)

@@ -18,7 +18,7 @@ import pytest
 import redis
 
 from service_fixtures import free_port, wait_for
-from workers.stack import STACK_ID_ENV, processes_with_tag, redis_executable
+from devtools.stack import STACK_ID_ENV, processes_with_tag, redis_executable
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -159,7 +159,7 @@ def _ping(r) -> bool:
 
 
 def test_a_new_stack_reaps_what_a_killed_one_left(tmp_path):
-    from workers.stack import Stack
+    from devtools.stack import Stack
 
     old_id = uuid.uuid4().hex
     orphan = subprocess.Popen(["sleep", "300"], env={**os.environ, STACK_ID_ENV: old_id})

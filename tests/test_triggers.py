@@ -231,12 +231,12 @@ def test_bad_request_is_a_miss_not_an_exception(fresh_gateway, caplog):
 @pytest.fixture(scope="module")
 def tiled_streaming(tmp_path_factory):
     """A real Tiled server (embedded config + SQL table store) with a private Redis as its streaming cache."""
-    from workers.io.tiled_server import DEFAULT_CONFIG, TiledServer
-    from workers.stack import tiled_config_with_tables
+    from devtools.tiled_server import TiledServer, embedded_config
+    from devtools.stack import tiled_config_with_tables
 
     base = tmp_path_factory.mktemp("tiled-stream")
     redis_server = RedisServer().start()
-    config = tiled_config_with_tables(DEFAULT_CONFIG, base / "tiled.yml")
+    config = tiled_config_with_tables(embedded_config(), base / "tiled.yml")
     server = TiledServer(base / "data", base / "raw", config=config,
                          extra_env={"TILED_STREAMING_CACHE_URI": f"redis://127.0.0.1:{redis_server.port}/0"})
     try:

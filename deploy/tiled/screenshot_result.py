@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from physics.simulate import SimParams, simulate_sample
-from workers.io.tiled_server import TiledServer
+from devtools.tiled_server import TiledServer
 from workers.io.tiled_store import build_result_arrays, make_previews, write_result
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
