@@ -302,7 +302,11 @@ def test_watcher_command_needs_a_submit_key():
     import sys
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("BCDI_")}
-    r = subprocess.run([sys.executable, "-m", "service.triggers.tiled_watcher"], env=env, capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "cli.main", "watch"], env=env, capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 2
-    assert r.stderr.strip() == "tiled_watcher: error: set BCDI_TRIGGER_API_KEY to a gateway submit key"
+    assert r.stderr.strip() == ("bcdi-recon: error: no gateway submit key: set BCDI_TRIGGER_API_KEY "
+                                "(or trigger_api_key in the config file)")
+    r = subprocess.run([sys.executable, "-m", "cli.main", "watch", "--help"], env=env, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0 and "examples:" in r.stdout and "BCDI_TRIGGER_API_KEY" in r.stdout
