@@ -87,7 +87,7 @@ class Stack:
         self._wait(lambda: self.alive_workers() >= args.workers, 300, "all workers to register")
 
     def _worker(self, name: str) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "workers.worker", "--name", name], env=self.env, cwd=ROOT,
+        return subprocess.Popen([sys.executable, "-m", "cli.main", "worker", "--name", name], env=self.env, cwd=ROOT,
                                 stdout=open(self.dir / f"{name}.log", "wb"), stderr=subprocess.STDOUT)
 
     def _health_ok(self) -> bool:
