@@ -96,11 +96,11 @@ def test_demo_reconstructs_a_scan_heals_a_worker_and_ctrl_c_leaves_no_process(tm
         assert sum("tiled serve config" in c for c in cmds) == 1 and sum("cli.main serve" in c for c in cmds) == 1
         redis_client = redis.Redis.from_url(summary["stack"]["redis"], socket_connect_timeout=1)
         assert redis_client.ping()
-        (worker,) = [p for p, c in zip(tagged, cmds) if "workers.worker" in c]
+        (worker,) = [p for p, c in zip(tagged, cmds) if "cli.main worker" in c]
 
         # a worker that dies is restarted by the supervisor
         os.kill(worker, signal.SIGKILL)
-        wait_for(lambda: [p for p in processes_with_tag(stack_id) if "workers.worker" in _cmdline(p)
+        wait_for(lambda: [p for p in processes_with_tag(stack_id) if "cli.main worker" in _cmdline(p)
                           and p != worker], 30, interval=0.3, what="the restarted worker")
 
         demo.proc.send_signal(signal.SIGINT)  # Ctrl-C
