@@ -310,3 +310,28 @@ def test_watcher_command_needs_a_submit_key():
     r = subprocess.run([sys.executable, "-m", "cli.main", "watch", "--help"], env=env, capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 0 and "examples:" in r.stdout and "BCDI_TRIGGER_API_KEY" in r.stdout
+
+
+def test_trigger_and_demo_writer_are_bluesky_callbacks():
+    """BcdiTrigger is a DocumentRouter (documents pass through unchanged); the demo's writer a CollectThenCompute."""
+    from bluesky.callbacks.core import CollectThenCompute, DocumentRouter
+
+    from cli.cmd_demo import id01_file_writer
+
+    submitter = GatewaySubmitter("http://127.0.0.1:9", "k")
+    trigger = BcdiTrigger(submitter, BcdiSelector(plan_names=("p",)))
+    assert isinstance(trigger, DocumentRouter)
+    start = {"uid": "3f2a9c1e-77aa-4b1e", "time": 0.0, "plan_name": "other"}
+    assert trigger("start", start) == ("start", start)
+    assert trigger("descriptor", {"uid": "d", "run_start": start["uid"]})[0] == "descriptor"
+    trigger("stop", {"uid": "s", "run_start": start["uid"], "exit_status": "success"})
+    assert trigger.skipped == [(start["uid"], "not a BCDI plan (plan_name='other')")]
+    writer = id01_file_writer("/nonexistent", tiled_client=None)
+    assert isinstance(writer, CollectThenCompute)
+    writer("start", start)
+    writer("event", {"data": {"mpx1x4": [[0]], "eta": 1.0}})
+    writer("stop", {"uid": "s", "run_start": start["uid"], "exit_status": "abort"})  # not written: aborted
+    assert writer.written == [] and len(writer._events) == 1
+    writer("start", {**start, "uid": "second-run-0001"})  # a new run starts with nothing collected
+    assert len(writer._events) == 0
+    submitter.close()
