@@ -335,3 +335,37 @@ def test_trigger_and_demo_writer_are_bluesky_callbacks():
     writer("start", {**start, "uid": "second-run-0001"})  # a new run starts with nothing collected
     assert len(writer._events) == 0
     submitter.close()
+
+
+def test_watch_command_configured_by_settings_submits_a_closed_run(tiled_streaming, fresh_gateway, tmp_path):
+    """`bcdi-recon watch` as its own process, configured only through BCDI_* settings (one name each), finds a BCDI
+    run that TiledWriter closed, posts it, and stops cleanly on SIGTERM."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from bluesky.callbacks.tiled_writer import TiledWriter
+
+    client = tiled_streaming.client()
+    RE = RunEngine({}, context_managers=[])
+    RE.subscribe(TiledWriter(client, batch_size=1))
+    (uid,) = RE(bcdi_scan(sample="watched"))  # closed before the watcher starts: found by its catch-up/poll
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BCDI_")}
+    env.update(BCDI_TILED_URL=tiled_streaming.uri, BCDI_TILED_API_KEY=tiled_streaming.api_key,
+               BCDI_GATEWAY_URL=fresh_gateway.url, BCDI_TRIGGER_API_KEY=SUBMIT_KEY, BCDI_TRIGGER_MODE="poll",
+               BCDI_TRIGGER_POLL_S="0.5", PYTHONUNBUFFERED="1")
+    log = tmp_path / "watch.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "cli.main", "watch"], env=env, stdout=out,
+                                stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: fresh_gateway.jobs(), 60, interval=0.3, what="the watch command's submission")
+        assert [scan_of(j) for j in fresh_gateway.jobs()] == [{"run_uid": uid}]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, log.read_text()[-2000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert "polling" in log.read_text() or "(poll)" in log.read_text()
