@@ -105,7 +105,7 @@ class _Progress:
                 self.worker.queue.progress(self.job_id, self.worker.name, self.stage, self.fraction, self.timings)
             except _REDIS_DOWN as e:  # progress is best effort: the job goes on while Redis is away
                 self.worker._log(logging.WARNING, "progress not recorded: Redis unreachable", job_id=self.job_id,
-                            error=str(e))
+                                 error=str(e))
 
     def close_stage(self, now: float | None = None) -> None:
         now = time.perf_counter() if now is None else now
@@ -198,7 +198,8 @@ class Worker:
     def run(self, max_jobs: int | None = None) -> int:
         """Process jobs until stop is requested (or max_jobs handled). Returns the number of jobs handled."""
         self.queue.ensure_groups()
-        configure_tiled_client_retries(self.settings.tiled_client_retry_attempts, self.settings.tiled_client_retry_timeout_s)
+        configure_tiled_client_retries(self.settings.tiled_client_retry_attempts,
+                                       self.settings.tiled_client_retry_timeout_s)
         self.device = detect_device(self.settings.device)
         self._log(logging.INFO, "worker started", device=self.device, redis=self.settings.redis_url,
                   prefix=self.settings.key_prefix)
