@@ -12,6 +12,12 @@ from __future__ import annotations
 import time
 import zlib
 
+import numpy as np
+from scipy.ndimage import binary_dilation
+
+from physics.phasing import CDI, LLK, run_recipe  # imported when the worker loads the runner, not in the first job
+from physics.simulate import SimParams, simulate_sample
+from workers.io.tiled_store import connect
 from workers.runner import Progress, ShouldCancel
 
 RESULTS_ROOT = "results"
@@ -23,13 +29,6 @@ def simulated_scan_job(spec: dict, progress: Progress, should_cancel: ShouldCanc
     Stages: read (connect to Tiled, simulate the scan), phasing (options.er_cycles ER cycles, default 50),
     publish. Idempotent by job id: a complete result already in Tiled is reused, an incomplete one is replaced.
     """
-    import numpy as np
-    from scipy.ndimage import binary_dilation
-
-    from physics.phasing import CDI, LLK, run_recipe
-    from physics.simulate import SimParams, simulate_sample
-    from workers.io.tiled_store import connect
-
     job_id = spec["job_id"]
     opts = spec.get("options") or {}
     size = int((opts.get("crop_size") or [32])[0])
@@ -38,6 +37,7 @@ def simulated_scan_job(spec: dict, progress: Progress, should_cancel: ShouldCanc
     progress("read", 0.0)
     tiled = spec.get("tiled") or {}
     client = connect(tiled.get("url"), tiled.get("api_key"), attempts=1)  # fails here, before any work, if down
+    progress("read", 0.3)
     if RESULTS_ROOT not in client:
         try:
             client.create_container(RESULTS_ROOT)
@@ -50,6 +50,7 @@ def simulated_scan_job(spec: dict, progress: Progress, should_cancel: ShouldCanc
         progress("publish", 1.0)
         return {"tiled_path": f"{RESULTS_ROOT}/{job_id}", "reused": True, **existing.metadata.get("summary", {})}
 
+    progress("read", 0.5)
     seed = zlib.crc32(repr(sorted((spec.get("scan") or {}).items())).encode())
     sample = simulate_sample(seed, SimParams(size=size, peak_counts=(1e6, 1e7)))
     progress("read", 1.0)
