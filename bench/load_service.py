@@ -1,6 +1,6 @@
 """Load test of the reconstruction service: gateway + Redis queue + worker processes + Tiled, one worker killed.
 
-Starts a real Tiled server (workers.io.tiled_server, a synthetic ID01 scan registered under /raw), the gateway
+Starts a real Tiled server (devtools.tiled_server, a synthetic ID01 scan registered under /raw), the gateway
 (`bcdi-recon serve`, uvicorn) and N worker processes on the local Redis (own key prefix, removed afterwards).
   1. Gateway overhead: with every worker idle, POST one job at a time and measure POST -> job start
      (the worker's start timestamp minus the client's clock before the POST; same machine, same clock).
@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import command_line, machine, write_section  # noqa: E402
 
-RUNNERS = {"simulated": "workers.job:simulated_scan_job", "pipeline": "workers.pipeline:run_job"}
+RUNNERS = {"simulated": "devtools.sim_runner:simulated_scan_job", "pipeline": "workers.pipeline:run_job"}
 REF = {"tiled_path": "raw/Load/Load_0001", "scan": "1.1", "detector": "mpx1x4"}
 
 
@@ -61,7 +61,7 @@ class Stack:
     """Tiled + gateway + workers as subprocesses, with the BCDI_* environment they share."""
 
     def __init__(self, args, workdir: Path):
-        from workers.io.tiled_server import TiledServer, free_port
+        from devtools.tiled_server import TiledServer, free_port
 
         self.args = args
         self.dir = workdir
@@ -87,7 +87,7 @@ class Stack:
         self._wait(lambda: self.alive_workers() >= args.workers, 300, "all workers to register")
 
     def _worker(self, name: str) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "workers.worker", "--name", name], env=self.env, cwd=ROOT,
+        return subprocess.Popen([sys.executable, "-m", "cli.main", "worker", "--name", name], env=self.env, cwd=ROOT,
                                 stdout=open(self.dir / f"{name}.log", "wb"), stderr=subprocess.STDOUT)
 
     def _health_ok(self) -> bool:

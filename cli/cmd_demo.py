@@ -127,56 +127,60 @@ def bcdi_rocking_scan(rocking: RockingDetector, md: dict):
                                len(rocking.frames), md={"plan_name": PLAN_NAME, **md}))
 
 
-class Id01FileWriter:
-    """The demo's data writer (BLISS's role at ID01): on a successful stop, saves the frames as an ID01 BLISS file
-    and registers it in Tiled, before the trigger (subscribed after it) sees the stop document."""
+def id01_file_writer(raw_root: Path, tiled_client, detector: str = DETECTOR, motor: str = "eta"):
+    """The demo's data writer (BLISS's role at ID01), a bluesky CollectThenCompute callback: it collects the run's
+    events and, on a successful stop, saves the frames as an ID01 BLISS file and registers it in Tiled, before the
+    trigger (subscribed after it) sees the stop document. Made here so bluesky is imported only by the demo."""
+    from bluesky.callbacks.core import CollectThenCompute
 
-    def __init__(self, raw_root: Path, tiled_client, detector: str = DETECTOR, motor: str = "eta"):
-        self.raw_root, self.tiled, self.detector, self.motor = Path(raw_root), tiled_client, detector, motor
-        self.start_doc: dict | None = None
-        self.frames: list = []
-        self.positions: list[float] = []
-        self.written: list[Path] = []
-        self.timings: dict[str, float] = {}
+    class Id01FileWriter(CollectThenCompute):
+        def __init__(self):
+            super().__init__()
+            self.raw_root, self.tiled, self.detector, self.motor = Path(raw_root), tiled_client, detector, motor
+            self.written: list[Path] = []
+            self.timings: dict[str, float] = {}
 
-    def __call__(self, name: str, doc: dict) -> None:
-        if name == "start":
-            self.start_doc, self.frames, self.positions = doc, [], []
-        elif name == "event" and self.start_doc is not None:
-            self.frames.append(doc["data"][self.detector])
-            self.positions.append(float(doc["data"][self.motor]))
-        elif name == "stop" and self.start_doc is not None and doc.get("exit_status") == "success":
-            self._write()
+        def start(self, doc):
+            self.reset()  # CollectThenCompute keeps the previous run's events otherwise
+            super().start(doc)
 
-    def _write(self) -> None:
-        import numpy as np
+        def compute(self):
+            if self._start_doc is None or self._stop_doc.get("exit_status") != "success":
+                return
+            frames = [e["data"][self.detector] for e in self._events]
+            positions = [float(e["data"][self.motor]) for e in self._events]
+            _write_scan(self, self._start_doc["bcdi"], frames, positions)
 
-        from workers.io.id01 import write_bliss_scan
+    return Id01FileWriter()
 
-        md = self.start_doc["bcdi"]
-        t = time.perf_counter()
-        path = write_bliss_scan(self.raw_root, md["sample"], md["dataset"], np.stack(self.frames), scan=md["scan"],
-                                detector=self.detector, rocking_motor=self.motor,
-                                rocking_range=(self.positions[0], self.positions[-1]),
-                                angles={"delta": 36.0, "nu": 0.5}, energy_eV=9000.0, distance_m=0.85,
-                                title=f"ascan {self.motor} {self.positions[0]} {self.positions[-1]} "
-                                      f"{len(self.frames) - 1} 0.1")
-        self.timings["write_file"] = time.perf_counter() - t
-        t = time.perf_counter()
-        import functools
 
-        import anyio
-        from tiled.client.register import register
+def _write_scan(writer, md: dict, frames: list, positions: list[float]) -> None:
+    """Save one run's frames as an ID01 BLISS file under writer.raw_root and register it in writer.tiled."""
+    import numpy as np
 
-        from concurrent.futures import ThreadPoolExecutor
+    from workers.io.id01 import write_bliss_scan
 
-        # what `tiled register <folder> --prefix /raw/...` does, in this process (saves the CLI's start-up);
-        # on its own thread, because RunEngine callbacks run inside the RunEngine's event loop
-        job = functools.partial(register, self.tiled, path.parent, prefix="/" + md["tiled_path"])
-        with ThreadPoolExecutor(1) as pool:
-            pool.submit(anyio.run, job).result()
-        self.timings["register"] = time.perf_counter() - t
-        self.written.append(path)
+    t = time.perf_counter()
+    path = write_bliss_scan(writer.raw_root, md["sample"], md["dataset"], np.stack(frames), scan=md["scan"],
+                            detector=writer.detector, rocking_motor=writer.motor,
+                            rocking_range=(positions[0], positions[-1]),
+                            angles={"delta": 36.0, "nu": 0.5}, energy_eV=9000.0, distance_m=0.85,
+                            title=f"ascan {writer.motor} {positions[0]} {positions[-1]} {len(frames) - 1} 0.1")
+    writer.timings["write_file"] = time.perf_counter() - t
+    t = time.perf_counter()
+    import functools
+    from concurrent.futures import ThreadPoolExecutor
+
+    import anyio
+    from tiled.client.register import register
+
+    # what `tiled register <folder> --prefix /raw/...` does, in this process (saves the CLI's start-up);
+    # on its own thread, because RunEngine callbacks run inside the RunEngine's event loop
+    job = functools.partial(register, writer.tiled, path.parent, prefix="/" + md["tiled_path"])
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(anyio.run, job).result()
+    writer.timings["register"] = time.perf_counter() - t
+    writer.written.append(path)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -189,7 +193,7 @@ def _prepare_dir(path: Path) -> Path:
     if path.exists() and any(path.iterdir()):
         if not (path / MARKER).exists():
             raise InputError(f"--dir {path} is not empty and was not made by the demo; give an empty or new folder")
-        from workers.stack import Stack
+        from devtools.stack import Stack
 
         Stack(path).reap_previous()  # processes of an earlier demo that was killed before it could stop them
         shutil.rmtree(path)
@@ -247,7 +251,7 @@ def run_stack(args) -> int:
     from bluesky import RunEngine
 
     from service.triggers import BcdiSelector, BcdiTrigger, GatewaySubmitter
-    from workers.stack import Stack
+    from devtools.stack import Stack
 
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
     base = _prepare_dir(Path(args.dir))
@@ -269,7 +273,7 @@ def run_stack(args) -> int:
         md = {"bcdi": {"tiled_path": tiled_path, "scan": scan_no, "detector": DETECTOR, "sample": sample_name,
                        "dataset": dataset},
               "sample": sample_name, "phase_range_pi": round(float(sample["phase_range"]) / 3.141592653589793, 3)}
-        writer = Id01FileWriter(stack.raw_dir, stack.tiled.client())
+        writer = id01_file_writer(stack.raw_dir, stack.tiled.client())
         selector = BcdiSelector(plan_names=(PLAN_NAME,), options={"er_cycles": args.er_cycles,
                                                                   "crop_size": [64, 64, 64]})
         submitter = GatewaySubmitter(stack.gateway_url, stack.submit_key, timeout=3.0)

@@ -25,7 +25,7 @@ def register(subparsers) -> None:
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n-high", type=int, default=100, help="crystals with phase range 2π-5π (default %(default)s)")
     p.add_argument("--n-low", type=int, default=30, help="crystals with phase range under π (default %(default)s)")
-    from bench.cnn_eval import METHODS  # one list of methods for the CLI and the bench (numpy only, no torch)
+    from bench.evaluation import METHODS  # one list of methods for the CLI and the bench (numpy only, no torch)
 
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS,
                    help="which methods to run (default: all)")
@@ -40,20 +40,8 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from bench import cnn_eval
-    from physics.errors import InputError
+    from bench.evaluation import run_evaluation
 
-    if args.report:
-        return cnn_eval.main(["report"])
-    if args.n_high < 0 or args.n_low < 0 or args.nb_run < 1 or not 1 <= args.nb_keep <= args.nb_run:
-        raise InputError("--n-high/--n-low must be >= 0 and 1 <= --nb-keep <= --nb-run")
-    try:
-        cnn_eval._shard(args.shard)
-    except argparse.ArgumentTypeError as exc:
-        raise InputError(f"--shard: {exc}") from None
-    argv = ["run", "--n-high", str(args.n_high), "--n-low", str(args.n_low), "--nb-run", str(args.nb_run),
-            "--nb-keep", str(args.nb_keep), "--threads", str(args.threads), "--shard", args.shard, "--methods", *args.methods]
-    if args.model:
-        argv += ["--model", args.model]
-    cnn_eval.main(argv)
-    return cnn_eval.main(["report"])
+    return run_evaluation(n_high=args.n_high, n_low=args.n_low, methods=args.methods, model=args.model,
+                          nb_run=args.nb_run, nb_keep=args.nb_keep, threads=args.threads, shard=args.shard,
+                          report_only=args.report)

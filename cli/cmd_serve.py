@@ -26,7 +26,7 @@ def run(args) -> int:
     import uvicorn
 
     from service.app import create_app
-    from service.settings import load_settings
+    from contract.settings import load_settings
 
     from physics.errors import SettingsError
 

@@ -12,7 +12,12 @@ Run one worker per device. SIGTERM/Ctrl-C: stop taking jobs, give the running jo
 then stop it and put it back in the queue. Logs are JSON lines with the job id.
 
 Settings come from BCDI_* environment variables or --config FILE (.toml/.json/.yaml/.env), e.g.
-BCDI_REDIS_URL, BCDI_TILED_URL, BCDI_TILED_API_KEY, BCDI_HEARTBEAT_S, BCDI_CLAIM_IDLE_S, BCDI_MAX_DELIVERIES."""
+BCDI_REDIS_URL, BCDI_TILED_URL, BCDI_TILED_API_KEY, BCDI_ALLOWED_SCAN_PREFIXES, BCDI_HEARTBEAT_S,
+BCDI_CLAIM_IDLE_S, BCDI_MAX_DELIVERIES.
+
+examples:
+  bcdi-recon worker --redis-url redis://head:6379/0 --device cuda:0
+  bcdi-recon worker --config worker.toml --max-jobs 1"""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -33,18 +38,10 @@ def register(subparsers) -> None:
     add_arguments(p)
 
 
-def build_standalone() -> argparse.ArgumentParser:
-    """The same options as a standalone parser (for `python -m workers.worker`)."""
-    p = argparse.ArgumentParser(prog="bcdi-recon worker", description=DESCRIPTION,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(p)
-    return p
-
-
 def run(args) -> int:
     import logging
 
-    from service.settings import load_settings
+    from contract.settings import load_settings
     from workers.worker import Worker, configure_json_logging
 
     overrides = {k: v for k, v in {"redis_url": args.redis_url, "runner": args.runner, "device": args.device,

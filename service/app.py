@@ -18,10 +18,11 @@ from starlette.concurrency import run_in_threadpool
 from service.auth import require_read, require_submit
 from service.limits import BodySizeLimit
 from service.metrics import GatewayMetrics
-from service.models import (JOB_ID_PATTERN, TERMINAL_STATES, ErrorReply, HealthReply, JobList, JobState, JobStatus,
-                            ReconRequest, SubmitReply)
-from service.queue import JobQueue, connect
-from service.settings import Settings, load_settings
+from contract.jobs import TERMINAL_STATES, JobState, connect
+from contract.scanref import ScanRefError
+from contract.settings import Settings, load_settings
+from service.models import JOB_ID_PATTERN, ErrorReply, HealthReply, JobList, JobStatus, ReconRequest, SubmitReply
+from service.queue import JobProducer
 
 API = "/api/v1/reconstructions"
 
@@ -47,7 +48,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         raise ValueError("no API keys configured: set BCDI_SUBMIT_API_KEYS and BCDI_READ_API_KEYS "
                          "(comma-separated) or submit_api_keys/read_api_keys in the config file")
     client = connect(settings)
-    queue = JobQueue(client, settings)
+    queue = JobProducer(client, settings)
     metrics = GatewayMetrics(queue, settings)
 
     @asynccontextmanager
@@ -103,12 +104,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def submit_reconstruction(body: ReconRequest, request: Request, response: Response,
                               _: str = Depends(require_submit)) -> SubmitReply:
         """Queue a reconstruction. The same scan and options again return the existing job (200) unless force."""
-        path = body.scan.tiled_path
-        prefixes = settings.allowed_scan_prefixes
-        if path is not None and prefixes and path.split("/")[0] not in prefixes:
-            allowed = ", ".join(p + "/" for p in prefixes)
+        try:  # the same check as the worker's (contract.scanref), against the same setting
+            body.scan.require_prefix(settings.allowed_scan_prefixes)
+        except ScanRefError as exc:
             raise RequestValidationError([{"loc": ("body", "scan", "tiled_path"), "type": "value_error",
-                                           "msg": f"must start with {allowed} (raw data lives there in Tiled)"}])
+                                           "msg": f"{exc} (raw data lives there in Tiled)"}]) from None
         job_id, created = queue.submit(body)
         metrics.submitted.labels(body.priority, str(not created).lower()).inc()
         lk = links(request, job_id)
@@ -231,10 +231,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-def _check_redis(queue: JobQueue, settings: Settings) -> dict:
+def _check_redis(queue: JobProducer, settings: Settings) -> dict:
     t0 = time.perf_counter()
     try:
-        queue.r.ping()
+        queue.redis.ping()
     except Exception as e:
         return {"ok": False, "error": f"Redis at {settings.redis_url} unreachable: {type(e).__name__}: {e}"}
     return {"ok": True, "latency_ms": round(1e3 * (time.perf_counter() - t0), 2)}

@@ -14,12 +14,12 @@ class QueueCollector:
     """Reads queue depth, in-flight jobs, finished counts, dead letters and live workers from Redis per scrape."""
 
     def __init__(self, queue, settings):
-        self.q, self.s = queue, settings
+        self.queue, self.settings = queue, settings
 
     def collect(self):
         up = GaugeMetricFamily("bcdi_redis_up", "1 if the gateway reached Redis at this scrape")
         try:
-            stats = self.q.stats()
+            stats = self.queue.stats()
         except Exception:
             up.add_metric([], 0)
             yield up
@@ -43,7 +43,8 @@ class QueueCollector:
         dead.add_metric([], stats["dead_letters"])
         yield dead
         now = time.time()
-        alive = sum(1 for t in stats["workers"].values() if now - t < 3 * self.s.heartbeat_s + self.s.block_ms / 1e3)
+        limit = 3 * self.settings.heartbeat_s + self.settings.block_ms / 1e3
+        alive = sum(1 for t in stats["workers"].values() if now - t < limit)
         workers = GaugeMetricFamily("bcdi_workers_alive", "workers seen within three heartbeats")
         workers.add_metric([], alive)
         yield workers

@@ -1,81 +1,22 @@
-"""Request and job models of the reconstruction API (pydantic), shared by the gateway and the workers.
+"""Request and reply models of the reconstruction API (pydantic).
 
 Strict on purpose: unknown fields are refused and every string is bounded, so a malformed or hostile
-request ends as a 422 naming the field, never as a 5xx or a huge Redis record.
+request ends as a 422 naming the field, never as a 5xx or a huge Redis record. The scan reference and the job
+states are the shared job contract (contract.scanref, contract.jobs), which the workers use too.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-from enum import Enum
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
 from contract import options as options_schema
+from contract.jobs import JobState
+from contract.scanref import ScanRef
 
 JOB_ID_PATTERN = r"^[0-9a-f]{32}$"
-PATH_PATTERN = r"^[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*$"
-NAME_PATTERN = r"^[A-Za-z0-9_.\-]+$"
-UID_PATTERN = r"^[A-Za-z0-9\-]+$"
-SCAN_PATTERN = r"^[0-9]{1,9}(\.[0-9]{1,4})?$"
-
-
-class JobState(str, Enum):
-    """Life cycle of a job: queued -> running -> succeeded | failed | cancelled (running may go back to queued)."""
-
-    queued = "queued"
-    running = "running"
-    succeeded = "succeeded"
-    failed = "failed"
-    cancelled = "cancelled"
-
-
-TERMINAL_STATES = frozenset({JobState.succeeded.value, JobState.failed.value, JobState.cancelled.value})
-
-
-class ScanRef(BaseModel):
-    """Where the measured scan is: a Tiled path (+ scan number and detector), or a Bluesky run uid."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    tiled_path: str | None = Field(None, min_length=1, max_length=512, pattern=PATH_PATTERN,
-                                   description="path of the scan (or of its container) in Tiled",
-                                   examples=["raw/ID01/sample1"])
-    scan: str | None = Field(None, pattern=SCAN_PATTERN, max_length=16,
-                             description="scan inside tiled_path: ID01 style '1.1' (an integer means 'N.1')",
-                             examples=["1.1"])
-    detector: str | None = Field(None, min_length=1, max_length=64, pattern=NAME_PATTERN,
-                                 description="detector name, e.g. mpx1x4")
-    run_uid: str | None = Field(None, min_length=8, max_length=64, pattern=UID_PATTERN,
-                                description="Bluesky run start uid (alternative to tiled_path)")
-
-    @field_validator("scan", mode="before")
-    @classmethod
-    def _scan_as_text(cls, v):
-        """Integers are accepted for convenience and mean scan N.1, so 3 and "3.1" are the same job."""
-        if isinstance(v, int) and not isinstance(v, bool):
-            if not 0 <= v <= 10**9:
-                raise ValueError("scan number must be between 0 and 1e9")
-            return f"{v}.1"
-        if isinstance(v, str) and v.isdigit():
-            return f"{v}.1"
-        return v
-
-    @field_validator("tiled_path")
-    @classmethod
-    def _no_dot_segments(cls, v: str | None) -> str | None:
-        if v is not None and any(part in (".", "..") for part in v.split("/")):
-            raise ValueError("path segments '.' and '..' are not allowed")
-        return v
-
-    @model_validator(mode="after")
-    def _one_kind(self) -> "ScanRef":
-        if (self.tiled_path is None) == (self.run_uid is None):
-            raise ValueError("give exactly one of tiled_path or run_uid")
-        if self.run_uid is not None and (self.scan is not None or self.detector is not None):
-            raise ValueError("scan and detector go with tiled_path, not with run_uid")
-        return self
 
 
 def _options_field(f):

@@ -45,7 +45,7 @@ def write_raw_tree(root) -> dict:
 @pytest.fixture(scope="module")
 def tiled_env(tmp_path_factory):
     """A running Tiled server (embedded config) with the synthetic raw tree registered under /raw."""
-    from workers.io.tiled_server import TiledServer
+    from devtools.tiled_server import TiledServer
 
     base = tmp_path_factory.mktemp("tiled")
     raw = base / "raw"

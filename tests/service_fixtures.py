@@ -2,8 +2,9 @@
 
 Every test uses its own Redis key prefix on the shared 127.0.0.1:6379 server (and deletes its keys after), or
 its own redis-server on a free port when it needs to restart Redis. Tiled is one real server per pytest process
-(workers.io.tiled_server with a synthetic ID01 scan registered), started on first use. Intervals are short (heartbeat 0.3 s, claim after 1.5 s)
-so crash recovery is exercised in seconds.
+(devtools.tiled_server with a synthetic ID01 scan registered), started on first use. Intervals are short (heartbeat
+0.3 s, claim after 1.5 s) so crash recovery is exercised in seconds. `BothSides` lets a test play the gateway
+(JobProducer) and a worker (JobConsumer) on one Redis client.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ PYTHON = sys.executable
 SUBMIT_KEY = "submit-key-for-tests"
 READ_KEY = "read-key-for-tests"
 TILED_KEY = "tiledkeyfortests"
-RUNNER = "workers.job:simulated_scan_job"
+RUNNER = "devtools.sim_runner:simulated_scan_job"
 
 
 def free_port() -> int:
@@ -61,7 +62,7 @@ def redis_available(url: str = "redis://127.0.0.1:6379/0") -> bool:
 
 def make_settings(**overrides):
     """Settings with a fresh key prefix and short intervals (tests only)."""
-    from service.settings import Settings
+    from contract.settings import Settings
 
     values = dict(key_prefix=f"test-{uuid.uuid4().hex[:10]}", heartbeat_s=0.3, claim_idle_s=1.5, max_deliveries=3,
                   submit_api_keys=[SUBMIT_KEY], read_api_keys=[READ_KEY], device="cpu", runner=RUNNER,
@@ -85,7 +86,7 @@ def settings_env(settings) -> dict:
 
 def drop_keys(settings) -> None:
     """Delete every Redis key of this settings' prefix."""
-    from service.queue import connect
+    from contract.jobs import connect
 
     r = connect(settings)
     try:
@@ -106,12 +107,23 @@ def qsettings():
     drop_keys(s)
 
 
+def both_sides(client, settings):
+    """A JobProducer and a JobConsumer in one object: the test submits like the gateway and claims like a worker."""
+    from service.queue import JobProducer
+    from workers.queue import JobConsumer
+
+    class BothSides(JobProducer, JobConsumer):
+        pass
+
+    return BothSides(client, settings)
+
+
 @pytest.fixture
 def queue(qsettings):
-    from service.queue import JobQueue, connect
+    from contract.jobs import connect
 
     client = connect(qsettings)
-    q = JobQueue(client, qsettings)
+    q = both_sides(client, qsettings)
     q.ensure_groups()
     yield q
     client.close()
@@ -119,12 +131,12 @@ def queue(qsettings):
 
 # ---- Tiled ----------------------------------------------------------------------------------------------------
 class TiledServer:
-    """The project's real Tiled server (workers.io.tiled_server, embedded config) with the lead's synthetic ID01
+    """The project's real Tiled server (devtools.tiled_server, embedded config) with the lead's synthetic ID01
     raw tree registered under /raw, so the real pipeline can read a scan and every runner can write results."""
 
     def __init__(self, api_key: str = TILED_KEY):
         from fixtures_tiled import write_raw_tree
-        from workers.io.tiled_server import TiledServer as _Server
+        from devtools.tiled_server import TiledServer as _Server
 
         self.api_key = api_key
         self.dir = Path(tempfile.mkdtemp(prefix="tiled-test-"))
@@ -176,12 +188,12 @@ def tiled():
 
 # ---- workers ----------------------------------------------------------------------------------------------------
 class WorkerProcess:
-    """`python -m workers.worker` as a subprocess with the given settings; its JSON log lines are kept."""
+    """`bcdi-recon worker` (python -m cli.main worker) as a subprocess with the given settings; JSON log lines kept."""
 
     def __init__(self, settings, name: str, extra_args: tuple[str, ...] = ()):
         self.name = name
         self.logfile = tempfile.NamedTemporaryFile(prefix=f"worker-{name}-", suffix=".log", delete=False)
-        self.proc = subprocess.Popen([PYTHON, "-m", "workers.worker", "--name", name, *extra_args],
+        self.proc = subprocess.Popen([PYTHON, "-m", "cli.main", "worker", "--name", name, *extra_args],
                                      env=settings_env(settings), cwd=REPO, stdout=self.logfile,
                                      stderr=subprocess.STDOUT)
 

@@ -6,11 +6,11 @@ from contextlib import contextmanager
 
 import pytest
 
-from service_fixtures import (RedisServer, make_settings, qsettings, queue, shared_tiled,  # noqa: F401
+from service_fixtures import (RedisServer, both_sides, make_settings, qsettings, queue, shared_tiled,  # noqa: F401
                               wait_for, worker_thread)
 
+from contract.jobs import connect
 from service.models import ReconRequest
-from service.queue import JobQueue, connect
 
 
 def req(scan: int = 1, **kw) -> ReconRequest:
@@ -77,7 +77,7 @@ def test_dead_consumer_entry_is_reclaimed_after_idle_and_heartbeat_prevents_it(q
 
 def test_delivery_limit_sends_job_to_dead_letter_with_reason(qsettings):
     s = make_settings(key_prefix=qsettings.key_prefix, max_deliveries=2, claim_idle_s=0.4, heartbeat_s=0.1)
-    q = JobQueue(connect(s), s)
+    q = both_sides(connect(s), s)
     job, _ = q.submit(req(7))
     # two workers take it and die without a trace (no heartbeat, no ack)
     for consumer in ("doomed-1", "doomed-2"):
@@ -114,7 +114,7 @@ def own_redis_queue():
     server = RedisServer().start()
     try:
         s = make_settings(redis_url=server.url, tiled_url=tiled.url)
-        q = JobQueue(connect(s), s)
+        q = both_sides(connect(s), s)
         q.ensure_groups()
         yield server, s, q, tiled
     finally:
@@ -133,7 +133,7 @@ def test_redis_restart_with_append_only_file_loses_no_job(tmp_path):
         with pytest.raises(Exception):
             q.get(jobs[0])
         server.start()  # same --dir: replays the append-only file
-        q = JobQueue(connect(s), s)
+        q = both_sides(connect(s), s)
         assert all(q.get(j)["state"] == "queued" for j in jobs)
         assert q.get(high)["state"] == "running"
         st = q.stats()["streams"]
@@ -147,7 +147,7 @@ def test_redis_restart_with_append_only_file_loses_no_job(tmp_path):
 
 
 def test_settings_from_file_and_env(tmp_path, monkeypatch):
-    from service.settings import load_settings
+    from contract.settings import load_settings
 
     cfg = tmp_path / "service.toml"
     cfg.write_text('redis_url = "redis://127.0.0.1:6379/3"\nheartbeat_s = 2\nsubmit_api_keys = ["a", "b"]\n')

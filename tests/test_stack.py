@@ -18,7 +18,7 @@ import pytest
 import redis
 
 from service_fixtures import free_port, wait_for
-from workers.stack import STACK_ID_ENV, processes_with_tag, redis_executable
+from devtools.stack import STACK_ID_ENV, processes_with_tag, redis_executable
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -96,11 +96,11 @@ def test_demo_reconstructs_a_scan_heals_a_worker_and_ctrl_c_leaves_no_process(tm
         assert sum("tiled serve config" in c for c in cmds) == 1 and sum("cli.main serve" in c for c in cmds) == 1
         redis_client = redis.Redis.from_url(summary["stack"]["redis"], socket_connect_timeout=1)
         assert redis_client.ping()
-        (worker,) = [p for p, c in zip(tagged, cmds) if "workers.worker" in c]
+        (worker,) = [p for p, c in zip(tagged, cmds) if "cli.main worker" in c]
 
         # a worker that dies is restarted by the supervisor
         os.kill(worker, signal.SIGKILL)
-        wait_for(lambda: [p for p in processes_with_tag(stack_id) if "workers.worker" in _cmdline(p)
+        wait_for(lambda: [p for p in processes_with_tag(stack_id) if "cli.main worker" in _cmdline(p)
                           and p != worker], 30, interval=0.3, what="the restarted worker")
 
         demo.proc.send_signal(signal.SIGINT)  # Ctrl-C
@@ -159,7 +159,7 @@ def _ping(r) -> bool:
 
 
 def test_a_new_stack_reaps_what_a_killed_one_left(tmp_path):
-    from workers.stack import Stack
+    from devtools.stack import Stack
 
     old_id = uuid.uuid4().hex
     orphan = subprocess.Popen(["sleep", "300"], env={**os.environ, STACK_ID_ENV: old_id})

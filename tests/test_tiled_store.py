@@ -2,32 +2,37 @@
 
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from fixtures_tiled import tiled_env  # noqa: F401  (module-scoped real Tiled server)
+from contract.scanref import ScanRef
+from devtools.tiled_server import free_port
 from physics.errors import InputError
 from physics.simulate import SimParams, simulate_sample
 from workers.io.id01 import load_scan
-from workers.io.tiled_server import free_port
-from workers.io.tiled_store import (REQUIRED_ARRAYS, ScanRef, TiledUnavailable, connect, load_scan_tiled,
-                                    make_previews, read_result, result_keys, write_result)
+from workers.io.tiled_store import (REQUIRED_ARRAYS, TiledUnavailable, connect, load_scan_tiled, make_previews,
+                                    parse_scan_ref, read_result, result_keys, write_result)
 from workers.pipeline import result_arrays
 
+REPO = Path(__file__).resolve().parents[1]
 REF = {"tiled_path": "raw/PtNP/PtNP_0001", "scan": "1.1", "detector": "mpx1x4"}
 SCAN_META = {"energy_eV": 9000.0, "delta_deg": 36.0, "nu_deg": 1.5, "distance_m": 0.85, "pixel_size_x_m": 55e-6,
              "pixel_size_y_m": 55e-6, "rocking_motor": "eta", "rocking_step_deg": 0.01, "eta_deg": 18.0}
 
 
 def test_scan_ref_validation():
-    assert ScanRef.parse({"tiled_path": "/raw/PtNP/PtNP_0001/", "scan": 1}) == ScanRef("raw/PtNP/PtNP_0001", "1")
+    # the job contract's ScanRef (the gateway's rule), as the Tiled adapter applies it: bad input is InputError
+    assert parse_scan_ref({"tiled_path": "/raw/PtNP/PtNP_0001/", "scan": 1}) == ScanRef(tiled_path="raw/PtNP/PtNP_0001",
+                                                                                       scan="1.1")
     with pytest.raises(InputError, match="outside the allowed prefix"):
-        ScanRef.parse({"tiled_path": "reconstructions/PtNP", "scan": "1.1"})
+        parse_scan_ref({"tiled_path": "reconstructions/PtNP", "scan": "1.1"})
     with pytest.raises(InputError, match=r"'\.\.' segments"):
-        ScanRef.parse({"tiled_path": "raw/../reconstructions/x", "scan": "1.1"})
+        parse_scan_ref({"tiled_path": "raw/../reconstructions/x", "scan": "1.1"})
     with pytest.raises(InputError, match="needs a 'scan'"):
-        ScanRef.parse({"tiled_path": "raw/x", "scan": " "})
+        parse_scan_ref({"tiled_path": "raw/x", "scan": " "})
     assert result_keys(REF, "job-7") == ["reconstructions", "PtNP", "PtNP_0001", "1.1", "job-7"]
     with pytest.raises(InputError, match="job id"):
         result_keys(REF, "a/b")
@@ -179,14 +184,14 @@ def test_bad_result_writes_nothing(tiled_env, result):
 @pytest.fixture(scope="module")
 def multi_user(tmp_path_factory):
     """A second real server with deploy/tiled/production.yml and its keys (SQLite URIs unless CI gives PostgreSQL)."""
-    from workers.io.tiled_server import PRODUCTION_CONFIG, TiledServer, provision_keys
+    from devtools.tiled_server import TiledServer, provision_keys
 
     base = tmp_path_factory.mktemp("tiled_mu")
     # PostgreSQL when CI provides two empty databases, e.g. postgresql+asyncpg://user:pw@127.0.0.1:5432/tiled_catalog
     env = {"BCDI_TILED_CATALOG_URI": os.environ.get("BCDI_TEST_TILED_CATALOG_URI", f"sqlite:///{base}/catalog.db"),
            "BCDI_TILED_AUTHN_DB_URI": os.environ.get("BCDI_TEST_TILED_AUTHN_URI", f"sqlite:///{base}/authn.db"),
            "BCDI_TILED_SECRET_KEY": "k" * 32, "BCDI_TILED_ADMIN_PASSWORD": "pw"}
-    server = TiledServer(base / "data", base / "raw", config=PRODUCTION_CONFIG, extra_env=env, multi_user=True)
+    server = TiledServer(base / "data", base / "raw", config=REPO / "deploy" / "tiled" / "production.yml", extra_env=env, multi_user=True)
     server.start()
     try:
         yield server, provision_keys(server.uri, "pw")

@@ -231,12 +231,12 @@ def test_bad_request_is_a_miss_not_an_exception(fresh_gateway, caplog):
 @pytest.fixture(scope="module")
 def tiled_streaming(tmp_path_factory):
     """A real Tiled server (embedded config + SQL table store) with a private Redis as its streaming cache."""
-    from workers.io.tiled_server import DEFAULT_CONFIG, TiledServer
-    from workers.stack import tiled_config_with_tables
+    from devtools.tiled_server import TiledServer, embedded_config
+    from devtools.stack import tiled_config_with_tables
 
     base = tmp_path_factory.mktemp("tiled-stream")
     redis_server = RedisServer().start()
-    config = tiled_config_with_tables(DEFAULT_CONFIG, base / "tiled.yml")
+    config = tiled_config_with_tables(embedded_config(), base / "tiled.yml")
     server = TiledServer(base / "data", base / "raw", config=config,
                          extra_env={"TILED_STREAMING_CACHE_URI": f"redis://127.0.0.1:{redis_server.port}/0"})
     try:
@@ -302,7 +302,75 @@ def test_watcher_command_needs_a_submit_key():
     import sys
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("BCDI_")}
-    r = subprocess.run([sys.executable, "-m", "service.triggers.tiled_watcher"], env=env, capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "cli.main", "watch"], env=env, capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 2
-    assert r.stderr.strip() == "tiled_watcher: error: set BCDI_TRIGGER_API_KEY to a gateway submit key"
+    assert r.stderr.strip() == ("bcdi-recon: error: no gateway submit key: set BCDI_TRIGGER_API_KEY "
+                                "(or trigger_api_key in the config file)")
+    r = subprocess.run([sys.executable, "-m", "cli.main", "watch", "--help"], env=env, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0 and "examples:" in r.stdout and "BCDI_TRIGGER_API_KEY" in r.stdout
+
+
+def test_trigger_and_demo_writer_are_bluesky_callbacks():
+    """BcdiTrigger is a DocumentRouter (documents pass through unchanged); the demo's writer a CollectThenCompute."""
+    from bluesky.callbacks.core import CollectThenCompute, DocumentRouter
+
+    from cli.cmd_demo import id01_file_writer
+
+    submitter = GatewaySubmitter("http://127.0.0.1:9", "k")
+    trigger = BcdiTrigger(submitter, BcdiSelector(plan_names=("p",)))
+    assert isinstance(trigger, DocumentRouter)
+    start = {"uid": "3f2a9c1e-77aa-4b1e", "time": 0.0, "plan_name": "other"}
+    assert trigger("start", start) == ("start", start)
+    assert trigger("descriptor", {"uid": "d", "run_start": start["uid"]})[0] == "descriptor"
+    trigger("stop", {"uid": "s", "run_start": start["uid"], "exit_status": "success"})
+    assert trigger.skipped == [(start["uid"], "not a BCDI plan (plan_name='other')")]
+    writer = id01_file_writer("/nonexistent", tiled_client=None)
+    assert isinstance(writer, CollectThenCompute)
+    writer("start", start)
+    writer("event", {"data": {"mpx1x4": [[0]], "eta": 1.0}})
+    writer("stop", {"uid": "s", "run_start": start["uid"], "exit_status": "abort"})  # not written: aborted
+    assert writer.written == [] and len(writer._events) == 1
+    writer("start", {**start, "uid": "second-run-0001"})  # a new run starts with nothing collected
+    assert len(writer._events) == 0
+    submitter.close()
+
+
+def test_watch_command_configured_by_settings_submits_a_closed_run(tiled_streaming, fresh_gateway, tmp_path):
+    """`bcdi-recon watch` as its own process, configured only through BCDI_* settings (one name each), finds a BCDI
+    run that TiledWriter closed, posts it, and stops cleanly on SIGTERM."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from bluesky.callbacks.tiled_writer import TiledWriter
+
+    client = tiled_streaming.client()
+    RE = RunEngine({}, context_managers=[])
+    RE.subscribe(TiledWriter(client, batch_size=1))
+    (uid,) = RE(bcdi_scan(sample="watched"))  # closed before the watcher starts: found by its catch-up/poll
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BCDI_")}
+    env.update(BCDI_TILED_URL=tiled_streaming.uri, BCDI_TILED_API_KEY=tiled_streaming.api_key,
+               BCDI_GATEWAY_URL=fresh_gateway.url, BCDI_TRIGGER_API_KEY=SUBMIT_KEY, BCDI_TRIGGER_MODE="poll",
+               BCDI_TRIGGER_POLL_S="0.5", PYTHONUNBUFFERED="1")
+    log = tmp_path / "watch.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "cli.main", "watch"], env=env, stdout=out,
+                                stderr=subprocess.STDOUT)
+    try:
+        # (the module's Tiled may hold an earlier test's closed BCDI run too: the catch-up submits that one as well)
+        wait_for(lambda: {"run_uid": uid} in [scan_of(j) for j in fresh_gateway.jobs()], 60, interval=0.3,
+                 what="the watch command's submission")
+        closed_bcdi = {k for k, c in client.items() if (c.metadata.get("stop") or {}).get("exit_status") == "success"
+                       and (c.metadata.get("start") or {}).get("plan_name") == PLAN}
+        submitted = [scan_of(j)["run_uid"] for j in fresh_gateway.jobs()]
+        assert sorted(submitted) == sorted(closed_bcdi)  # each closed BCDI run once, nothing else
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, log.read_text()[-2000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert "polling" in log.read_text() or "(poll)" in log.read_text()

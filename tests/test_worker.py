@@ -1,7 +1,7 @@
 """Workers against real Redis and a real Tiled server: kill -9 recovery, SIGTERM, cancel, Tiled down, idempotence.
 
-The runner is workers.job:simulated_scan_job: it simulates a scan, runs numpy error reduction with the cancel
-check every cycle, and publishes amplitude/phase to Tiled under results/<job id>. "Exactly one result" is
+The runner is devtools.sim_runner:simulated_scan_job: it simulates a scan, runs the project's ER engine with the
+cancel check between cycles, and publishes amplitude/phase to Tiled under results/<job id>. "Exactly one result" is
 checked in Tiled by searching result containers whose metadata names the job.
 """
 from __future__ import annotations
@@ -12,11 +12,11 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-from service_fixtures import (READ_KEY, SUBMIT_KEY, drop_keys, make_settings, redis_available, tiled,  # noqa: F401
-                              wait_for, worker_processes, worker_thread)
+from service_fixtures import (READ_KEY, SUBMIT_KEY, both_sides, drop_keys, make_settings, redis_available,  # noqa: F401
+                              tiled, wait_for, worker_processes, worker_thread)
 
+from contract.jobs import connect
 from service.models import ReconRequest
-from service.queue import JobQueue, connect
 from workers.io.tiled_store import read_result
 
 MID_JOB_STAGES = ("cnn", "ifft", "refine", "strain", "publish")
@@ -30,20 +30,20 @@ def env(tiled):  # noqa: F811
         pytest.fail("Redis is not running on 127.0.0.1:6379")
     s = make_settings(tiled_url=tiled.url)
     client = connect(s)
-    q = JobQueue(client, s)
+    q = both_sides(client, s)
     q.ensure_groups()
     yield s, q
     client.close()
     drop_keys(s)
 
 
-def submit(q: JobQueue, scan: int, cycles: int, size: int = 32, **kw) -> str:
+def submit(q, scan: int, cycles: int, size: int = 32, **kw) -> str:
     r = ReconRequest(scan={"tiled_path": "raw/sample", "scan": scan},
                      options={"er_cycles": cycles, "crop_size": [size] * 3}, **kw)
     return q.submit(r)[0]
 
 
-def phasing_started(q: JobQueue, job: str, at_least: float = 0.05):
+def phasing_started(q, job: str, at_least: float = 0.05):
     rec = q.get(job)
     return rec["state"] == "running" and rec["stage"] == "phasing" and rec["progress"] >= at_least
 
@@ -53,7 +53,7 @@ def test_kill9_worker_mid_job_another_worker_finishes_exactly_one_result_in_tile
     worker subprocesses; the first is killed with SIGKILL during ER refinement."""
     s = make_settings(tiled_url=tiled.url, tiled_api_key=tiled.api_key, runner="workers.pipeline:run_job")
     client = connect(s)
-    q = JobQueue(client, s)
+    q = both_sides(client, s)
     q.ensure_groups()
     try:
         job = q.submit(ReconRequest(scan=ID01_REF, options={"er_cycles": 200, "crop_size": [32, 32, 32]}))[0]
@@ -166,7 +166,7 @@ def test_job_delivered_again_after_success_leaves_one_result(env, tiled):  # noq
     with worker_thread(s, "first"):
         wait_for(lambda: q.get(job)["state"] == "succeeded", 60, what="the job to succeed")
     # the same job id arrives again (e.g. re-submitted by hand into the stream): skipped, nothing re-published
-    q.r.xadd(q.stream("normal"), {"job": job})
+    q.redis.xadd(q.stream("normal"), {"job": job})
     from workers.worker import Worker
 
     w = Worker(s, runner=lambda *a: pytest.fail("a finished job must not run again"), name="second")
@@ -175,7 +175,7 @@ def test_job_delivered_again_after_success_leaves_one_result(env, tiled):  # noq
     assert q.stats()["streams"]["normal"]["length"] == 0
     assert tiled.results_for(job) == [job]
     # a delivery that died half-way through publishing left an incomplete container: the re-run replaces it
-    from workers.job import simulated_scan_job
+    from devtools.sim_runner import simulated_scan_job
 
     c = tiled.client()
     c["results"].create_container(key="partial0job", metadata={"job_id": "partial0job", "complete": False})

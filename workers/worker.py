@@ -19,19 +19,23 @@ import time
 from collections import deque
 from typing import Any
 
-from service.queue import Delivery, JobQueue, connect
-from service.settings import Settings
-from workers.job import JobCancelled, Runner, is_transient, load_runner
+from contract.jobs import Delivery, connect
+from contract.scanref import ScanRef, ScanRefError
+from contract.settings import Settings, use_settings
+from workers.queue import JobConsumer
+from workers.runner import JobCancelled, Runner, is_transient, load_runner
 
 log = logging.getLogger("bcdi.worker")
 
 try:
     from redis.exceptions import ConnectionError as _RedisConnectionError
+    from redis.exceptions import ResponseError as _RedisResponseError
     from redis.exceptions import TimeoutError as _RedisTimeoutError
 
     _REDIS_DOWN: tuple[type[BaseException], ...] = (_RedisConnectionError, _RedisTimeoutError)
 except ImportError:  # pragma: no cover - redis is a dependency of the service extra
     _REDIS_DOWN = (ConnectionError,)
+    _RedisResponseError = RuntimeError
 
 
 class JsonFormatter(logging.Formatter):
@@ -82,7 +86,7 @@ class _Progress:
     """The progress callback handed to the runner: per-stage timings, throttled writes to the job record."""
 
     def __init__(self, worker: "Worker", job_id: str, timings: dict[str, float]):
-        self.w, self.job_id, self.timings = worker, job_id, timings
+        self.worker, self.job_id, self.timings = worker, job_id, timings
         self.stage: str | None = None
         self.stage_t0 = time.perf_counter()
         self.last_write = 0.0
@@ -95,13 +99,13 @@ class _Progress:
             self.close_stage(now)
             self.stage = str(stage)[:64]
         self.fraction = min(1.0, max(0.0, float(fraction)))
-        if changed or self.fraction >= 1.0 or now - self.last_write >= self.w.s.progress_interval_s:
+        if changed or self.fraction >= 1.0 or now - self.last_write >= self.worker.settings.progress_interval_s:
             self.last_write = now
             try:
-                self.w.q.progress(self.job_id, self.w.name, self.stage, self.fraction, self.timings)
+                self.worker.queue.progress(self.job_id, self.worker.name, self.stage, self.fraction, self.timings)
             except _REDIS_DOWN as e:  # progress is best effort: the job goes on while Redis is away
-                self.w._log(logging.WARNING, "progress not recorded: Redis unreachable", job_id=self.job_id,
-                            error=str(e))
+                self.worker._log(logging.WARNING, "progress not recorded: Redis unreachable", job_id=self.job_id,
+                                 error=str(e))
 
     def close_stage(self, now: float | None = None) -> None:
         now = time.perf_counter() if now is None else now
@@ -114,14 +118,14 @@ class _CancelToken:
     """should_cancel() for the runner: user cancel (Redis flag, polled), shutdown deadline, or lost claim."""
 
     def __init__(self, worker: "Worker", job_id: str):
-        self.w, self.job_id = worker, job_id
+        self.worker, self.job_id = worker, job_id
         self.reason: str | None = None
         self._next_poll = 0.0
 
     def __call__(self) -> bool:
         if self.reason:
             return True
-        w = self.w
+        w = self.worker
         if w.lost_claim.is_set():
             self.reason = "lost"
         elif w.stop_deadline is not None and time.monotonic() >= w.stop_deadline:
@@ -129,9 +133,9 @@ class _CancelToken:
         else:
             now = time.monotonic()
             if now >= self._next_poll:
-                self._next_poll = now + w.s.cancel_poll_s
+                self._next_poll = now + w.settings.cancel_poll_s
                 try:
-                    if w.q.cancel_requested(self.job_id):
+                    if w.queue.cancel_requested(self.job_id):
                         self.reason = "user"
                 except _REDIS_DOWN:  # cannot read the flag now; the next poll will
                     pass
@@ -142,10 +146,10 @@ class Worker:
     """Queue consumer running one job at a time with `runner` (loaded once, lazily, from settings.runner)."""
 
     def __init__(self, settings: Settings, runner: Runner | None = None, name: str | None = None, client=None):
-        self.s = settings
+        self.settings = settings
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
-        self.r = client if client is not None else connect(settings)
-        self.q = JobQueue(self.r, settings)
+        self.redis = client if client is not None else connect(settings)
+        self.queue = JobConsumer(self.redis, settings)
         self._runner = runner
         self.device: str | None = None
         self.stop_requested = threading.Event()
@@ -169,21 +173,21 @@ class Worker:
         """The job runner, imported on first use and kept (the pipeline caches its model across jobs)."""
         if self._runner is None:
             t0 = time.perf_counter()
-            self._runner = load_runner(self.s.runner)
-            module = sys.modules.get(self.s.runner.partition(":")[0])
+            self._runner = load_runner(self.settings.runner)
+            module = sys.modules.get(self.settings.runner.partition(":")[0])
             warm_up = getattr(module, "warm_up", None)
             if callable(warm_up):
-                warm_up(self.device or detect_device(self.s.device))
-            self._log(logging.INFO, "runner loaded", runner=self.s.runner,
+                warm_up(self.device or detect_device(self.settings.device))
+            self._log(logging.INFO, "runner loaded", runner=self.settings.runner,
                       seconds=round(time.perf_counter() - t0, 3))
         return self._runner
 
     def request_stop(self, *_: Any) -> None:
         """Stop taking jobs; the current job may run shutdown_grace_s more, then it is stopped and re-queued."""
         if not self.stop_requested.is_set():
-            self.stop_deadline = time.monotonic() + self.s.shutdown_grace_s
+            self.stop_deadline = time.monotonic() + self.settings.shutdown_grace_s
             self.stop_requested.set()
-            self._log(logging.INFO, "stop requested", grace_s=self.s.shutdown_grace_s,
+            self._log(logging.INFO, "stop requested", grace_s=self.settings.shutdown_grace_s,
                       job_id=self.current.job_id if self.current else None)
 
     def install_signal_handlers(self) -> None:
@@ -193,11 +197,12 @@ class Worker:
     # ---- main loop ------------------------------------------------------------------------------------------
     def run(self, max_jobs: int | None = None) -> int:
         """Process jobs until stop is requested (or max_jobs handled). Returns the number of jobs handled."""
-        self.q.ensure_groups()
-        configure_tiled_client_retries(self.s.tiled_client_retry_attempts, self.s.tiled_client_retry_timeout_s)
-        self.device = detect_device(self.s.device)
-        self._log(logging.INFO, "worker started", device=self.device, redis=self.s.redis_url,
-                  prefix=self.s.key_prefix)
+        self.queue.ensure_groups()
+        configure_tiled_client_retries(self.settings.tiled_client_retry_attempts,
+                                       self.settings.tiled_client_retry_timeout_s)
+        self.device = detect_device(self.settings.device)
+        self._log(logging.INFO, "worker started", device=self.device, redis=self.settings.redis_url,
+                  prefix=self.settings.key_prefix)
         _ = self.runner
         self._hb_thread = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
         self._hb_thread.start()
@@ -205,16 +210,16 @@ class Worker:
             while not self.stop_requested.is_set() and (max_jobs is None or self.jobs_done < max_jobs):
                 if not self.backlog:
                     try:
-                        self.q.worker_seen(self.name)
-                        claimed = self.q.claim(self.name, self.s.block_ms)
+                        self.queue.worker_seen(self.name)
+                        claimed = self.queue.claim(self.name, self.settings.block_ms)
                     except _REDIS_DOWN as e:
                         self._wait_for_redis(e)
                         continue
-                    except Exception as e:
-                        if "NOGROUP" not in str(e):
+                    except _RedisResponseError:
+                        if not self.queue.groups_missing():
                             raise
                         self._log(logging.WARNING, "consumer group missing (Redis lost its data?); recreating it")
-                        self.q.ensure_groups()
+                        self.queue.ensure_groups()
                         continue
                     with self._held_lock:
                         self.backlog.extend(claimed)
@@ -240,7 +245,7 @@ class Worker:
         else:
             time.sleep(delay)
         try:
-            self.r.ping()
+            self.redis.ping()
             self._redis_failures = 0
             self._log(logging.INFO, "Redis reachable again")
         except _REDIS_DOWN:
@@ -250,7 +255,7 @@ class Worker:
         """Run a job-state transition, retrying while Redis is unreachable (up to redis_retry_s): a finished job's
         record must not be lost to a Redis restart. Gives up by re-raising; the entry then stays pending and
         another delivery finds the idempotent result."""
-        end = time.monotonic() + self.s.redis_retry_s
+        end = time.monotonic() + self.settings.redis_retry_s
         while True:
             try:
                 return fn(*args, **kwargs)
@@ -265,7 +270,7 @@ class Worker:
             self.backlog.clear()
         for d in pending:  # claimed but never started: hand back at once
             try:
-                self.q.requeue(d, self.name, f"requeued: worker {self.name} stopped before starting it")
+                self.queue.requeue(d, self.name, f"requeued: worker {self.name} stopped before starting it")
                 self._log(logging.INFO, "requeued unstarted job", job_id=d.job_id)
             except _REDIS_DOWN as e:  # still pending on us in Redis: another worker reclaims it after idle
                 self._log(logging.WARNING, "could not requeue; the entry will be reclaimed", job_id=d.job_id,
@@ -273,28 +278,28 @@ class Worker:
         self.stop_requested.set()
         self._hb_stop.set()
         if self._hb_thread is not None:
-            self._hb_thread.join(timeout=self.s.heartbeat_s + 1)
+            self._hb_thread.join(timeout=self.settings.heartbeat_s + 1)
         try:
-            self.q.worker_seen(self.name, gone=True)
+            self.queue.worker_seen(self.name, gone=True)
         except Exception:  # Redis gone at exit: nothing to clean
             pass
         self._log(logging.INFO, "worker stopped", jobs=self.jobs_done)
 
     def _heartbeat_loop(self) -> None:
         """Re-claim every entry this worker holds, every heartbeat_s; flag a claim another worker took."""
-        while not self._hb_stop.wait(self.s.heartbeat_s):
+        while not self._hb_stop.wait(self.settings.heartbeat_s):
             with self._held_lock:
                 held = list(self.backlog)
             for d in held:
                 try:
-                    if not self.q.heartbeat(d, self.name):
+                    if not self.queue.heartbeat(d, self.name):
                         if self.current is not None and d.entry_id == self.current.entry_id:
                             self.lost_claim.set()
                         self._log(logging.WARNING, "claim lost to another worker", job_id=d.job_id)
                 except Exception as e:  # Redis briefly unreachable: try again next beat
                     self._log(logging.WARNING, "heartbeat failed", job_id=d.job_id, error=str(e))
             try:
-                self.q.worker_seen(self.name)
+                self.queue.worker_seen(self.name)
             except Exception:
                 pass
 
@@ -303,13 +308,13 @@ class Worker:
         """Run one delivery to its end state; returns what happened (succeeded, failed, cancelled, requeued,
         lost, dead-letter or a skip reason). Never raises for a job's own failure."""
         if not d.job_id:
-            self._persist(self.q.release, d)
+            self._persist(self.queue.release, d)
             return "skipped"
-        outcome = self._persist(self.q.start, d, self.name)
+        outcome = self._persist(self.queue.start, d, self.name)
         if outcome == "dead":
             reason = (f"delivery limit reached: delivered {d.deliveries} times (max_deliveries="
-                      f"{self.s.max_deliveries}); the workers that took it died or lost it")
-            self._persist(self.q.dead_letter, d, self.name, reason)
+                      f"{self.settings.max_deliveries}); the workers that took it died or lost it")
+            self._persist(self.queue.dead_letter, d, self.name, reason)
             self._log(logging.ERROR, "job dead-lettered", job_id=d.job_id, reason=reason)
             self.jobs_done += 1
             return "dead-letter"
@@ -326,18 +331,24 @@ class Worker:
             self.jobs_done += 1
 
     def _run_job(self, d: Delivery) -> str:
-        rec = self._persist(self.q.get, d.job_id) or {}
+        rec = self._persist(self.queue.get, d.job_id) or {}
         request = rec.get("request") or {}
         spec = {
             "job_id": d.job_id, "scan": request.get("scan"), "options": request.get("options") or {},
             "priority": d.priority, "device": self.device, "worker": self.name, "attempt": rec.get("deliveries"),
-            "tiled": {"url": self.s.tiled_url, "api_key": self.s.tiled_api_key},
+            "tiled": {"url": self.settings.tiled_url, "api_key": self.settings.tiled_api_key},
         }
         timings: dict[str, float] = {}
         if rec.get("created_at"):
             timings["queue_wait"] = round(time.time() - rec["created_at"], 4)
         progress = _Progress(self, d.job_id, timings)
         cancel = _CancelToken(self, d.job_id)
+        try:  # the gateway checked the same rule with the same settings; a record from elsewhere is checked here
+            ScanRef.parse(spec["scan"], self.settings.allowed_scan_prefixes)
+        except ScanRefError as e:
+            ok = self._persist(self.queue.finish, d, self.name, "failed", error=str(e)[:2000], timings=timings)
+            self._log(logging.ERROR, "job failed", job_id=d.job_id, error=str(e), recorded=ok)
+            return "failed"
         self._log(logging.INFO, "job started", job_id=d.job_id, deliveries=d.deliveries, priority=d.priority,
                   device=self.device)
         t_start = time.monotonic()
@@ -345,26 +356,27 @@ class Worker:
         while True:
             attempt += 1
             try:
-                result = self.runner(spec, progress, cancel) or {}
+                with use_settings(self.settings):  # the Tiled adapter reads the allowed prefixes from these
+                    result = self.runner(spec, progress, cancel) or {}
                 break
             except Exception as e:  # the runner's failure is the job's failure, never the worker's
                 progress.close_stage()
                 if cancel.reason or isinstance(e, JobCancelled):
                     return self._stopped(d, cancel.reason or "user", progress, timings)
-                if is_transient(e) and attempt < self.s.retry_attempts:
-                    delay = min(self.s.retry_backoff_s * 2 ** (attempt - 1), self.s.retry_backoff_max_s)
+                if is_transient(e) and attempt < self.settings.retry_attempts:
+                    delay = min(self.settings.retry_backoff_s * 2 ** (attempt - 1), self.settings.retry_backoff_max_s)
                     self._log(logging.WARNING, "transient failure, retrying", job_id=d.job_id, attempt=attempt,
                               delay_s=delay, error=f"{type(e).__name__}: {e}")
                     if self._sleep_unless_cancelled(delay, cancel):
                         return self._stopped(d, cancel.reason or "user", progress, timings)
                     continue
                 if is_transient(e):
-                    error = (f"data service unreachable (Tiled at {self.s.tiled_url}) during stage "
+                    error = (f"data service unreachable (Tiled at {self.settings.tiled_url}) during stage "
                              f"'{progress.stage or 'start'}': {type(e).__name__}: {_one_line(e)}; gave up after "
                              f"{attempt} attempts over {time.monotonic() - t_start:.1f} s")
                 else:
                     error = f"stage '{progress.stage or 'start'}' failed: {type(e).__name__}: {_one_line(e)}"
-                ok = self._persist(self.q.finish, d, self.name, "failed", error=error[:2000], timings=timings)
+                ok = self._persist(self.queue.finish, d, self.name, "failed", error=error[:2000], timings=timings)
                 self._log(logging.ERROR, "job failed", job_id=d.job_id, error=error, recorded=ok)
                 return "failed"
         progress.close_stage()
@@ -372,7 +384,7 @@ class Worker:
         summary = {k: v for k, v in result.items() if isinstance(v, (int, float, str, bool)) or v is None}
         if len(json.dumps(summary)) > 8000:
             summary = {"note": "summary too large to keep in the job record; see Tiled"}
-        ok = self._persist(self.q.finish, d, self.name, "succeeded", stage="done", progress=1.0,
+        ok = self._persist(self.queue.finish, d, self.name, "succeeded", stage="done", progress=1.0,
                            result_path=result_path, result=summary, timings=timings)
         self._log(logging.INFO if ok else logging.WARNING, "job succeeded" if ok else
                   "job finished but its claim was lost; the result is keyed by job id, the owner reuses it",
@@ -384,12 +396,12 @@ class Worker:
             self._log(logging.WARNING, "job abandoned: another worker owns it now", job_id=d.job_id)
             return "lost"
         if reason == "shutdown":
-            ok = self._persist(self.q.requeue, d, self.name, f"requeued: worker {self.name} shut down during "
+            ok = self._persist(self.queue.requeue, d, self.name, f"requeued: worker {self.name} shut down during "
                                                              f"'{progress.stage}'")
             self._log(logging.INFO, "job requeued on shutdown", job_id=d.job_id, recorded=ok)
             return "requeued"
         error = f"cancelled by request during stage '{progress.stage}' at {progress.fraction:.0%}"
-        ok = self._persist(self.q.finish, d, self.name, "cancelled", error=error, timings=timings)
+        ok = self._persist(self.queue.finish, d, self.name, "cancelled", error=error, timings=timings)
         self._log(logging.INFO, "job cancelled", job_id=d.job_id, stage=progress.stage, recorded=ok)
         return "cancelled"
 
@@ -406,15 +418,3 @@ class Worker:
 def _one_line(err: BaseException) -> str:
     return " ".join(str(err).split())[:500] or type(err).__name__
 
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m workers.worker` (same as `bcdi-recon worker`)."""
-    from cli.cmd_worker import build_standalone
-
-    parser = build_standalone()
-    args = parser.parse_args(argv)
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

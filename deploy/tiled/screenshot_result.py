@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from physics.simulate import SimParams, simulate_sample
-from workers.io.tiled_server import TiledServer
+from devtools.tiled_server import TiledServer
 from workers.io.tiled_store import make_previews, write_result
 from workers.pipeline import result_arrays
 

@@ -3,12 +3,15 @@
     from service.triggers import BcdiSelector, BcdiTrigger, GatewaySubmitter
     RE.subscribe(BcdiTrigger(GatewaySubmitter("http://gateway:8000", "<submit key>"), BcdiSelector()))
 
-The callback keeps start documents by uid and, on the matching stop document, hands the request to the
-submitter's background thread; the RunEngine never waits for the gateway and never sees an exception from here.
+The callback is a bluesky DocumentRouter: it keeps start documents by uid and, on the matching stop document,
+hands the request to the submitter's background thread; the RunEngine never waits for the gateway and never
+sees an exception from here.
 """
 from __future__ import annotations
 
 import logging
+
+from bluesky.callbacks.core import DocumentRouter
 
 from service.triggers.select import BcdiSelector, successful_stop
 from service.triggers.submit import GatewaySubmitter
@@ -16,26 +19,32 @@ from service.triggers.submit import GatewaySubmitter
 log = logging.getLogger("bcdi.trigger")
 
 
-class BcdiTrigger:
-    """A document callback (``callback(name, doc)``) that submits successful BCDI runs, once per run uid."""
+class BcdiTrigger(DocumentRouter):
+    """A RunEngine callback that submits successful BCDI runs, once per run uid (other documents pass through)."""
 
     def __init__(self, submitter: GatewaySubmitter, selector: BcdiSelector | None = None, max_open_runs: int = 100):
+        super().__init__()
         self.submitter = submitter
         self.selector = selector or BcdiSelector()
         self.max_open_runs = max_open_runs
         self._starts: dict[str, dict] = {}
         self.skipped: list[tuple[str, str]] = []  # (run uid, why) for runs seen and not submitted
 
-    def __call__(self, name: str, doc: dict) -> None:
+    def __call__(self, name: str, doc: dict, validate: bool = False):
+        """Route the document (start, stop; the rest pass through); a failure is logged, never raised."""
         try:
-            if name == "start":
-                self._starts[doc["uid"]] = doc
-                while len(self._starts) > self.max_open_runs:  # runs that never stopped: forget the oldest
-                    self._starts.pop(next(iter(self._starts)))
-            elif name == "stop":
-                self._stop(doc)
+            return super().__call__(name, doc, validate)
         except Exception as e:  # a trigger must never break or stop a scan
             log.warning("trigger miss: cannot handle %s document: %s: %s", name, type(e).__name__, e)
+            return name, doc
+
+    def start(self, doc: dict) -> None:
+        self._starts[doc["uid"]] = doc
+        while len(self._starts) > self.max_open_runs:  # runs that never stopped: forget the oldest
+            self._starts.pop(next(iter(self._starts)))
+
+    def stop(self, doc: dict) -> None:
+        self._stop(doc)
 
     def _stop(self, stop: dict) -> None:
         uid = stop.get("run_start")

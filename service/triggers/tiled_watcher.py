@@ -7,16 +7,12 @@ server has none (the websocket is refused), it falls back to polling the newest 
 Tiled's client holds subscription callbacks by weak reference only, so the watcher registers its own bound
 methods and keeps itself (and them) referenced for as long as it runs.
 
-    python -m service.triggers.tiled_watcher --tiled-url http://tiled:8000 --path raw \
-        --gateway-url http://gateway:8000          # keys from BCDI_TILED_API_KEY / BCDI_TRIGGER_API_KEY
+Run it as `bcdi-recon watch` (cli/cmd_watch.py), configured by the settings (BCDI_TILED_URL, BCDI_GATEWAY_URL,
+BCDI_TRIGGER_API_KEY, BCDI_TRIGGER_TILED_PATH, ...).
 """
 from __future__ import annotations
 
-import argparse
 import logging
-import os
-import signal
-import sys
 import threading
 import time
 from typing import Any
@@ -181,42 +177,3 @@ class TiledWatcher:
         while not self._stop.wait(self.poll_s):
             self.catch_up()
 
-
-def main(argv: list[str] | None = None) -> int:
-    """Run a watcher until SIGINT/SIGTERM (the deployment's `trigger` service)."""
-    p = argparse.ArgumentParser(prog="python -m service.triggers.tiled_watcher", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tiled-url", default=os.environ.get("BCDI_TILED_URL", "http://127.0.0.1:8010"))
-    p.add_argument("--path", default=os.environ.get("BCDI_TRIGGER_TILED_PATH", ""),
-                   help="container whose runs are watched ('' = the root, where TiledWriter writes by default)")
-    p.add_argument("--gateway-url", default=os.environ.get("BCDI_GATEWAY_URL", "http://127.0.0.1:8000"))
-    p.add_argument("--plan-name", action="append", help="BCDI plan name (repeatable; default bcdi_rocking_scan)")
-    p.add_argument("--md-key", default=os.environ.get("BCDI_TRIGGER_MD_KEY", "bcdi"),
-                   help="start-document key that also marks a BCDI run ('' to use plan names only)")
-    p.add_argument("--mode", choices=("auto", "subscribe", "poll"), default="auto")
-    p.add_argument("--poll-s", type=float, default=5.0)
-    args = p.parse_args(argv)
-    tiled_key = os.environ.get("BCDI_TILED_API_KEY")
-    submit_key = os.environ.get("BCDI_TRIGGER_API_KEY")
-    if not submit_key:
-        print("tiled_watcher: error: set BCDI_TRIGGER_API_KEY to a gateway submit key", file=sys.stderr)
-        return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    from tiled.client import from_uri
-
-    client = from_uri(args.tiled_url, api_key=tiled_key)
-    node = client[args.path] if args.path else client
-    selector = BcdiSelector(plan_names=tuple(args.plan_name or ("bcdi_rocking_scan",)), md_key=args.md_key or None)
-    submitter = GatewaySubmitter(args.gateway_url, submit_key)
-    watcher = TiledWatcher(node, submitter, selector, mode=args.mode, poll_s=args.poll_s).start()
-    done = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: done.set())
-    done.wait()
-    watcher.stop()
-    submitter.close()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

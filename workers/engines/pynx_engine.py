@@ -2,7 +2,7 @@
 
 PyNX needs numpy 1.x, so it normally lives in Debian's /usr/bin/python3 (deploy/scripts/install-pynx.sh) and runs in a
 subprocess (pynx_child.py; npz in/out in a temp dir, JSON parameters). If ``import pynx`` works in this interpreter the
-same code runs in-process. Arrays in and out are centred (CONTRACT.md conventions). BCDI_PYNX_PYTHON overrides the
+same code runs in-process. Arrays in and out are centred (README, "Conventions"). BCDI_PYNX_PYTHON overrides the
 interpreter used for the child.
 
 Known PyNX CPU limitation: SupportUpdate ignores ``update_border_n`` (border-only support updates exist only on its

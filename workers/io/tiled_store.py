@@ -14,19 +14,19 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
-import os
 import time
-from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 
+from contract.scanref import ScanRef, ScanRefError
+from contract.settings import current_settings
 from physics.errors import InputError
 from workers.io.id01 import (DETECTORS, assemble, peak_region, pick_detector, read_monitor, resolve_scan_name,
                              scan_metadata)
 
 __all__ = [
-    "ScanRef",
+    "parse_scan_ref",
     "TiledUnavailable",
     "connect",
     "load_scan_tiled",
@@ -37,7 +37,6 @@ __all__ = [
     "REQUIRED_ARRAYS",
 ]
 
-ALLOWED_PREFIXES = ("raw",)
 RESULT_ROOT = "reconstructions"
 REQUIRED_ARRAYS = ("amplitude", "phase", "phase_wrapped", "support", "object", "reciprocal_phase_predicted",
                    "intensity_crop", "displacement", "strain")
@@ -65,50 +64,32 @@ class TiledUnavailable(ConnectionError):
 # --------------------------------------------------------------------------------------------------------------------
 # scan references and connection
 
-@dataclass(frozen=True)
-class ScanRef:
-    """Where a scan lives in Tiled: dataset path under an allowed prefix, scan entry, optional detector."""
+def parse_scan_ref(ref: "dict | ScanRef", allowed_prefixes: Iterable[str] | None = None) -> ScanRef:
+    """The scan reference validated by the job contract (contract.scanref.ScanRef.parse), bad ones as InputError.
 
-    tiled_path: str
-    scan: str
-    detector: str | None = None
-
-    @classmethod
-    def parse(cls, ref: "dict | ScanRef", allowed_prefixes=ALLOWED_PREFIXES) -> "ScanRef":
-        """Validate a reference; rejects paths outside ``allowed_prefixes``, '..' segments and empty fields."""
-        if isinstance(ref, ScanRef):
-            ref = asdict(ref)
-        if not isinstance(ref, dict):
-            raise InputError(f"scan reference must be a mapping with tiled_path and scan, got {type(ref).__name__}")
-        path, scan, det = ref.get("tiled_path"), ref.get("scan"), ref.get("detector")
-        if not isinstance(path, str) or not path.strip("/ "):
-            raise InputError("scan reference needs a non-empty 'tiled_path' (e.g. 'raw/PtNP/PtNP_0001')")
-        parts = [p for p in path.strip().strip("/").split("/") if p]
-        if any(p in (".", "..") for p in parts):
-            raise InputError(f"tiled_path {path!r} must not contain '.' or '..' segments")
-        if parts[0] not in allowed_prefixes:
-            raise InputError(f"tiled_path {path!r} is outside the allowed prefix "
-                             f"({', '.join(p + '/' for p in allowed_prefixes)})")
-        if scan is None or not str(scan).strip():
-            raise InputError("scan reference needs a 'scan' (e.g. '1.1')")
-        if det is not None and (not isinstance(det, str) or not det.strip()):
-            raise InputError("'detector' must be a detector name such as 'mpx1x4' or left out")
-        return cls("/".join(parts), str(scan).strip(), det)
+    ``allowed_prefixes`` defaults to the current settings' ``allowed_scan_prefixes``, the gateway's rule.
+    """
+    try:
+        return ScanRef.parse(ref, allowed_prefixes)
+    except ScanRefError as exc:
+        raise InputError(str(exc)) from None
 
 
 def connect(uri: str | None = None, api_key: str | None = None, *, attempts: int = 5, backoff_s: float = 0.5,
             max_backoff_s: float = 8.0):
-    """Tiled client for ``uri`` (default env BCDI_TILED_URI), retrying with exponential backoff.
+    """Tiled client for ``uri`` (default: the current settings' tiled_url, BCDI_TILED_URL), retrying with backoff.
 
-    Probes /healthz with a short timeout first, so an unreachable server fails after about
-    backoff_s·(2^attempts) seconds with TiledUnavailable instead of hanging in the client's own long retries.
+    The key defaults to the settings' tiled_api_key (BCDI_TILED_API_KEY). Probes /healthz with a short timeout
+    first, so an unreachable server fails after about backoff_s·(2^attempts) seconds with TiledUnavailable
+    instead of hanging in the client's own long retries.
     """
     import httpx
 
-    uri = (uri or os.environ.get("BCDI_TILED_URI") or "").rstrip("/")
-    if not uri:
-        raise InputError("no Tiled server given (pass a URI or set BCDI_TILED_URI)")
-    api_key = api_key or os.environ.get("BCDI_TILED_API_KEY") or os.environ.get("TILED_API_KEY")
+    if not uri or api_key is None:
+        settings = current_settings()
+        uri = uri or settings.tiled_url
+        api_key = api_key if api_key is not None else settings.tiled_api_key
+    uri = uri.rstrip("/")
     last: Exception | None = None
     delay = backoff_s
     for attempt in range(1, attempts + 1):
@@ -149,15 +130,18 @@ def _node(client, path: str, shown: str | None = None):
         raise InputError(f"no such Tiled path: {shown or path}") from None
 
 
-def resolve_run_uid(client, uid: str, md_key: str = "bcdi", roots=("",) + ALLOWED_PREFIXES) -> dict:
+def resolve_run_uid(client, uid: str, md_key: str = "bcdi", roots: Iterable[str] | None = None) -> dict:
     """The ID01 scan reference of a Bluesky run that TiledWriter stored, from its start document.
 
     A job may name a run by uid alone (the Tiled watcher, or a RunEngine callback without a file reference);
     the run's start document carries the reference to the ID01 dataset under ``md_key``
-    ({"tiled_path", "scan", "detector"}), which is what the worker reads the frames from.
+    ({"tiled_path", "scan", "detector"}), which is what the worker reads the frames from. ``roots``: where runs
+    are looked for (default: the Tiled root and the allowed scan prefixes of the settings).
     """
     if not isinstance(uid, str) or not uid.strip():
         raise InputError(f"run uid must be a non-empty string, got {uid!r}")
+    if roots is None:
+        roots = ("", *current_settings().allowed_scan_prefixes)
     for root in roots:
         try:
             run = client[f"{root}/{uid}" if root else uid]
@@ -219,14 +203,15 @@ def _find_detector_tiled(entry, detector: str | None, scan: str) -> str:
 
 def load_scan_tiled(client, ref: "dict | ScanRef", *, roi_size: tuple[int, int] | None = (256, 256),
                     probe_frames: int = 5, hot_pixels: bool = True, monitor: str | None = None,
-                    allowed_prefixes=ALLOWED_PREFIXES) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+                    allowed_prefixes: Iterable[str] | None = None) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Read one scan through Tiled: (frames float32 (z, y, x) of a detector region, mask bool, metadata).
 
     The Bragg peak's detector position is found on ``probe_frames`` frames spread over the rocking curve, then
     only a ``roi_size`` region around it is read for every frame (server-side slicing); ``roi_size=None`` reads full
     frames. metadata["detector_roi_offset"] gives the region's (row, column) origin on the detector.
+    ``allowed_prefixes`` defaults to the settings' allowed_scan_prefixes (see parse_scan_ref).
     """
-    ref = ScanRef.parse(ref, allowed_prefixes)
+    ref = parse_scan_ref(ref, allowed_prefixes)
     node, keys = _dataset_node(client, ref)
     name = resolve_scan_name(keys, ref.scan)
     entry = _node(node, name, "/".join(list(node.path_parts) + [name]))
@@ -335,9 +320,9 @@ def _key_part(value: str, what: str) -> str:
     return value
 
 
-def result_keys(ref: "dict | ScanRef", job_id: str, allowed_prefixes=ALLOWED_PREFIXES) -> list[str]:
+def result_keys(ref: "dict | ScanRef", job_id: str, allowed_prefixes: Iterable[str] | None = None) -> list[str]:
     """Keys of the result container: reconstructions/<sample>/<dataset>/<scan>/<job id>."""
-    ref = ScanRef.parse(ref, allowed_prefixes)
+    ref = parse_scan_ref(ref, allowed_prefixes)
     parts = ref.tiled_path.split("/")
     dataset = parts[-1]
     sample = parts[-2] if len(parts) >= 3 else dataset.rsplit("_", 1)[0]
@@ -390,7 +375,7 @@ def _ensure_container(parent, key: str, metadata: dict | None = None):
 
 def write_result(client, ref: "dict | ScanRef", job_id: str, arrays: dict[str, np.ndarray],
                  metadata: dict[str, Any], previews: dict[str, np.ndarray] | None = None,
-                 allowed_prefixes=ALLOWED_PREFIXES) -> str:
+                 allowed_prefixes: Iterable[str] | None = None) -> str:
     """Write one job's result container and return its Tiled path; a complete job is left as it is.
 
     ``metadata`` carries model name/checksum, engine, recipe, parameters, LLK/free LLK/R-factor, support size,
@@ -398,14 +383,14 @@ def write_result(client, ref: "dict | ScanRef", job_id: str, arrays: dict[str, n
     """
     import httpx
 
-    ref = ScanRef.parse(ref, allowed_prefixes)
+    ref = parse_scan_ref(ref, allowed_prefixes)
     keys = result_keys(ref, job_id, allowed_prefixes)
     stored = _validate_arrays(arrays, previews or {})
     meta = _jsonable(dict(metadata))
     meta.update(_jsonable({
         "bcdi_recon": {"kind": "reconstruction", "layout_version": 1},
         "job_id": job_id,
-        "scan_ref": asdict(ref),
+        "scan_ref": ref.as_dict(),
         "arrays": {k: {"description": d, "units": u} for k, (d, u) in ARRAY_DOCS.items() if k in stored},
         "previews": sorted(previews or {}),
         "status": "writing",

@@ -1,13 +1,18 @@
-"""Configuration of the gateway and the workers, from environment variables (prefix BCDI_) or a file.
+"""Configuration of the gateway, the workers and the Tiled watcher, from environment variables (BCDI_<NAME>) or a file.
 
-One Settings class serves both processes so that the queue parameters (key prefix, heartbeat, claim idle time,
-delivery limit) can never disagree between them. A file is given with BCDI_CONFIG_FILE (or --config):
-`.toml`, `.json` or `.yaml` hold the same field names; `.env` files hold BCDI_* lines. Environment wins over file.
+One Settings class serves every process so that the queue parameters (key prefix, heartbeat, claim idle time,
+delivery limit), the Tiled address and the allowed scan prefixes can never disagree between them; each setting has
+exactly one environment name, BCDI_<FIELD NAME>. A file is given with BCDI_CONFIG_FILE (or --config): `.toml`,
+`.json` or `.yaml` hold the same field names; `.env` files hold BCDI_* lines. Environment wins over file.
+`use_settings` makes one Settings object the current one for the code a worker runs (the Tiled adapter reads the
+allowed prefixes and the Tiled address from `current_settings()`).
 """
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from contextvars import ContextVar
+from typing import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,6 +23,7 @@ from pydantic_settings import (BaseSettings, DotEnvSettingsSource, JsonConfigSet
 
 CONFIG_FILE_ENV = "BCDI_CONFIG_FILE"
 _CONFIG_FILE: ContextVar[str | None] = ContextVar("bcdi_config_file", default=None)
+_CURRENT: ContextVar["Settings | None"] = ContextVar("bcdi_current_settings", default=None)
 
 KeyList = Annotated[list[str], NoDecode]
 
@@ -49,7 +55,8 @@ class Settings(BaseSettings):
     submit_api_keys: KeyList = Field(default_factory=list, description="keys allowed to submit/cancel (and read)")
     read_api_keys: KeyList = Field(default_factory=list, description="keys allowed to read only")
     allowed_scan_prefixes: KeyList = Field(default_factory=lambda: ["raw"],
-                                           description="first segment a scan's tiled_path must have (empty: any)")
+                                           description="first segment a scan's tiled_path must have (empty: any); "
+                                                       "the gateway and the workers both check it")
     max_body_bytes: int = Field(16 * 1024, ge=256, description="larger request bodies get 413")
     health_timeout_s: float = Field(2.0, gt=0)
     sse_keepalive_s: float = Field(15.0, gt=0)
@@ -70,7 +77,20 @@ class Settings(BaseSettings):
                                                         "while Redis is unreachable")
     progress_interval_s: float = Field(0.25, ge=0, description="progress is written/published at most this often")
 
-    @field_validator("submit_api_keys", "read_api_keys", "allowed_scan_prefixes", mode="before")
+    # --- Tiled watcher (`bcdi-recon watch`) ----------------------------------------------------------------------
+    gateway_url: str = Field("http://127.0.0.1:8000", description="gateway the watcher posts finished runs to")
+    trigger_api_key: str | None = Field(None, description="gateway submit key the watcher posts with")
+    trigger_tiled_path: str = Field("", description="Tiled container whose runs are watched ('' = the root, "
+                                                    "where Bluesky's TiledWriter writes by default)")
+    trigger_plan_names: KeyList = Field(default_factory=lambda: ["bcdi_rocking_scan"],
+                                        description="plan names of BCDI scans")
+    trigger_md_key: str = Field("bcdi", description="start-document key that also marks a BCDI run "
+                                                    "('' = plan names only)")
+    trigger_mode: str = Field("auto", pattern=r"^(auto|subscribe|poll)$",
+                              description="auto (websocket, else polling), subscribe or poll")
+    trigger_poll_s: float = Field(5.0, gt=0, description="polling period when the websocket is unavailable")
+
+    @field_validator("submit_api_keys", "read_api_keys", "allowed_scan_prefixes", "trigger_plan_names", mode="before")
     @classmethod
     def _split_keys(cls, v: Any) -> Any:
         """Accept a comma-separated string (handy in env vars) as well as a list."""
@@ -125,3 +145,19 @@ def load_settings(config_file: str | os.PathLike | None = None, **overrides: Any
         return Settings(**overrides)
     finally:
         _CONFIG_FILE.reset(token)
+
+
+def current_settings() -> Settings:
+    """The settings made current by `use_settings` (a worker running a job), else those of the environment."""
+    active = _CURRENT.get()
+    return active if active is not None else load_settings()
+
+
+@contextmanager
+def use_settings(settings: Settings) -> Iterator[Settings]:
+    """Make `settings` current for the code run inside (this thread/context only)."""
+    token = _CURRENT.set(settings)
+    try:
+        yield settings
+    finally:
+        _CURRENT.reset(token)

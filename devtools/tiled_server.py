@@ -1,8 +1,9 @@
-"""Start and stop a real Tiled server as a subprocess (tests, demo, a worker on a beamline PC).
+"""Start and stop a real Tiled server as a subprocess (tests, demo, a single beamline PC).
 
-The server runs ``tiled serve config deploy/tiled/embedded.yml`` on a loopback port with its catalog and result
-files in a data folder and the raw-data folder as readable storage; the config reads its paths and the API key from
-environment variables, so the same file serves production-like runs and throw-away test runs.
+The server runs ``tiled serve config <embedded.yml>`` on a loopback port with its catalog and result files in a
+data folder and the raw-data folder as readable storage; the config reads its paths and the API key from
+environment variables, so the same file serves production-like runs and throw-away test runs. The config ships as
+package data (devtools/tiled/embedded.yml, found through importlib.resources), so this works once installed.
 """
 
 from __future__ import annotations
@@ -15,17 +16,22 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import ExitStack
+from importlib.resources import as_file, files
 from pathlib import Path
 
 import httpx
 
 from physics.errors import InputError
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_CONFIG = REPO_ROOT / "deploy" / "tiled" / "embedded.yml"
-PRODUCTION_CONFIG = REPO_ROOT / "deploy" / "tiled" / "production.yml"
+__all__ = ["TiledServer", "free_port", "tiled_executable", "provision_keys", "embedded_config"]
 
-__all__ = ["TiledServer", "free_port", "tiled_executable", "provision_keys", "DEFAULT_CONFIG", "PRODUCTION_CONFIG"]
+_RESOURCES = ExitStack()  # keeps a package-data file extracted (zip installs) for the life of the process
+
+
+def embedded_config() -> Path:
+    """Path of the embedded Tiled configuration shipped in this package (devtools/tiled/embedded.yml)."""
+    return _RESOURCES.enter_context(as_file(files("devtools").joinpath("tiled", "embedded.yml")))
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -68,12 +74,12 @@ class TiledServer:
     """A Tiled server subprocess on loopback: ``with TiledServer(data_dir, raw_dir) as server: server.client()``."""
 
     def __init__(self, data_dir: str | os.PathLike, raw_dir: str | os.PathLike, *, api_key: str | None = None,
-                 config: str | os.PathLike = DEFAULT_CONFIG, host: str = "127.0.0.1", port: int | None = None,
+                 config: str | os.PathLike | None = None, host: str = "127.0.0.1", port: int | None = None,
                  extra_env: dict[str, str] | None = None, multi_user: bool = False):
         self.data_dir = Path(data_dir).resolve()
         self.raw_dir = Path(raw_dir).resolve()
         self.api_key = api_key or secrets.token_hex(16)
-        self.config = Path(config)
+        self.config = Path(config) if config is not None else embedded_config()  # production.yml: multi_user
         self.host = host
         self.port = port
         self.process: subprocess.Popen | None = None
