@@ -39,8 +39,15 @@ PLAN_NAME = "bcdi_rocking_scan"
 MARKER = ".bcdi-demo-stack"
 
 
+EPILOG = """\
+examples:
+  bcdi-recon demo                      # the whole service; prints the result URL, both keys and a curl line
+  bcdi-recon demo --exit --screenshot docs/screenshots     # stop once published, with browser screenshots
+  bcdi-recon demo --offline --out demo_out                 # the pipeline alone, no services"""
+
+
 def register(subparsers) -> None:
-    p = subparsers.add_parser("demo", help=HELP, description=DESCRIPTION,
+    p = subparsers.add_parser("demo", help=HELP, description=DESCRIPTION, epilog=EPILOG,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--offline", action="store_true", help="pipeline only, no services (the earlier demo)")
     p.add_argument("--dir", default="demo_stack", help="working folder of the stack: raw data, Tiled catalog, "
@@ -51,7 +58,7 @@ def register(subparsers) -> None:
                                                              "(default %(default)s)")
     p.add_argument("--screenshot", metavar="DIR", help="save headless-Chromium screenshots of the result and raw "
                                                         "scan pages in Tiled's browser into DIR (needs Debian's "
-                                                        "chromium)")
+                                                        "chromium; default: none)")
     p.add_argument("--timeout", type=float, default=600.0, help="give up waiting for the result after this many "
                                                                 "seconds (default %(default)s)")
     p.add_argument("--out", default="demo_out", help="--offline: output directory (default %(default)s)")
@@ -60,7 +67,8 @@ def register(subparsers) -> None:
                                                                    "(default %(default)s)")
     p.add_argument("--standard-recipe", default="HIO**400,RAAR**1000,ER**300",
                    help="--offline: recipe of the comparison run ('' to skip it; default %(default)s)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default %(default)s)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N "
+                                                    "(default %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=run)
 

@@ -25,7 +25,8 @@ retrieval from random starts often fails:
 INPUT is a centred 3D intensity (.npy, .npz[:KEY], .tif, .cxi/.h5[:/dataset], as for `phase`), or an ID01
 BLISS dataset file with --scan (frames, masks and metadata read from the file; detector auto-detected).
 The CXI holds the object on the crop grid with the crop offsets, the support, the cropped intensity and
-mask, the CNN's 64³ phase, the options, LLK / free LLK / obj2_out and the per-stage timings.
+mask, the options, the device used, LLK / free LLK / obj2_out and the per-stage timings (the CNN's 64³
+phase is not stored; --previews DIR draws it, and the service's Tiled result holds it).
 --refine 0 gives the CNN-only object. The shipped model is models/weights/unet_w0125.pt (see its model card)."""
 
 EPILOG = """\
@@ -40,9 +41,11 @@ def register(subparsers) -> None:
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("input", help="3D intensity file[:dataset], or an ID01 BLISS .h5 with --scan")
     p.add_argument("--out", required=True, help="output CXI file (written atomically)")
-    p.add_argument("--scan", help="ID01 scan entry, e.g. 1.1 (INPUT is then a BLISS dataset or master file)")
+    p.add_argument("--scan", help="ID01 scan entry, e.g. 1.1 (INPUT is then a BLISS dataset or master "
+                                            "file; default: none, INPUT is a plain intensity file)")
     p.add_argument("--detector", help="ID01 detector (mpx1x4, mpxgaas, eiger2M); default: auto-detected")
-    p.add_argument("--mask", help="mask file[:dataset] (nonzero = masked), for plain intensity inputs")
+    p.add_argument("--mask", help="mask file[:dataset] (nonzero = masked), for plain intensity inputs "
+                                            "(default: INPUT's companion mask, if any)")
     p.add_argument("--model", help="weights file (default: the shipped model)")
     p.add_argument("--refine", type=int, default=400, help="ER refinement cycles, 0 = CNN only (default %(default)s)")
     p.add_argument("--pre-recipe", default="", metavar="RECIPE",
@@ -54,9 +57,10 @@ def register(subparsers) -> None:
                                                                   "smoothed modulus (default %(default)s)")
     p.add_argument("--crop-size", type=int, help="crop box size around the peak (default: largest centred box; "
                                                  "64³ inputs are not cropped)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default %(default)s)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N "
+                                                    "(default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the free-voxel draw (default %(default)s)")
-    p.add_argument("--previews", metavar="DIR", help="also write PNG previews into DIR")
+    p.add_argument("--previews", metavar="DIR", help="also write PNG previews into DIR (default: none)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=run)
 
@@ -92,11 +96,10 @@ def run(args) -> int:
 
         if not Path(args.previews).parent.is_dir():
             raise InputError(f"--previews {args.previews}: parent directory does not exist")
-    if args.device.startswith("cuda"):
-        import torch
+    from physics.phasing import device_name, resolve_device
 
-        if not torch.cuda.is_available():
-            raise InputError("--device cuda was requested but no CUDA device is available")
+    device = str(resolve_device(args.device))  # before any reading: --device tpu is a one-line error
+    device_label = device_name(device)
     t0 = time.perf_counter()
     iobs, mask, meta = _read_input(args)
     t_read = time.perf_counter() - t0
@@ -106,22 +109,21 @@ def run(args) -> int:
 
     opts = ReconOptions(refine=args.refine, pre_recipe=args.pre_recipe, update_period=args.update_period,
                         border_n=args.border_n, threshold=args.threshold, crop_size=args.crop_size,
-                        device=args.device, seed=args.seed)
+                        device=device, seed=args.seed)
     t = time.perf_counter()
-    model = load_model(args.model, device=args.device)
+    model = load_model(args.model, device=device)
     t_model = time.perf_counter() - t
 
     from tqdm import tqdm
 
     bar = tqdm(total=100, desc="reconstruct", unit="%", disable=True if args.quiet else None, file=sys.stderr,
-               leave=False, bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}")
+               leave=False, bar_format="{desc}: {percentage:3.0f}%|{bar}|")
     weights = {"preprocess": 2, "cnn": 8, "ifft": 2, "refine": 88}
     base = {"preprocess": 0, "cnn": 2, "ifft": 10, "refine": 12}
 
     def progress(stage: str, fraction: float) -> None:
         bar.n = int(base[stage] + weights[stage] * fraction)
-        bar.set_postfix_str(stage)
-        bar.refresh()
+        bar.set_description_str(f"reconstruct ({stage})", refresh=True)
 
     try:
         result = reconstruct(iobs, mask, model.predict_phase, opts, progress=progress)
@@ -135,6 +137,7 @@ def run(args) -> int:
                "model": model.name, "model_sha256": model.sha256, "input": args.input,
                "scan": args.scan or "", "detector": meta.get("detector", args.detector or ""),
                "crop_offsets": list(result.crop_offsets), "input_shape": list(result.input_shape),
+               "device_used": device_label,
                **{k: v for k, v in result.options.items() if v is not None}}
     results = {**{k: v for k, v in result.llk.items() if isinstance(v, (int, float))}, "timings": timings,
                "support_size": int(result.support.sum())}
@@ -143,19 +146,20 @@ def run(args) -> int:
               command="bcdi-recon " + " ".join(sys.argv[1:]))
     written = {}
     if args.previews:
-        from workers.io.previews import write_previews
+        from workers.io.previews import preview_geometry, write_previews
 
+        geometry = preview_geometry(meta, result.intensity_crop.shape)  # ID01 scans: nm / Å⁻¹ axes, else pixels
         written = write_previews(args.previews, iobs=result.intensity_crop, obj=result.obj, support=result.support,
-                                 mask=result.mask_crop, stem=out.stem,
+                                 mask=result.mask_crop, stem=out.stem, geometry=geometry,
                                  title=f"{out.name}: CNN ({model.name}) + ER**{args.refine}")
         from workers.io.previews import intensity_preview, save_png
 
-        rgb = intensity_preview(result.intensity_cnn, result.phase_cnn, None,
+        rgb = intensity_preview(result.intensity_cnn, result.phase_cnn, None, geometry=geometry,
                                 title=f"{out.name}: 64³ input and the CNN's reciprocal phase")
         written["cnn"] = save_png(rgb, f"{args.previews}/{out.stem + '_' if out.stem else ''}cnn_phase.png")
     if not args.quiet:
         llk = result.llk
-        print(f"wrote {out}; crop {result.intensity_crop.shape} at {result.crop_offsets}; "
+        print(f"wrote {out} on {device_label}; crop {result.intensity_crop.shape} at {result.crop_offsets}; "
               f"{int(result.support.sum())} support voxels; LLK {llk.get('llk_poisson', float('nan')):.4g} "
               f"(free {llk.get('llk_poisson_free', float('nan')):.4g}); "
               + ", ".join(f"{k} {v:.2f} s" for k, v in timings.items())

@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
         except ImportError as e:  # an optional extra (fastapi, redis, ...) is not installed
             register = _unavailable(name, " ".join(str(e).split()))
         register(subparsers)
+    for sub in subparsers.choices.values():  # --traceback works after the subcommand too
+        sub.add_argument("--traceback", action="store_true", default=argparse.SUPPRESS,
+                         help="show the Python traceback on errors (for debugging)")
     return parser
 
 

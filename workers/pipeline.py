@@ -32,7 +32,7 @@ class ReconOptions:
     init_threshold: float = 0.2  # initial support: smoothed |object| > init_threshold * max
     crop_size: int | tuple | None = None  # crop box (FFT-friendly); None: 64³ inputs are not cropped, else largest box
     free_ratio: float = 0.05  # fraction of voxels withheld for free LLK
-    device: str = "cpu"
+    device: str = "auto"  # CUDA when present, else CPU (physics.phasing.resolve_device)
     seed: int = 0
     engine: str = "builtin"  # refinement engine: builtin (torch) or pynx (CPU back-end ignores border_n)
 
@@ -206,7 +206,9 @@ def run_job(spec: dict, progress: Progress = _noop, should_cancel: Callable[[], 
     from workers.io.tiled_store import build_result_arrays, connect, load_scan_tiled, make_previews, write_result
 
     opts_in = dict(spec.get("options") or {})
-    device = spec.get("device") or "cpu"
+    from physics.phasing import device_name, resolve_device
+
+    device = str(resolve_device(spec.get("device") or "auto"))
     timings: dict[str, float] = {}
     t = time.perf_counter()
     progress("read", 0.0)
@@ -234,7 +236,10 @@ def run_job(spec: dict, progress: Progress = _noop, should_cancel: Callable[[], 
     t = time.perf_counter()
     progress("strain", 0.0)
     arrays, strain_meta = build_result_arrays(res.obj, res.support, res.intensity_crop, res.phase_cnn, meta)
-    previews = make_previews(arrays, title=f"job {spec['job_id']}")
+    from workers.io.previews import preview_geometry
+
+    geometry = preview_geometry(meta, res.intensity_crop.shape)  # nm / Å⁻¹ axes when the scan has its geometry
+    previews = make_previews(arrays, geometry, title=f"job {spec['job_id']}")
     timings["strain"] = time.perf_counter() - t
     if should_cancel is not None and should_cancel():
         from physics.phasing import Cancelled
@@ -245,7 +250,8 @@ def run_job(spec: dict, progress: Progress = _noop, should_cancel: Callable[[], 
     llk = {k: v for k, v in res.llk.items() if isinstance(v, (int, float))}
     metadata = {"scan": spec["scan"], "model": {"name": model.name, "sha256": model.sha256,
                                                 "arch": model.arch_config},
-                "engine": options.engine, "recipe": f"ER**{options.refine}", "parameters": asdict(options),
+                "device": device_name(device), "engine": options.engine, "recipe": f"ER**{options.refine}",
+                "parameters": asdict(options),
                 "metrics": {**llk, "support_size": int(res.support.sum())}, "timings": timings,
                 "crop_offsets": list(res.crop_offsets), "input": meta, "strain": strain_meta}
     path = write_result(client, spec["scan"], spec["job_id"], arrays, metadata, previews)

@@ -313,49 +313,12 @@ def build_result_arrays(obj: np.ndarray, support: np.ndarray, intensity_crop: np
     return arrays, strain_meta
 
 
-def _strain_preview(strain: np.ndarray, support: np.ndarray, title: str | None = None) -> np.ndarray:
-    """Three central slices of the strain (diverging colormap, symmetric range, colour bar); RGB uint8."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+def make_previews(arrays: dict[str, np.ndarray], geometry: dict | None = None,
+                  title: str | None = None) -> dict[str, np.ndarray]:
+    """The result's uint8 RGB previews, drawn by workers.io.previews.make_previews (arrays as they are)."""
+    from workers.io.previews import make_previews as draw
 
-    from workers.io.previews import central_slices, figure_to_rgb, support_box
-
-    box = support_box(support)
-    s, sup = strain[box], support[box]
-    centre = np.argwhere(sup).mean(axis=0) if sup.any() else None
-    vals = np.where(sup, s, np.nan)
-    lim = float(np.nanpercentile(np.abs(vals), 99)) if np.isfinite(vals).any() else 1.0
-    lim = lim or 1e-6
-    fig = Figure(figsize=(11.5, 3.8), dpi=80, layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(1, 3)
-    for ax, sl, label in zip(axes, central_slices(vals, centre), ("z = centre (y, x)", "y = centre (z, x)",
-                                                                  "x = centre (z, y)")):
-        im = ax.imshow(sl, origin="lower", cmap="coolwarm", vmin=-lim, vmax=lim, interpolation="nearest")
-        ax.set_title(f"strain: {label}", fontsize=9)
-        ax.tick_params(labelsize=7)
-    bar = fig.colorbar(im, ax=list(axes), shrink=0.85, pad=0.01)
-    bar.ax.tick_params(labelsize=7)
-    if title:
-        fig.suptitle(title)
-    return figure_to_rgb(fig)
-
-
-def make_previews(arrays: dict[str, np.ndarray], title: str | None = None) -> dict[str, np.ndarray]:
-    """uint8 RGB previews: object (amplitude + wrapped phase), strain, and CNN reciprocal phase beside log intensity."""
-    from physics.preprocess import resize_to
-    from workers.io.previews import intensity_preview, object_preview
-
-    support = np.asarray(arrays["support"], dtype=bool)
-    log_i = np.asarray(arrays["intensity_crop"], dtype=np.float32)
-    phase64 = np.asarray(arrays["reciprocal_phase_predicted"], dtype=np.float32)
-    intensity64 = resize_to(np.power(10.0, log_i) - 1.0, phase64.shape)
-    shown = np.asarray(arrays["amplitude"]) * np.exp(1j * np.asarray(arrays["phase"]))  # ramp/offset removed
-    return {
-        "preview_object": object_preview(shown, support, title=title),
-        "preview_strain": _strain_preview(np.asarray(arrays["strain"]), support, title=title),
-        "preview_reciprocal": intensity_preview(intensity64, phase64, title=title),
-    }
+    return draw(arrays, geometry, title=title)
 
 
 def _jsonable(value: Any, where: str = "metadata") -> Any:
