@@ -167,7 +167,8 @@ def _bliss_scans(h5file) -> list[str]:
         names = list(h5file.keys())
     except (OSError, KeyError):
         return []
-    return sorted((n for n in names if re.fullmatch(r"\d+\.\d+", n)), key=lambda n: tuple(map(int, n.split("."))))
+    scans = {m.group(1) for n in names if (m := re.fullmatch(r"(?:.+_)?(\d+\.\d+)", n))}  # master: PtNP_0001_1.1
+    return sorted(scans, key=lambda n: tuple(map(int, n.split("."))))
 
 
 def _read_dataset(path: Path, ds) -> np.ndarray:
