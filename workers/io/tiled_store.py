@@ -36,6 +36,7 @@ __all__ = [
     "read_result",
     "result_keys",
     "REQUIRED_ARRAYS",
+    "ensure_results_root",
 ]
 
 ALLOWED_PREFIXES = ("raw",)
@@ -401,6 +402,12 @@ def _ensure_container(parent, key: str, metadata: dict | None = None):
         return parent[key]
     except KeyError:
         return parent.create_container(key, metadata=metadata or {})
+
+
+def ensure_results_root(admin_client) -> None:
+    """Create the top-level ``reconstructions`` container (deployment, with an admin key): under the access policy
+    (deploy/tiled/bcdi_access.py) the workers may write only inside it, not at the top level."""
+    _ensure_container(admin_client, RESULT_ROOT, {"description": "bcdi-recon reconstructions, one per job"})
 
 
 def write_result(client, ref: "dict | ScanRef", job_id: str, arrays: dict[str, np.ndarray],
