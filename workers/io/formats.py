@@ -57,7 +57,7 @@ def _read_npy(path: Path, key: str | None) -> np.ndarray:
     except OSError as e:
         raise InputError(f"{path}: cannot read ({_one_line(e)})") from None
     if magic != b"\x93NUMPY":
-        raise InputError(f"{path}: not a .npy file (no NumPy header; it may be damaged or of another format)")
+        raise InputError(f"{path}: not a readable .npy file (no NumPy header: damaged, or another format)")
     try:
         return np.load(path, allow_pickle=False)
     except ValueError as e:
