@@ -137,6 +137,10 @@ def _open_client(uri: str, api_key: str | None):
         return from_uri(uri, api_key=api_key)
     except CannotPrompt:
         raise PermissionError(f"Tiled server at {uri} rejected the API key (or none was given)") from None
+    except RuntimeError as exc:  # a server without log-in providers (single-user key): "requires authentication"
+        if "authentication" in str(exc):
+            raise PermissionError(f"Tiled server at {uri} rejected the API key (or none was given)") from None
+        raise
     except ClientError as exc:
         if exc.response.status_code in (401, 403):
             raise PermissionError(f"Tiled server at {uri} refused access: {exc.response.status_code}") from None
