@@ -304,7 +304,8 @@ def run_stack(args) -> int:
         writer = Id01FileWriter(stack.raw_dir, stack.tiled.client())
         selector = BcdiSelector(plan_names=(PLAN_NAME,), options={"er_cycles": args.er_cycles,
                                                                   "crop_size": [64, 64, 64]})
-        submitter = GatewaySubmitter(stack.gateway_url, stack.submit_key, timeout=3.0)
+        # the gateway checks the scan in Tiled before it answers (a few seconds on a busy machine)
+        submitter = GatewaySubmitter(stack.gateway_url, stack.submit_key, timeout=15.0)
         RE = RunEngine({}, context_managers=[])  # no RunEngine SIGINT handler: Ctrl-C stops the demo
         RE.subscribe(writer)  # the data writer first: the file is in Tiled before the trigger posts
         RE.subscribe(BcdiTrigger(submitter, selector))

@@ -104,9 +104,26 @@ def _check_path(client, path: str, scan: str | None, detector: str | None) -> No
                                f"name it with 'detector'", "detector")
 
 
-def check_scan_ref(settings, scan: dict) -> str | None:
+def check_scan_ref(settings, scan: dict, budget_s: float | None = None) -> str | None:
     """Check a request's scan reference in Tiled. Returns None when it resolves, or a note when it could not be
-    checked (Tiled unreachable: the job is queued anyway); raises ScanProblem when a part does not exist."""
+    checked (Tiled unreachable or slower than ``budget_s``: the job is queued anyway); raises ScanProblem when a
+    part does not exist. The budget (default env BCDI_SCAN_CHECK_BUDGET_S, else 2.5 s) keeps a submission fast:
+    the Bluesky trigger posts with a short timeout."""
+    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import TimeoutError as FutureTimeout
+
+    budget = float(budget_s if budget_s is not None else os.environ.get("BCDI_SCAN_CHECK_BUDGET_S", 2.5))
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scan-check")
+    future = pool.submit(_check, settings, scan)
+    pool.shutdown(wait=False)  # a check past its budget finishes in the background, its answer unused
+    try:
+        return future.result(timeout=budget)
+    except FutureTimeout:
+        return (f"Tiled at {settings.tiled_url} did not answer within {budget:g} s, so the scan reference was not "
+                f"checked; the job is queued and the worker will read the scan")
+
+
+def _check(settings, scan: dict) -> str | None:
     try:
         client = _client(settings)
     except ImportError:

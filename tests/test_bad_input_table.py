@@ -102,7 +102,8 @@ API_CASES = {
 
 
 @pytest.fixture
-def api_with_tiled(qsettings):  # noqa: F811
+def api_with_tiled(qsettings, monkeypatch):  # noqa: F811
+    monkeypatch.setenv("BCDI_SCAN_CHECK_BUDGET_S", "120")  # the loaded test machine: let every check finish
     tiled = shared_tiled()
     s = qsettings.model_copy(update={"tiled_url": tiled.url, "tiled_api_key": tiled.api_key})
     with TestClient(create_app_for(s)) as client:
@@ -124,6 +125,15 @@ def test_api_bad_scan_references_are_4xx_naming_the_problem_nothing_queued(api_w
     ok = api_with_tiled.post(API, json={"scan": REAL}, headers=SUB)  # the real scan is accepted, with no note
     assert ok.status_code == 202 and ok.json()["note"] is None
     assert api_with_tiled.get(API, headers=READ).json()["total"] == 1
+
+
+def test_api_check_past_its_budget_queues_the_job_and_says_so(qsettings):  # noqa: F811
+    from service.scan_check import check_scan_ref
+
+    tiled = shared_tiled()
+    s = qsettings.model_copy(update={"tiled_url": tiled.url, "tiled_api_key": tiled.api_key})
+    note = check_scan_ref(s, {**REAL, "tiled_path": "raw/PtNP/PtNP_0099"}, budget_s=0.0)
+    assert "did not answer within 0 s, so the scan reference was not checked" in note
 
 
 def test_api_tiled_unreachable_queues_the_job_and_says_so(qsettings):  # noqa: F811
