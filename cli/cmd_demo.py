@@ -39,8 +39,15 @@ PLAN_NAME = "bcdi_rocking_scan"
 MARKER = ".bcdi-demo-stack"
 
 
+EPILOG = """\
+examples:
+  bcdi-recon demo                      # the whole service; prints the result URL, both keys and a curl line
+  bcdi-recon demo --exit --screenshot docs/screenshots     # stop once published, with browser screenshots
+  bcdi-recon demo --offline --out demo_out                 # the pipeline alone, no services"""
+
+
 def register(subparsers) -> None:
-    p = subparsers.add_parser("demo", help=HELP, description=DESCRIPTION,
+    p = subparsers.add_parser("demo", help=HELP, description=DESCRIPTION, epilog=EPILOG,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--offline", action="store_true", help="pipeline only, no services (the earlier demo)")
     p.add_argument("--dir", default="demo_stack", help="working folder of the stack: raw data, Tiled catalog, "
@@ -51,7 +58,7 @@ def register(subparsers) -> None:
                                                              "(default %(default)s)")
     p.add_argument("--screenshot", metavar="DIR", help="save headless-Chromium screenshots of the result and raw "
                                                         "scan pages in Tiled's browser into DIR (needs Debian's "
-                                                        "chromium)")
+                                                        "chromium; default: none)")
     p.add_argument("--timeout", type=float, default=600.0, help="give up waiting for the result after this many "
                                                                 "seconds (default %(default)s)")
     p.add_argument("--out", default="demo_out", help="--offline: output directory (default %(default)s)")
@@ -60,7 +67,10 @@ def register(subparsers) -> None:
                                                                    "(default %(default)s)")
     p.add_argument("--standard-recipe", default="HIO**400,RAAR**1000,ER**300",
                    help="--offline: recipe of the comparison run ('' to skip it; default %(default)s)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default %(default)s)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N "
+                                                    "(default %(default)s)")
+    p.add_argument("--show-keys", action="store_true", help="also print the API keys and browser URLs that carry "
+                                                            "the Tiled key (default: keys only in the keys file)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=run)
 
@@ -216,6 +226,28 @@ def screenshot(url: str, out: Path, size=(1400, 1000)) -> None:
                         f"--screenshot={out}", url], check=True, capture_output=True, timeout=120)
 
 
+def write_keys_file(base: Path, stack) -> Path:
+    """The demo's keys as shell variables in ``base/keys.env`` (mode 600), so they are not printed by default."""
+    import os
+
+    path = base / "keys.env"
+    text = (f"export BCDI_SUBMIT_KEY={stack.submit_key}\nexport BCDI_READ_KEY={stack.read_key}\n"
+            f"export TILED_API_KEY={stack.tiled_key}\nexport BCDI_GATEWAY={stack.gateway_url}\n"
+            f"export BCDI_TILED_URI={stack.tiled_url}\n")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    return path
+
+
+def curl_submit_line(gateway_url: str, tiled_path: str, scan_no: int, keys_file: Path) -> str:
+    """A copy-paste shell line that submits a reconstruction of the demo's scan to the running gateway."""
+    body = json.dumps({"scan": {"tiled_path": tiled_path, "scan": f"{scan_no}.1", "detector": DETECTOR},
+                       "options": {"er_cycles": 200}})
+    return (f". {keys_file} && curl -s -X POST {gateway_url}/api/v1/reconstructions "
+            f"-H \"X-API-Key: $BCDI_SUBMIT_KEY\" -H 'Content-Type: application/json' -d '{body}'")
+
+
 def _scan_node_path(client, tiled_path: str, file_key: str, scan_no: int) -> str:
     """Tiled path of the scan entry (``<dataset>/<file>/<n>.1``) when registered so, else the dataset path."""
     for path in (f"{tiled_path}/{file_key}/{scan_no}.1", f"{tiled_path}/{scan_no}.1"):
@@ -276,7 +308,8 @@ def run_stack(args) -> int:
         writer = id01_file_writer(stack.raw_dir, stack.tiled.client())
         selector = BcdiSelector(plan_names=(PLAN_NAME,), options={"er_cycles": args.er_cycles,
                                                                   "crop_size": [64, 64, 64]})
-        submitter = GatewaySubmitter(stack.gateway_url, stack.submit_key, timeout=3.0)
+        # the gateway checks the scan in Tiled before it answers (a few seconds on a busy machine)
+        submitter = GatewaySubmitter(stack.gateway_url, stack.submit_key, timeout=15.0)
         RE = RunEngine({}, context_managers=[])  # no RunEngine SIGINT handler: Ctrl-C stops the demo
         RE.subscribe(writer)  # the data writer first: the file is in Tiled before the trigger posts
         RE.subscribe(BcdiTrigger(submitter, selector))
@@ -301,24 +334,33 @@ def run_stack(args) -> int:
             raise RuntimeError(f"the reconstruction {rec['state']}: {rec.get('error')}")
         timings["total"] = time.perf_counter() - t_all
         key = f"?api_key={stack.tiled_key}"
-        result_url = f"{rec['browser_url']}{key}"
+        result_url = rec["browser_url"]  # no key in it: the browser holds the key in Tiled's cookie (see below)
         raw_path = _scan_node_path(stack.tiled.client(), tiled_path, f"{sample_name}_{dataset}", scan_no)
-        raw_url = f"{stack.tiled_url}/ui/browse/{raw_path}{key}"
+        raw_url = f"{stack.tiled_url}/ui/browse/{raw_path}"
+        keys_file = write_keys_file(base, stack)
         stages = ", ".join(f"{k} {v:.1f} s" for k, v in (rec.get("timings") or {}).items())
         say("")
         say(f"result (Tiled browser): {result_url}")
         say(f"raw scan (Tiled browser): {raw_url}")
-        say(f"gateway job: {stack.gateway_url}/api/v1/reconstructions/{job_id}   (X-API-Key: {stack.read_key})")
+        say(f"gateway job: {stack.gateway_url}/api/v1/reconstructions/{job_id}")
+        say(f"keys: {keys_file} (submit key, read key, Tiled key; load them with `. {keys_file}`)")
+        say(f"log in to Tiled's browser once: open {stack.tiled_url}/ui/?api_key=$TILED_API_KEY (a cookie keeps it)")
+        say("submit another job:")
+        say("  " + curl_submit_line(stack.gateway_url, tiled_path, scan_no, keys_file))
+        if args.show_keys:
+            say(f"submit key {stack.submit_key}; read key {stack.read_key}; Tiled key {stack.tiled_key}")
+            say(f"result with the Tiled key: {result_url}{key}")
         say("timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()))
         say(f"worker stages: {stages}")
         summary = {"run_uid": uid, "job_id": job_id, "result_url": result_url, "raw_url": raw_url,
+                   "keys_file": str(keys_file),
                    "result_path": rec.get("result_path"), "timings": timings, "stages": rec.get("timings"),
                    "result": rec.get("result"), "stack": {"gateway": stack.gateway_url, "tiled": stack.tiled_url,
                                                           "redis": stack.redis_url}}
         (base / "demo_summary.json").write_text(json.dumps(summary, indent=2, default=str))
         if args.screenshot:
             out = Path(args.screenshot)
-            screenshot(result_url, out / "demo_result.png")
+            screenshot(f"{result_url}{key}", out / "demo_result.png")
             screenshot(f"{rec['browser_url']}/preview_object{key}", out / "demo_result_object.png")
             screenshot(f"{stack.tiled_url}/ui/browse/{raw_path}/measurement/{DETECTOR}{key}", out / "demo_raw_scan.png")
             say(f"screenshots -> {out}/demo_*.png")

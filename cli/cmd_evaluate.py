@@ -20,8 +20,15 @@ not depend on the model and is reused. --report writes the table into docs/bench
 project's 2-core CPU, so run one process per core with --shard 0/2 and --shard 1/2."""
 
 
+EPILOG = """\
+examples:
+  bcdi-recon evaluate --n-high 10 --n-low 5 --methods cnn cnn_er     # a quick look, CNN methods only
+  bcdi-recon evaluate --shard 0/2 & bcdi-recon evaluate --shard 1/2  # the full comparison, one process per core
+  bcdi-recon evaluate --report                                       # table into docs/benchmarks.md"""
+
+
 def register(subparsers) -> None:
-    p = subparsers.add_parser("evaluate", help=HELP, description=DESCRIPTION,
+    p = subparsers.add_parser("evaluate", help=HELP, description=DESCRIPTION, epilog=EPILOG,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n-high", type=int, default=100, help="crystals with phase range 2π-5π (default %(default)s)")
     p.add_argument("--n-low", type=int, default=30, help="crystals with phase range under π (default %(default)s)")

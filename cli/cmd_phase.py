@@ -80,10 +80,13 @@ def register(subparsers) -> None:
                    help="only re-threshold a band of n voxels around the support border (default 0 = everywhere)")
     p.add_argument("--engine", default="builtin", metavar="NAME",
                    help="builtin (our torch engine, default) or pynx (Debian python3-pynx, CPU)")
-    p.add_argument("--device", default="cpu", metavar="DEV", help="cpu (default), cuda or cuda:N (builtin engine only)")
+    p.add_argument("--device", default="auto", metavar="DEV",
+                   help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N; cuda: builtin engine only "
+                        "(default %(default)s)")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed for starts/thresholds (default 0)")
     p.add_argument("--previews", metavar="DIR",
-                   help="also write PNG previews (intensity + reciprocal phase, modulus + phase) into DIR")
+                   help="also write PNG previews (intensity + reciprocal phase, modulus + phase) into DIR "
+                        "(default: none)")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no summary line")
     p.set_defaults(func=run)
 
@@ -116,8 +119,8 @@ def _check_options(args):
         raise InputError(f"--seed must be >= 0, got {args.seed}")
     if args.engine not in ("builtin", "pynx"):
         raise InputError(f"unknown engine {args.engine!r}: choose builtin or pynx")
-    if not re.fullmatch(r"cpu|cuda(:\d+)?", args.device):
-        raise InputError(f"unknown device {args.device!r}: choose cpu, cuda or cuda:N")
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", args.device):
+        raise InputError(f"unknown device {args.device!r}: choose auto, cpu, cuda or cuda:N")
     if not args.recipe.strip():
         raise InputError("--recipe is empty")
     return out, previews, keep
@@ -128,6 +131,8 @@ def _check_engine(args):
     from physics.errors import InputError
 
     if args.engine == "pynx":
+        if args.device == "auto":
+            args.device = "cpu"  # PyNX runs on the CPU here
         if args.device != "cpu":
             raise InputError("--engine pynx runs on the CPU here; use --device cpu (or the builtin engine on CUDA)")
         from workers.engines import pynx_engine
@@ -142,7 +147,7 @@ def _check_engine(args):
         return pynx_engine.pynx_phase_runs
     from physics.phasing import phase_runs, resolve_device
 
-    resolve_device(args.device)  # InputError when CUDA is asked for but absent
+    args.device = str(resolve_device(args.device))  # auto -> cuda:0 or cpu; InputError when CUDA is absent
     _check_recipe(args.recipe)
     return phase_runs
 
@@ -310,7 +315,7 @@ def run(args) -> int:
     if not args.quiet:
         llk = results.get("llk_poisson")
         free = results.get("llk_poisson_free")
-        parts = [f"wrote {out}", f"{int(np.count_nonzero(support))} support voxels"]
+        parts = [f"wrote {out} on {args.device}", f"{int(np.count_nonzero(support))} support voxels"]
         if llk is not None:
             parts.append(f"LLK {llk:.4g}" + (f" (free {free:.4g})" if free is not None else "")
                          + (" best run" if len(result.kept or []) > 1 else ""))

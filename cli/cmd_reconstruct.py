@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 
@@ -27,7 +28,8 @@ INPUT is a centred 3D intensity (.npy, .npz[:KEY], .tif, .cxi/.h5[:/dataset], as
 BLISS dataset file with --scan (frames, masks and metadata read from the file; detector auto-detected).
 The CXI holds the object on the crop grid with the crop offsets, the support, the cropped intensity and
 mask, the displacement and strain, the options and the recipe that ran, LLK / free LLK / obj2_out and the
-per-stage timings. --er-cycles 0 gives the CNN-only object. The options, their names and defaults are the
+per-stage timings and the device used (the CNN's 64³ phase is not stored; --previews DIR draws it, and the
+service's Tiled result holds it). --er-cycles 0 gives the CNN-only object. The options, their names and defaults are the
 service's (contract/options.py); --refine and --threshold are the older names of --er-cycles and
 --support-threshold. The shipped model is models/weights/unet_w0125.pt (see its model card)."""
 
@@ -44,7 +46,8 @@ def register(subparsers) -> None:
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("input", help="3D intensity file[:dataset], or an ID01 BLISS .h5 with --scan")
     p.add_argument("--out", required=True, help="output CXI file (written atomically)")
-    p.add_argument("--scan", help="ID01 scan entry, e.g. 1.1 (INPUT is then a BLISS dataset or master file)")
+    p.add_argument("--scan", help="ID01 scan entry, e.g. 1.1 (INPUT is then a BLISS dataset or master "
+                                            "file; default: none, INPUT is a plain intensity file)")
     p.add_argument("--detector", help="ID01 detector (mpx1x4, mpxgaas, eiger2M); default: auto-detected")
     p.add_argument("--mask", help="mask file[:dataset] (nonzero = masked), for plain intensity inputs")
     add_option_flags(p)
@@ -124,11 +127,10 @@ def run(args) -> int:
 
         if not Path(args.previews).parent.is_dir():
             raise InputError(f"--previews {args.previews}: parent directory does not exist")
-    if opts.device.startswith("cuda"):
-        import torch
+    from physics.phasing import device_name, resolve_device
 
-        if not torch.cuda.is_available():
-            raise InputError("--device cuda was requested but no CUDA device is available")
+    device = str(resolve_device(args.device))  # before any reading: --device tpu is a one-line error
+    device_label = device_name(device)
     t0 = time.perf_counter()
     iobs, mask, meta = _read_input(args)
     t_read = time.perf_counter() - t0
@@ -136,21 +138,21 @@ def run(args) -> int:
     from models.predict import load_model
     from workers.pipeline import run_pipeline
 
+    opts = dataclasses.replace(opts, device=device)  # "auto" resolved once; recorded as it ran
     t = time.perf_counter()
-    model = load_model(opts.model, device=opts.device)
+    model = load_model(opts.model, device=device)
     t_model = time.perf_counter() - t
 
     from tqdm import tqdm
 
     bar = tqdm(total=100, desc="reconstruct", unit="%", disable=True if args.quiet else None, file=sys.stderr,
-               leave=False, bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}")
+               leave=False, bar_format="{desc}: {percentage:3.0f}%|{bar}|")
     weights = {"preprocess": 2, "cnn": 8, "ifft": 2, "refine": 83, "strain": 5}
     base = {"preprocess": 0, "cnn": 2, "ifft": 10, "refine": 12, "strain": 95}
 
     def progress(stage: str, fraction: float) -> None:
         bar.n = int(base[stage] + weights[stage] * fraction)
-        bar.set_postfix_str(stage)
-        bar.refresh()
+        bar.set_description_str(f"reconstruct ({stage})", refresh=True)
 
     title = f"{out.name}: CNN ({model.name}) + {opts.recipe()}"
     try:
@@ -167,6 +169,7 @@ def run(args) -> int:
                "model": model.name, "model_sha256": model.sha256, "input": args.input,
                "scan": args.scan or "", "detector": meta.get("detector", args.detector or ""),
                "crop_offsets": list(result.crop_offsets), "input_shape": list(result.input_shape),
+               "device_used": device_label,
                **{k: v for k, v in result.options.items() if v is not None},
                "strain_units": done.strain_meta.get("strain_units", ""),
                "displacement_units": done.strain_meta.get("displacement_units", "")}
@@ -181,19 +184,20 @@ def run(args) -> int:
     if args.previews:
         from pathlib import Path
 
-        from workers.io.previews import intensity_preview, reciprocal_phase, save_png
+        from workers.io.previews import intensity_preview, preview_geometry, reciprocal_phase, save_png
 
         d = Path(args.previews)
         d.mkdir(exist_ok=True)
         stem = out.stem + "_" if out.stem else ""
+        geometry = preview_geometry(meta if args.scan else None, result.intensity_crop.shape)  # nm / Å⁻¹ or pixels
         images = {"intensity": intensity_preview(result.intensity_crop, reciprocal_phase(result.obj), result.mask_crop,
-                                                 title=title),
+                                                 title=title, geometry=geometry),
                   "object": done.previews["preview_object"], "strain": done.previews["preview_strain"],
                   "cnn_phase": done.previews["preview_reciprocal"]}
         written = {name: save_png(rgb, d / f"{stem}{name}.png") for name, rgb in images.items()}
     if not args.quiet:
         llk = result.llk
-        print(f"wrote {out}; crop {result.intensity_crop.shape} at {result.crop_offsets}; "
+        print(f"wrote {out} on {device_label}; crop {result.intensity_crop.shape} at {result.crop_offsets}; "
               f"{int(result.support.sum())} support voxels; LLK {llk.get('llk_poisson', float('nan')):.4g} "
               f"(free {llk.get('llk_poisson_free', float('nan')):.4g}); "
               + ", ".join(f"{k} {v:.2f} s" for k, v in timings.items())

@@ -12,13 +12,22 @@ Clients send X-API-Key: a submit key (BCDI_SUBMIT_API_KEYS) to submit/cancel, a 
 to read. Settings come from BCDI_* environment variables or --config FILE (.toml/.json/.yaml/.env)."""
 
 
+EPILOG = """\
+examples:
+  BCDI_SUBMIT_API_KEYS=s3cret BCDI_READ_API_KEYS=r3ad bcdi-recon serve --port 8000
+  bcdi-recon serve --config /etc/bcdi-recon/gateway.toml --host 0.0.0.0
+  curl -H 'X-API-Key: r3ad' http://127.0.0.1:8000/health"""
+
+
 def register(subparsers) -> None:
-    p = subparsers.add_parser("serve", help=HELP, description=DESCRIPTION,
+    p = subparsers.add_parser("serve", help=HELP, description=DESCRIPTION, epilog=EPILOG,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", metavar="FILE", help="settings file (environment variables win over it)")
+    p.add_argument("--config", metavar="FILE", help="settings file (environment variables win over it; "
+                                                     "default: none, environment only)")
     p.add_argument("--host", help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default 8000)")
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                   help="uvicorn's log level (the access log is the gateway's own JSON lines; default %(default)s)")
     p.set_defaults(func=run)
 
 

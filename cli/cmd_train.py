@@ -14,6 +14,13 @@ On CUDA, bf16 autocast is on (--no-amp to disable); multi-GPU: torchrun --nproc_
 Export the best weights with --export models/weights/NAME.pt."""
 
 
+EPILOG = """\
+examples:
+  bcdi-recon train --out runs/w0125 --steps 20000                       # CPU or CUDA (auto)
+  bcdi-recon train --out runs/w0125 --steps 30000 --lr 3e-5            # resume, extend, lower the rate
+  bcdi-recon train --out runs/w0125 --steps 20000 --export models/weights/mine.pt  # then export the best"""
+
+
 def _pair(text: str) -> tuple[float, float]:
     try:
         a, b = (float(v) for v in text.split(","))
@@ -23,7 +30,7 @@ def _pair(text: str) -> tuple[float, float]:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("train", help="train the phase UNet on simulated data", description=HELP,
+    p = sub.add_parser("train", help="train the phase UNet on simulated data", description=HELP, epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/unet", help="run directory (checkpoint, learning curve); default %(default)s")
     p.add_argument("--width", type=float, default=0.125, help="width multiplier w (1 = paper, 143.8M params); default %(default)s")
@@ -38,7 +45,7 @@ def register(sub) -> None:
     p.add_argument("--no-amp", action="store_true", help="disable bf16 autocast on CUDA")
     p.add_argument("--phase-range", type=_pair, default=None, metavar="A,B",
                    help="phase range inside the crystal, in units of pi (default 2,5)")
-    p.add_argument("--export", default=None, metavar="PATH", help="after training, write the best weights here (.pt)")
+    p.add_argument("--export", default=None, metavar="PATH", help="after training, write the best weights here (.pt; default: none)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 

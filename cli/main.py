@@ -17,7 +17,8 @@ import sys
 PROG = "bcdi-recon"
 
 # Order shown in --help: the data path from simulation to service.
-COMMANDS = ("simulate", "phase", "train", "reconstruct", "evaluate", "demo", "serve", "worker", "watch")
+COMMANDS = ("simulate", "phase", "train", "reconstruct", "evaluate", "demo", "serve", "worker", "watch",
+            "fetch")
 
 EXIT_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -79,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
         except ImportError as e:  # an optional extra (fastapi, redis, ...) is not installed
             register = _unavailable(name, " ".join(str(e).split()))
         register(subparsers)
+    for sub in subparsers.choices.values():  # --traceback works after the subcommand too
+        sub.add_argument("--traceback", action="store_true", default=argparse.SUPPRESS,
+                         help="show the Python traceback on errors (for debugging)")
     return parser
 
 

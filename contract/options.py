@@ -20,7 +20,7 @@ PRE_RECIPE_STEPS = ("ER", "HIO", "RAAR")
 PRE_RECIPE_PATTERN = re.compile(r"^(ER|HIO|RAAR)\*\*\d{1,5}(,(ER|HIO|RAAR)\*\*\d{1,5})*$")
 PRE_RECIPE_MAX_LENGTH = 80
 CROP_MIN, CROP_MAX = 16, 2048
-DEVICE_PATTERN = re.compile(r"^(cpu|cuda(:\d{1,2})?)$")
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d{1,2})?)$")
 
 
 def _opt(default, help: str, *, ge=None, gt=None, le=None, lt=None, rest: bool = True, flags: tuple = (),
@@ -53,7 +53,7 @@ class ReconOptions:
     free_ratio: float = _opt(0.05, "fraction of voxels withheld for the free LLK", ge=0.0, lt=0.5)
     engine: str = _opt("builtin", "refinement engine: builtin (PyTorch; 'torch' is accepted) or pynx "
                                   "(its CPU back-end ignores border_n)")
-    device: str = _opt("cpu", "cpu or cuda[:N]; a service job runs on its worker's device", rest=False)
+    device: str = _opt("auto", "auto (CUDA when present, else CPU), cpu or cuda[:N]; a service job runs on its worker's device", rest=False)
     seed: int = _opt(0, "seed of the free-voxel draw", ge=0, le=2**32 - 1)
     model: str | None = _opt(None, "CNN weights file; default: the shipped model", rest=False, metavar="PATH")
 
@@ -153,7 +153,7 @@ def _check_field(f: dataclasses.Field, value) -> None:
             raise OptionsError(f"unknown engine {value!r}: use builtin (alias torch) or pynx")
     elif name == "device":
         if not isinstance(value, str) or not DEVICE_PATTERN.match(value):
-            raise OptionsError(f"device must be cpu or cuda[:N], got {value!r}")
+            raise OptionsError(f"device must be auto, cpu or cuda[:N], got {value!r}")
     elif name == "model":
         if value is not None and (not isinstance(value, str) or not value or len(value) > 4096):
             raise OptionsError(f"model must be a weights file path, got {value!r}")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,16 +42,16 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def load_model(path: str | Path | None = None, device: str | torch.device = "cpu",
+def load_model(path: str | Path | None = None, device: str | torch.device = "auto",
                keras_width: float = 1.0) -> LoadedModel:
     """Load weights written by `models.train.export_weights` (default: the shipped model), or the authors'
     Keras .h5 weights (the paper's w=1 model, e.g. model_paper.h5), converted by models.keras_import."""
     path = Path(path) if path is not None else DEFAULT_WEIGHTS
     if not path.is_file():
         raise InputError(f"model weights not found: {path}")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError("device cuda was requested but no CUDA device is available")
+    from physics.phasing.cdi import resolve_device
+
+    device = resolve_device(device)  # "auto": CUDA when present; InputError for unknown or absent devices
     if path.suffix.lower() in (".h5", ".hdf5", ".keras"):
         from models.keras_import import import_keras_model
 
@@ -64,8 +65,11 @@ def load_model(path: str | Path | None = None, device: str | torch.device = "cpu
         arch.pop("arch", None)
         net = build_unet(arch.pop("width"), **arch)
         net.load_state_dict(payload["state_dict"])
-    except (KeyError, RuntimeError, TypeError, ValueError) as e:
-        raise InputError(f"{path} is not a phase UNet weights file: {str(e).splitlines()[0]}") from None
+    except (KeyError, RuntimeError, TypeError, ValueError, AttributeError, EOFError, pickle.UnpicklingError,
+            ModuleNotFoundError) as e:
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        raise InputError(f"{path} is not a phase UNet weights file ({first}); give a .pt written by "
+                         f"`bcdi-recon train` or leave --model out for the shipped model") from None
     net = net.to(device).eval()
     if device.type == "cpu":
         net = net.to(memory_format=torch.channels_last_3d)

@@ -60,11 +60,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         client.close()
 
-    app = FastAPI(title="bcdi-recon gateway", version="1", description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(title="bcdi-recon gateway", version="1", description=DESCRIPTION, lifespan=lifespan,
+                  docs_url=None, redoc_url=None)  # served from local assets by install_docs (offline)
+    from service.access_log import AccessLog
+    from service.docs import install_docs
+
+    install_docs(app)
     app.state.settings = settings
     app.state.queue = queue
     app.state.metrics = metrics
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(AccessLog, settings=settings)  # outermost: JSON line per request, key id only
 
     @app.middleware("http")
     async def count_requests(request: Request, call_next):
@@ -109,6 +115,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         except ScanRefError as exc:
             raise RequestValidationError([{"loc": ("body", "scan", "tiled_path"), "type": "value_error",
                                            "msg": f"{exc} (raw data lives there in Tiled)"}]) from None
+        note = _submit_checks(settings, body)  # 404/422 when the scan reference does not resolve in Tiled
         job_id, created = queue.submit(body)
         metrics.submitted.labels(body.priority, str(not created).lower()).inc()
         lk = links(request, job_id)
@@ -118,7 +125,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         rec = queue.get(job_id)
         state = rec["state"] if rec else JobState.queued.value
         return SubmitReply(id=job_id, state=state, duplicate=not created, status_url=lk["self"],
-                           events_url=lk["events"])
+                           events_url=lk["events"], note=note)
 
     @app.get(API, response_model=JobList, tags=["reconstructions"], responses=_ERRORS)
     def list_reconstructions(request: Request, state: JobState | None = Query(None),
@@ -229,6 +236,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def _submit_checks(settings: Settings, body: ReconRequest) -> str | None:
+    """Checks a request needs beyond its schema: recipe step counts, and the scan reference through Tiled.
+
+    Raises HTTPException 422/404 naming the problem; returns a note for the reply when Tiled could not be asked.
+    """
+    import re
+
+    from service.scan_check import ScanProblem, check_scan_ref
+
+    recipe = body.options.pre_recipe or ""
+    if re.search(r"\*\*0+(?!\d)", recipe):
+        raise HTTPException(422, f"options.pre_recipe {recipe!r}: a step count must be >= 1 (leave the step out)")
+    try:
+        return check_scan_ref(settings, body.scan.model_dump(exclude_none=True))
+    except ScanProblem as e:
+        raise HTTPException(e.status, f"scan.{e.field}: {e.message}") from None
 
 
 def _check_redis(queue: JobProducer, settings: Settings) -> dict:

@@ -92,6 +92,8 @@ class SubmitReply(BaseModel):
     duplicate: bool = Field(description="true when an existing job with the same scan and options was returned")
     status_url: str
     events_url: str
+    note: str | None = Field(None, description="e.g. that Tiled was unreachable, so the scan reference was not "
+                                               "checked before queueing")
 
 
 class JobStatus(BaseModel):

@@ -79,7 +79,14 @@ def test_demo_reconstructs_a_scan_heals_a_worker_and_ctrl_c_leaves_no_process(tm
 
         summary = json.loads((tmp_path / "stack" / "demo_summary.json").read_text())
         tiled = summary["stack"]["tiled"]
-        key = result_url.split("api_key=")[1]
+        # the keys are in the named keys file, not in the printed URLs; the curl line submits with them
+        keys = dict(line.removeprefix("export ").split("=", 1)
+                    for line in Path(summary["keys_file"]).read_text().splitlines() if line.strip())
+        key = keys["TILED_API_KEY"]
+        assert key not in out and keys["BCDI_SUBMIT_KEY"] not in out and keys["BCDI_READ_KEY"] not in out
+        curl = re.search(r"^  (\. \S+keys\.env && curl .+)$", out, re.M).group(1)
+        submitted = subprocess.run(["bash", "-c", curl], capture_output=True, text=True, timeout=30)
+        assert json.loads(submitted.stdout)["state"] in ("queued", "running", "succeeded"), submitted
         meta = httpx.get(f"{tiled}/api/v1/metadata/{summary['result_path']}", params={"api_key": key},
                          timeout=10).json()["data"]["attributes"]["metadata"]
         assert meta["recipe"] == "ER**20" and meta["metrics"]["support_size"] > 0

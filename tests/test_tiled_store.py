@@ -194,7 +194,13 @@ def multi_user(tmp_path_factory):
     server = TiledServer(base / "data", base / "raw", config=REPO / "deploy" / "tiled" / "production.yml", extra_env=env, multi_user=True)
     server.start()
     try:
-        yield server, provision_keys(server.uri, "pw")
+        keys = provision_keys(server.uri, "pw")
+        from tiled.client import from_uri
+
+        from workers.io.tiled_store import ensure_results_root
+
+        ensure_results_root(from_uri(server.uri, api_key=keys["admin_key"]))  # deployment step (access policy)
+        yield server, keys
     finally:
         server.stop()
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from contract.options import ReconOptions  # the one options schema (also imported from here by callers)
 from physics.errors import InputError
+from physics.phasing import device_name, resolve_device
 from physics.preprocess import crop, crop_like, find_peak, fit_object_to, resize_to
 from physics.simulate import object_from_diffraction
 
@@ -98,7 +99,7 @@ def reconstruct(intensity: np.ndarray, mask: np.ndarray | None, predict: Callabl
 
     t = time.perf_counter()
     progress("ifft", 0.0)
-    cdi = CDI(i_crop, mask=m_crop, obj=obj, device=options.device)
+    cdi = CDI(i_crop, mask=m_crop, obj=obj, device=resolve_device(options.device))
     if free_mask is None:
         cdi = InitFreePixels(ratio=options.free_ratio, seed=options.seed) * cdi
     elif np.shape(free_mask) != i_crop.shape:
@@ -216,9 +217,10 @@ def run_pipeline(intensity: np.ndarray, mask: np.ndarray | None, predict: Callab
     arrays, strain_meta = result_arrays(res.obj, res.support, res.intensity_crop, res.phase_cnn, scan_meta)
     rgb: dict = {}
     if previews:
-        from workers.io.tiled_store import make_previews
+        from workers.io.previews import make_previews, preview_geometry
 
-        rgb = make_previews(arrays, title=title)
+        geometry = preview_geometry(scan_meta or {}, res.intensity_crop.shape)  # nm / Å⁻¹ axes when known
+        rgb = make_previews(arrays, geometry, title=title)
     timings["strain"] = time.perf_counter() - t
     progress("strain", 1.0)
     return PipelineOutput(result=res, arrays=arrays, strain_meta=strain_meta, previews=rgb, timings=timings)
@@ -242,12 +244,13 @@ def _model(device: str, path: str | None = None):
 
 def warm_up(device: str | None = None) -> None:
     """Load the model before the first job (the worker calls this once at start)."""
-    _model(device or "cpu")
+    _model(str(resolve_device(device or "auto")))
 
 
 def job_options(spec: dict) -> ReconOptions:
     """The options of a queued job: its request's options (schema names) on the worker's device."""
-    return ReconOptions.from_mapping(spec.get("options") or {}, device=spec.get("device") or "cpu")
+    device = str(resolve_device(spec.get("device") or "auto"))
+    return ReconOptions.from_mapping(spec.get("options") or {}, device=device)
 
 
 def run_job(spec: dict, progress: Progress = _noop, should_cancel: Callable[[], bool] | None = None) -> dict:
@@ -286,7 +289,8 @@ def run_job(spec: dict, progress: Progress = _noop, should_cancel: Callable[[], 
     llk = {k: v for k, v in res.llk.items() if isinstance(v, (int, float))}
     metadata = {"scan": spec["scan"], "model": {"name": model.name, "sha256": model.sha256,
                                                 "arch": model.arch_config},
-                "engine": options.engine, "recipe": res.recipe, "parameters": options.to_dict(),
+                "device": device_name(options.device), "engine": options.engine, "recipe": res.recipe,
+                "parameters": options.to_dict(),
                 "metrics": {**llk, "support_size": int(res.support.sum())}, "timings": timings,
                 "crop_offsets": list(res.crop_offsets), "input": meta, "strain": out.strain_meta}
     path = write_result(client, spec["scan"], spec["job_id"], arrays, metadata, previews)

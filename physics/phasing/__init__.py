@@ -2,8 +2,8 @@
 
 Same code on CPU and CUDA (device argument); arrays are fft-shifted inside, centred numpy at the edges.
 """
-from physics.phasing.cdi import (CDI, Cancelled, SupportTooLarge, SupportTooSmall, dilate_box, resolve_device,
-                                  torch_threads)
+from physics.phasing.cdi import (CDI, Cancelled, SupportTooLarge, SupportTooSmall, device_name, dilate_box,
+                                  resolve_device, torch_threads)
 from physics.phasing.llk import llk_sums, normalise_llk
 from physics.phasing.multirun import MultiRunResult, center_on_support, ortho_modes, phase_runs
 from physics.phasing.operators import (ER, HIO, LLK, RAAR, AutoCorrelationSupport, FourierApplyAmplitude,
@@ -12,7 +12,8 @@ from physics.phasing.operators import (ER, HIO, LLK, RAAR, AutoCorrelationSuppor
 from physics.phasing.recipe import count_cycles, parse_recipe, run_recipe
 
 __all__ = [
-    "CDI", "Cancelled", "SupportTooLarge", "SupportTooSmall", "dilate_box", "resolve_device", "torch_threads",
+    "CDI", "Cancelled", "SupportTooLarge", "SupportTooSmall", "device_name", "dilate_box", "resolve_device",
+    "torch_threads",
     "llk_sums", "normalise_llk", "MultiRunResult", "center_on_support", "ortho_modes", "phase_runs",
     "ER", "HIO", "LLK", "RAAR", "AutoCorrelationSupport", "FourierApplyAmplitude", "InitFreePixels",
     "InitObjRandom", "Operator", "ScaleObj", "SupportUpdate", "free_pixel_mask",

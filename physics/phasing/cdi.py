@@ -44,15 +44,31 @@ def torch_threads(n: int | None):
         torch.set_num_threads(before)
 
 
-def resolve_device(device) -> torch.device:
-    """Turn "cpu"/"cuda"/"cuda:1"/torch.device into a torch.device, refusing CUDA when none is present."""
+def resolve_device(device="auto") -> torch.device:
+    """Turn "auto"/"cpu"/"cuda"/"cuda:1"/torch.device into a torch.device; "auto" is CUDA when present, else CPU.
+
+    Refuses CUDA when none is present and any other device type (tpu, mps, ...) with a one-line InputError.
+    """
+    if isinstance(device, str) and device.strip().lower() == "auto":
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
     try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise InputError(f"unknown device {device!r}") from exc
+        dev = torch.device(device.strip() if isinstance(device, str) else device)
+    except (RuntimeError, TypeError, ValueError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise InputError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N")
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {device!r} requested but no CUDA device is available")
+        raise InputError(f"device {device!r} requested but no CUDA device is available (use --device auto or cpu)")
     return dev
+
+
+def device_name(device) -> str:
+    """A readable name of a device for summaries and metadata: 'cpu' or 'cuda:0 (NVIDIA H200)'."""
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        index = dev.index if dev.index is not None else torch.cuda.current_device()
+        return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+    return "cpu"
 
 
 def _check_array(name: str, a, shape=None, ndim=3) -> np.ndarray:

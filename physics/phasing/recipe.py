@@ -82,6 +82,9 @@ def parse_recipe(recipe: str) -> list[str]:
             n = take()
             if not n.isdigit():
                 raise InputError(f"bad recipe {recipe!r}: '**' must be followed by an integer, got {n!r}")
+            if int(n) < 1:
+                raise InputError(f"bad recipe {recipe!r}: '**{n}' repeats nothing; a step count must be >= 1 "
+                                 f"(leave the step out instead)")
             if len(steps) * int(n) > MAX_STEPS:
                 raise InputError(f"recipe {recipe!r} expands to more than {MAX_STEPS} steps")
             steps = steps * int(n)

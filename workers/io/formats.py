@@ -52,8 +52,20 @@ def _read_npy(path: Path, key: str | None) -> np.ndarray:
     if key is not None:
         raise InputError(f"{path}: a .npy file holds a single array, ':{key}' cannot select anything")
     try:
+        with open(path, "rb") as fh:
+            magic = fh.read(6)
+    except OSError as e:
+        raise InputError(f"{path}: cannot read ({_one_line(e)})") from None
+    if magic != b"\x93NUMPY":
+        raise InputError(f"{path}: not a readable .npy file (no NumPy header: damaged, or another format)")
+    try:
         return np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
+    except ValueError as e:
+        if "pickled" in str(e):
+            raise InputError(f"{path}: holds Python objects, not a numeric array (not loaded, for safety); "
+                             f"save the intensity with numpy.save of a numeric array") from None
+        raise InputError(f"{path}: not a readable .npy file ({_one_line(e)})") from None
+    except (OSError, EOFError) as e:
         raise InputError(f"{path}: not a readable .npy file ({_one_line(e)})") from None
 
 
@@ -129,6 +141,11 @@ def _read_hdf5(path: Path, key: str | None, defaults: tuple[str, ...], what: str
                 obj = None
             if isinstance(obj, h5py.Dataset) and not np.issubdtype(obj.dtype, np.complexfloating):
                 return _read_dataset(path, obj)
+        scans = _bliss_scans(f)
+        if scans and what == "intensity":
+            raise InputError(f"{path}: is an ID01 BLISS file with scans {', '.join(scans[:6])}"
+                             f"{', ...' if len(scans) > 6 else ''}; pass --scan SCAN (e.g. --scan {scans[0]}) "
+                             f"so the frames are read from its detector files")
         if what == "mask":  # never guess a mask: the only 3D dataset is most likely the intensity itself
             raise InputError(f"{path}: no mask at {', '.join('/' + n for n in defaults)}; "
                              f"name it with {path}:/path/to/mask")
@@ -140,6 +157,18 @@ def _read_hdf5(path: Path, key: str | None, defaults: tuple[str, ...], what: str
             raise InputError(f"{path}: no 3D {what} dataset found; name one with {path}:/path/to/dataset")
         shown = ", ".join("/" + c for c in candidates[:6]) + (", ..." if len(candidates) > 6 else "")
         raise InputError(f"{path}: several 3D datasets ({shown}); choose one with {path}:/path/to/dataset")
+
+
+def _bliss_scans(h5file) -> list[str]:
+    """Top-level BLISS scan entries ('1.1', '2.1', ...) of an HDF5 file; empty for any other file."""
+    import re
+
+    try:
+        names = list(h5file.keys())
+    except (OSError, KeyError):
+        return []
+    scans = {m.group(1) for n in names if (m := re.fullmatch(r"(?:.+_)?(\d+\.\d+)", n))}  # master: PtNP_0001_1.1
+    return sorted(scans, key=lambda n: tuple(map(int, n.split("."))))
 
 
 def _read_dataset(path: Path, ds) -> np.ndarray:

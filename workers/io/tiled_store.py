@@ -35,6 +35,7 @@ __all__ = [
     "read_result",
     "result_keys",
     "REQUIRED_ARRAYS",
+    "ensure_results_root",
 ]
 
 RESULT_ROOT = "reconstructions"
@@ -116,6 +117,10 @@ def _open_client(uri: str, api_key: str | None):
         return from_uri(uri, api_key=api_key)
     except CannotPrompt:
         raise PermissionError(f"Tiled server at {uri} rejected the API key (or none was given)") from None
+    except RuntimeError as exc:  # a server without log-in providers (single-user key): "requires authentication"
+        if "authentication" in str(exc):
+            raise PermissionError(f"Tiled server at {uri} rejected the API key (or none was given)") from None
+        raise
     except ClientError as exc:
         if exc.response.status_code in (401, 403):
             raise PermissionError(f"Tiled server at {uri} refused access: {exc.response.status_code}") from None
@@ -246,49 +251,12 @@ def load_scan_tiled(client, ref: "dict | ScanRef", *, roi_size: tuple[int, int] 
 # --------------------------------------------------------------------------------------------------------------------
 # results
 
-def _strain_preview(strain: np.ndarray, support: np.ndarray, title: str | None = None) -> np.ndarray:
-    """Three central slices of the strain (diverging colormap, symmetric range, colour bar); RGB uint8."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+def make_previews(arrays: dict[str, np.ndarray], geometry: dict | None = None,
+                  title: str | None = None) -> dict[str, np.ndarray]:
+    """The result's uint8 RGB previews, drawn by workers.io.previews.make_previews (arrays as they are)."""
+    from workers.io.previews import make_previews as draw
 
-    from workers.io.previews import central_slices, figure_to_rgb, support_box
-
-    box = support_box(support)
-    s, sup = strain[box], support[box]
-    centre = np.argwhere(sup).mean(axis=0) if sup.any() else None
-    vals = np.where(sup, s, np.nan)
-    lim = float(np.nanpercentile(np.abs(vals), 99)) if np.isfinite(vals).any() else 1.0
-    lim = lim or 1e-6
-    fig = Figure(figsize=(11.5, 3.8), dpi=80, layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(1, 3)
-    for ax, sl, label in zip(axes, central_slices(vals, centre), ("z = centre (y, x)", "y = centre (z, x)",
-                                                                  "x = centre (z, y)")):
-        im = ax.imshow(sl, origin="lower", cmap="coolwarm", vmin=-lim, vmax=lim, interpolation="nearest")
-        ax.set_title(f"strain: {label}", fontsize=9)
-        ax.tick_params(labelsize=7)
-    bar = fig.colorbar(im, ax=list(axes), shrink=0.85, pad=0.01)
-    bar.ax.tick_params(labelsize=7)
-    if title:
-        fig.suptitle(title)
-    return figure_to_rgb(fig)
-
-
-def make_previews(arrays: dict[str, np.ndarray], title: str | None = None) -> dict[str, np.ndarray]:
-    """uint8 RGB previews: object (amplitude + wrapped phase), strain, and CNN reciprocal phase beside log intensity."""
-    from physics.preprocess import resize_to
-    from workers.io.previews import intensity_preview, object_preview
-
-    support = np.asarray(arrays["support"], dtype=bool)
-    log_i = np.asarray(arrays["intensity_crop"], dtype=np.float32)
-    phase64 = np.asarray(arrays["reciprocal_phase_predicted"], dtype=np.float32)
-    intensity64 = resize_to(np.power(10.0, log_i) - 1.0, phase64.shape)
-    shown = np.asarray(arrays["amplitude"]) * np.exp(1j * np.asarray(arrays["phase"]))  # ramp/offset removed
-    return {
-        "preview_object": object_preview(shown, support, title=title),
-        "preview_strain": _strain_preview(np.asarray(arrays["strain"]), support, title=title),
-        "preview_reciprocal": intensity_preview(intensity64, phase64, title=title),
-    }
+    return draw(arrays, geometry, title=title)
 
 
 def _jsonable(value: Any, where: str = "metadata") -> Any:
@@ -373,6 +341,12 @@ def _ensure_container(parent, key: str, metadata: dict | None = None):
         return parent.create_container(key, metadata=metadata or {})
 
 
+def ensure_results_root(admin_client) -> None:
+    """Create the top-level ``reconstructions`` container (deployment, with an admin key): under the access policy
+    (deploy/tiled/bcdi_access.py) the workers may write only inside it, not at the top level."""
+    _ensure_container(admin_client, RESULT_ROOT, {"description": "bcdi-recon reconstructions, one per job"})
+
+
 def write_result(client, ref: "dict | ScanRef", job_id: str, arrays: dict[str, np.ndarray],
                  metadata: dict[str, Any], previews: dict[str, np.ndarray] | None = None,
                  allowed_prefixes: Iterable[str] | None = None) -> str:
@@ -407,7 +381,10 @@ def write_result(client, ref: "dict | ScanRef", job_id: str, arrays: dict[str, n
                 return path  # idempotent: this job was already written completely
             node.delete_contents(keys[-1], recursive=True, external_only=False)  # a crashed partial write
         job = node.create_container(keys[-1], metadata=meta)
-        for key, value in stored.items():
+        # previews first: Tiled lists a container's children in the order they were written, 10 per page, so the
+        # browser opens on the pictures (checked with headless Chromium, docs/screenshots/tiled_result_container.png)
+        ordered = sorted(stored.items(), key=lambda kv: not kv[0].startswith("preview"))
+        for key, value in ordered:
             if key in ARRAY_DOCS:
                 extra = {"description": ARRAY_DOCS[key][0], "units": ARRAY_DOCS[key][1]}
             elif key.startswith("preview"):
