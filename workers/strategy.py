@@ -334,3 +334,19 @@ def summary_line(res: StrategyResult) -> str:
             f"{g.get('support_ratio', float('nan')):.3g}"
             + (f", mismatch {g['mismatch']:.3g}" if g.get("mismatch") is not None else "") + ")")
     return line
+
+
+def flat_confidence(confidence: dict) -> dict:
+    """The confidence record flattened to scalars (str, int, float, bool) for CXI process attributes and Tiled
+    metadata: gate values become gate_<name>, thresholds threshold_<name>, None becomes "", lists are joined."""
+    out = {}
+    for k, v in confidence.items():
+        if isinstance(v, dict):
+            prefix = "threshold" if k == "thresholds" else k
+            for k2, v2 in v.items():
+                out[f"{prefix}_{k2}"] = "" if v2 is None else v2
+        elif isinstance(v, (list, tuple)):
+            out[k] = "; ".join(str(x) for x in v)
+        else:
+            out[k] = "" if v is None else v
+    return out
