@@ -120,11 +120,13 @@ def _judge_crystal(rec: dict, names, thr) -> dict:
 
     c = {n: rec["candidates"][n] for n in names if n in rec["candidates"] and "error" not in rec["candidates"][n]}
     passing = {n for n, v in c.items() if not single_checks(v, thr)}
+    group = {n: ("cnn" if n.startswith("cnn") else n) for n in c}
     out = {}
     for n, v in c.items():
         best = None
         if thr.require_agreement and n in passing:
-            ms = [_mismatch(rec, n, o) for o in passing if o != n]
+            ms = [_mismatch(rec, n, o) for o in passing
+                  if o != n and not (thr.independent_partners and group[o] == group[n])]
             ms = [m for m in ms if m is not None]
             best = min(ms) if ms else None
         out[n] = judge(v, thr, best)[0] == "ok"
@@ -156,14 +158,15 @@ def choose_thresholds(recs: list[dict]):
     lf = sorted({round(float(q), 3) for q in np.quantile([v["llk_free"] for v in vals], np.linspace(0.05, 0.95, 19))}
                 | {1.5, 2.0, 3.0, 5.0, 10.0})
     best_per_mode = {}
-    for agree in (False, True):
+    for agree in (False, True, "independent"):
         best = None
         for mlf in lf:
             for o2 in (0.05, 0.10, 0.20):
                 for lo, hi in ((0.0, 1.0), (0.05, 0.25), (0.08, 0.2)):
                     for mm in ((0.05, 0.1, 0.15, 0.2, 0.3) if agree else (1.0,)):
                         thr = GateThresholds(max_llk_free=mlf, max_obj2_out=o2, min_support_ratio=lo,
-                                             max_support_ratio=hi, max_mismatch=mm, require_agreement=agree)
+                                             max_support_ratio=hi, max_mismatch=mm, require_agreement=bool(agree),
+                                             independent_partners=agree == "independent")
                         c = confusion(recs, thr)
                         if not c["precision"] >= TARGET_PRECISION:
                             continue
@@ -239,7 +242,8 @@ def report(args) -> str:
               f"({sum(len(r['candidates']) for r in recs)} candidates); agreement is sought among the other candidates "
               "of the same crystal that pass the single checks:", ""]
     for agree, best in per_mode.items():
-        label = "with agreement" if agree else "single-candidate checks only"
+        label = {False: "single-candidate checks only", True: "with agreement (any other candidate)",
+                 "independent": "with agreement between independent starts (b and b+ do not vouch for each other)"}[agree]
         if best is None:
             lines.append(f"- {label}: no setting reaches precision {TARGET_PRECISION:.0%}.")
             continue

@@ -36,6 +36,7 @@ class GateThresholds:
     max_support_ratio: float = 0.25
     max_mismatch: float = 0.15  # 1 - normalised correlation with the best agreeing candidate, after alignment
     require_agreement: bool = True
+    independent_partners: bool = False  # agreement only counts between candidates of different starts (groups)
 
     def __post_init__(self):
         if not self.max_llk_free > 0 or not 0 < self.max_obj2_out <= 1:
@@ -143,11 +144,14 @@ def judge(values: dict, thr: GateThresholds, mismatch: float | None = None) -> t
 
 
 def judge_set(objs: list, values: list[dict], thr: GateThresholds, mismatch_cache: dict | None = None,
-              upsample: int = 10) -> list[dict]:
+              upsample: int = 10, groups: list | None = None) -> list[dict]:
     """Judge every candidate of one dataset: single checks, then agreement with the others that pass them.
 
     objs: candidate objects (same grid); values: their gate_values. mismatch_cache maps (i, j), i < j, to a
     mismatch already computed (filled in place, so repeated calls while candidates are added stay cheap).
+    groups: one label per candidate naming its start (e.g. "cnn" for every candidate refined from the CNN's
+    object); with thr.independent_partners, a partner must come from another group, since two refinements of
+    one wrong start can agree with each other.
     Returns one dict per candidate: status, reasons, mismatch (with its best single-passing partner, or None).
     """
     cache = {} if mismatch_cache is None else mismatch_cache
@@ -158,6 +162,8 @@ def judge_set(objs: list, values: list[dict], thr: GateThresholds, mismatch_cach
         if thr.require_agreement and passing[i]:
             for j in range(len(values)):
                 if j == i or not passing[j]:
+                    continue
+                if thr.independent_partners and groups is not None and groups[i] == groups[j]:
                     continue
                 key = (min(i, j), max(i, j))
                 if key not in cache:

@@ -84,6 +84,7 @@ class Candidate:
     status: str = "uncertain"
     reasons: list = field(default_factory=list)
     mismatch: float | None = None
+    group: str = ""  # the start it was refined from: "cnn" for the CNN paths and CNN-object seeded runs
 
     def summary(self) -> dict:
         return {"name": self.name, "status": self.status, "reasons": list(self.reasons), "mismatch": self.mismatch,
@@ -147,14 +148,20 @@ def _finish(method: str, cands: list[Candidate], base: ReconResult, t0: float, t
         inside = [c for c in cands if c.values.get("obj2_out", 1) <= thr.max_obj2_out]
         pool = sorted(inside or cands, key=score)
     win = pool[0]
-    obj, modes, weights, first_w = win.obj, None, None, None
+    obj, support, modes, weights, first_w = win.obj, win.support, None, None, None
     if len(oks) > 1:
         obj, modes, weights = _modes(oks)
         first_w = float(weights[0])
+    if win.name.startswith("standard-run"):  # a run from the autocorrelation may sit anywhere in the periodic box
+        from physics.phasing import center_on_support
+
+        obj, support, roll = center_on_support(obj, support)
+        if modes is not None:
+            modes = np.roll(modes, roll, axis=tuple(range(1, modes.ndim)))
     llk = dict(win.llk) if modes is None else dict(data_metrics(obj, base.intensity_crop, mask=base.mask_crop,
-                                                                free_mask=base.free_mask, support=win.support))
+                                                                free_mask=base.free_mask, support=support))
     seconds = time.perf_counter() - t0
-    timings = {**timings, "total": seconds}
+    timings = {**base.timings, **timings, "total": seconds}
     status = "ok" if oks else "uncertain"
     masked = float(np.mean(base.mask_crop)) if base.mask_crop is not None else 0.0
     confidence = {"method": method, "winner": win.name, "status": status,
@@ -163,7 +170,8 @@ def _finish(method: str, cands: list[Candidate], base: ReconResult, t0: float, t
                   "fallback_ran": fallback_ran, "budget_exhausted": budget, "seconds": round(seconds, 3),
                   "first_mode_weight": first_w,
                   "hint": None if oks else _hint(win, thr, budget, nb_runs, masked)}
-    result = replace(base, obj=obj, support=win.support, llk=llk, timings=timings,
+    result = replace(base, obj=obj, support=support, llk=llk, timings=timings,
+                     options={**base.options, "method": method, "winner": win.name},
                      warnings=list(base.warnings) + ([] if oks else [confidence["hint"]]))
     return StrategyResult(result=result, confidence=confidence, candidates=[c.summary() for c in cands],
                           modes=modes, mode_weights=weights)
@@ -181,7 +189,8 @@ def _cnn_candidate(name: str, intensity, mask, predict, opts: StrategyOptions, p
 
 def _judge(cands: list[Candidate], thr: GateThresholds, cache: dict) -> bool:
     """Judge every candidate (agreement among them) in place; True when one passes."""
-    verdicts = judge_set([c.obj for c in cands], [c.values for c in cands], thr, cache)
+    verdicts = judge_set([c.obj for c in cands], [c.values for c in cands], thr, cache,
+                         groups=[c.group for c in cands])
     for c, v in zip(cands, verdicts):
         c.status, c.reasons, c.mismatch = v["status"], v["reasons"], v["mismatch"]
     return any(c.status == "ok" for c in cands)
@@ -220,7 +229,7 @@ def adaptive(intensity, mask, predict, opts: StrategyOptions = StrategyOptions()
             ac = autocorrelation_support_size(r.intensity_crop, r.mask_crop)
         timings[name] = sec
         vals = gate_values(r.obj, r.support, r.intensity_crop, r.mask_crop, r.free_mask, llk=r.llk, ac_size=ac)
-        cands.append(Candidate(name, r.obj, r.support, dict(r.llk), vals, sec))
+        cands.append(Candidate(name, r.obj, r.support, dict(r.llk), vals, sec, group="cnn"))
         if _judge(cands, thr, cache):
             passed = True
             break
@@ -250,7 +259,8 @@ def adaptive(intensity, mask, predict, opts: StrategyOptions = StrategyOptions()
                                llk=run["llk"], ac_size=ac)
             cands.append(Candidate(f"standard-run-{nb_runs}", run["obj"], run["support"], dict(run["llk"]), vals,
                                    last, {"style": opts.fallback_style, "seeding": kind,
-                                          "threshold": run["threshold"], "restarts": run["restarts"]}))
+                                          "threshold": run["threshold"], "restarts": run["restarts"]},
+                                   group="cnn" if kind == "cnn_object" else f"run-{nb_runs}"))
             if _judge(cands, thr, cache):
                 break
     return _finish("adaptive", cands, base, t0, thr, budget, nb_runs, timings, fallback_ran=nb_runs > 0)
@@ -263,7 +273,7 @@ def cnn_only(method: str, intensity, mask, predict, opts: StrategyOptions = Stra
     r, sec = _cnn_candidate(method, intensity, mask, predict, opts, progress, should_cancel, free_mask)
     ac = autocorrelation_support_size(r.intensity_crop, r.mask_crop)
     vals = gate_values(r.obj, r.support, r.intensity_crop, r.mask_crop, r.free_mask, llk=r.llk, ac_size=ac)
-    cands = [Candidate(method, r.obj, r.support, dict(r.llk), vals, sec)]
+    cands = [Candidate(method, r.obj, r.support, dict(r.llk), vals, sec, group="cnn")]
     _judge(cands, opts.thresholds, {})
     return _finish(method, cands, r, t0, opts.thresholds, None, 0, {method: sec}, fallback_ran=False)
 
