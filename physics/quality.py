@@ -34,6 +34,7 @@ class GateThresholds:
     max_obj2_out: float = 0.10  # fraction of |obj|^2 outside the support after a magnitude projection (PyNX)
     min_support_ratio: float = 0.05  # support size / autocorrelation support size (1e-3 of max; ~1/8 expected)
     max_support_ratio: float = 0.25
+    max_mean_to_max: float = 0.5  # 1 - mean/max of |obj| in the support: failed runs have patchy amplitudes
     max_mismatch: float = 0.15  # 1 - normalised correlation with the best agreeing candidate, after alignment
     require_agreement: bool = True
     independent_partners: bool = False  # agreement only counts between candidates of different starts (groups)
@@ -124,6 +125,9 @@ def single_checks(values: dict, thr: GateThresholds) -> list[str]:
         o2 = float("nan")
     if not np.isfinite(o2) or o2 > thr.max_obj2_out:
         why.append(f"obj2_out {o2:.3g} > {thr.max_obj2_out:g}")
+    mm = values.get("mean_to_max", float("nan"))
+    if not mm <= thr.max_mean_to_max:
+        why.append(f"mean_to_max {mm:.3g} > {thr.max_mean_to_max:g}")
     r = values.get("support_ratio", float("nan"))
     if not thr.min_support_ratio <= r <= thr.max_support_ratio:
         why.append(f"support / autocorrelation {r:.3g} outside [{thr.min_support_ratio:g}, "
