@@ -108,7 +108,7 @@ def main(argv=None) -> int:
     r.add_argument("--model", default=None)
     r.add_argument("--max-runs", type=int, default=6)
     r.add_argument("--max-seconds", type=float, default=600.0)
-    r.add_argument("--fallback-style", default="pynx", choices=("pynx", "cohere"))
+    r.add_argument("--fallback-style", default="cohere", choices=("pynx", "cohere"))
     r.add_argument("--threads", type=int, default=1)
     r.add_argument("--shard", type=_shard, default=(0, 1), metavar="K/N")
     r.add_argument("--out", default=str(RESULTS))
