@@ -6,7 +6,7 @@ from bench import adaptive_eval, calibrate_gate
 
 def test_calibration_end_to_end_and_resume(tmp_path, one_torch_thread, capsys):
     args = ["run", "--n-high", "1", "--n-low", "1", "--out", str(tmp_path), "--er-cycles", "20",
-            "--recipe", "HIO**20,RAAR**20,ER**10", "--cohere-high", "1"]
+            "--recipe", "HIO**20,RAAR**20,ER**10", "--pynx-high", "1"]
     assert calibrate_gate.main(args) == 0
     path = tmp_path / calibrate_gate.FILE
     recs = [json.loads(line) for line in path.read_text().splitlines()]
@@ -14,7 +14,8 @@ def test_calibration_end_to_end_and_resume(tmp_path, one_torch_thread, capsys):
     high = next(r for r in recs if r["seed"] == calibrate_gate.HIGH_SEED0)
     low = next(r for r in recs if r["seed"] == calibrate_gate.LOW_SEED0)
     assert set(high["candidates"]) == set(calibrate_gate.CANDIDATES)
-    assert "std_cohere" not in low["candidates"]  # cohere-style only on the first --cohere-high 2π-5π crystals
+    assert set(low["candidates"]) == {"cnn_er", "cnn_raar_er", "std_cohere"}
+    assert "std_pynx" not in low["candidates"]  # PyNX-style only on the first --pynx-high 2π-5π crystals
     for r in recs:
         for v in r["candidates"].values():
             assert {"llk_free", "obj2_out", "support_ratio", "mean_to_max", "sharpness", "chi", "phase_rmse",
@@ -28,7 +29,7 @@ def test_calibration_end_to_end_and_resume(tmp_path, one_torch_thread, capsys):
     assert calibrate_gate.main(["report", "--out", str(tmp_path), "--print", "--n-high", "1", "--n-low", "1"]) == 0
     text = capsys.readouterr().out
     assert "Fallback recipe" in text and "Gate thresholds" in text and "replayed" in text
-    assert "| 2π–5π | std_cohere | 1 |" in text
+    assert "| 2π–5π | std_cohere | 1 |" in text and "| 2π–5π | std_pynx | 1 |" in text
 
 
 def test_adaptive_eval_end_to_end(tmp_path, one_torch_thread, capsys):
