@@ -222,7 +222,7 @@ def choose_thresholds(recs: list[dict]):
     return top[1], top[2], best_per_mode
 
 
-def replay_adaptive(rec: dict, thr, order=("cnn_raar_er", "cnn_er", "std_cohere", "std_pynx")) -> dict:
+def replay_adaptive(rec: dict, thr, order=("cnn_raar_er", "std_cohere", "std_pynx")) -> dict:
     """The adaptive strategy replayed on one crystal's records: add candidates in order, stop at the first 'ok';
     the result is the ok candidate with the best free LLK (else the best free LLK overall, 'uncertain')."""
     used, secs = [], 0.0
@@ -332,8 +332,8 @@ def report(args) -> str:
               f"recall {c0['recall']:.1%} (tp {c0['tp']}, fp {c0['fp']}, fn {c0['fn']}, tn {c0['tn']}).",
               "- the thresholds are fitted on these crystals: the figures are in-sample, an optimistic estimate."]
     # replay
-    lines += ["", "**The adaptive order replayed on these records** with the shipped default gate (b+, then b, then "
-              "the cohere-style run, then the PyNX-style run; stop at the first 'ok'; time = sum of the candidates' "
+    lines += ["", "**The adaptive order replayed on these records** with the shipped default gate and order (b+, then "
+              "the cohere-style run, then the PyNX-style run where the crystal has one; stop at the first 'ok'; time = sum of the candidates' "
               "run times, alignment not counted; the machine was loaded 5-15x, so times are long: the last column "
               "divides each crystal's time by 20 × its own PyNX-style run (or its cohere-style run / "
               f"{COHERE_OVER_PYNX}, the measured cost ratio, where no PyNX-style run was made), the cost of (c)'s "

@@ -34,13 +34,13 @@ def test_calibration_end_to_end_and_resume(tmp_path, one_torch_thread, capsys):
 
 
 def test_adaptive_eval_end_to_end(tmp_path, one_torch_thread, capsys):
-    # --max-runs 0: only the CNN candidates, so the test stays short; the record still has every field
+    # --max-runs 0: only the CNN candidate, so the test stays short; the record still has every field
     assert adaptive_eval.main(["run", "--n-high", "1", "--n-low", "0", "--max-runs", "0",
                                "--out", str(tmp_path)]) == 0
     files = list(tmp_path.glob("eval_adaptive_*.jsonl"))
     assert len(files) == 1
     rec = json.loads(files[0].read_text().splitlines()[0])
-    assert rec["status"] in ("ok", "uncertain") and rec["nb_candidates"] == 2 and not rec["fallback_ran"]
+    assert rec["status"] in ("ok", "uncertain") and rec["nb_candidates"] == 1 and not rec["fallback_ran"]
     assert {"phase_rmse", "iou", "wall_s", "gate", "winner"} <= set(rec)
     capsys.readouterr()
     assert adaptive_eval.main(["report", "--out", str(tmp_path), "--print"]) == 0

@@ -49,17 +49,21 @@ def test_gate_passes_the_true_crystal_and_rejects_a_random_object(crystal, one_t
 
 
 def test_agreement_is_required_when_asked(crystal):
-    vals = {"llk_free": 1.0, "obj2_out": 0.0, "support_ratio": 0.12}
-    assert judge(vals, GateThresholds(), None)[0] == "uncertain"
+    vals = {"llk_free": 1.0, "obj2_out": 0.0, "support_ratio": 0.12, "mean_to_max": 0.2}
+    agree = GateThresholds(require_agreement=True)
+    assert judge(vals, agree, None)[0] == "uncertain"
     assert judge(vals, GateThresholds(require_agreement=False), None) == ("ok", [])
-    assert judge(vals, GateThresholds(), 0.5)[0] == "uncertain"
+    assert judge(vals, agree, 0.5)[0] == "uncertain"
     # judge_set: two agreeing passing candidates are ok, the random one is not, and mismatches are cached
     obj, sup = _random_candidate(crystal)
     objs = [crystal["object"], np.roll(crystal["object"], 2, axis=0), obj]
-    vals3 = [vals, vals, {"llk_free": 500.0, "obj2_out": 0.3, "support_ratio": 0.5}]
+    vals3 = [vals, vals, {"llk_free": 500.0, "obj2_out": 0.3, "support_ratio": 0.5, "mean_to_max": 0.8}]
     cache = {}
-    out = judge_set(objs, vals3, GateThresholds(), cache)
+    out = judge_set(objs, vals3, agree, cache)
     assert [o["status"] for o in out] == ["ok", "ok", "uncertain"]
+    # independent partners: two candidates of one start do not vouch for each other
+    ind = GateThresholds(require_agreement=True, independent_partners=True)
+    assert [o["status"] for o in judge_set(objs, vals3, ind, {}, groups=["cnn", "cnn", "run"])] == ["uncertain"] * 3
     assert list(cache) == [(0, 1)] and cache[(0, 1)] < 0.02
 
 

@@ -42,7 +42,8 @@ class StrategyOptions:
 
     recon: ReconOptions = field(default_factory=ReconOptions)
     pre_recipe: str = PRE_RECIPE
-    cnn_candidates: tuple = ("cnn-raar-er", "cnn-er")
+    cnn_candidates: tuple = ("cnn-raar-er",)  # (b) after (b+) rescued no crystal in the calibration, and added
+    # both of the gate's false positives there
     fallback_style: str = "cohere"
     fallback_recipe: str = STANDARD_RECIPE
     seedings: tuple = SEEDINGS
