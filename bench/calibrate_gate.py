@@ -350,6 +350,19 @@ def report(args) -> str:
                      f"{np.median([s['seconds'] for s in sel]):.1f} | "
                      f"{np.percentile([s['seconds'] for s in sel], 90):.1f} | "
                      f"1/{1 / np.median([s['vs_c'] for s in sel if s['vs_c']]):.0f} |")
+    lines += ["", "Decisions and limits:", "",
+              "- Fallback recipe: cohere-style (StrategyOptions.fallback_style), about 3x the PyNX-style successes per "
+              "CPU second on the 2π–5π crystals that ran both.",
+              "- Shipped gate: the single-candidate checks (no agreement), with a rounder, tighter free-LLK limit than "
+              "the grid's; adaptive runs (b+) alone before the fallback, because (b) after (b+) rescued no crystal here "
+              "and produced the gate's false positives. Agreement (`require_agreement=True`, optionally between "
+              "independent starts) is the more conservative setting, at the cost of at least one more run.",
+              f"- {len(recs)} crystals: the run was stopped when its time was up (the command asks for "
+              f"{args.n_high} + {args.n_low}; it resumes where it stopped). Thresholds and replay are in-sample.",
+              "- The replay uses the recorded autocorrelation-started runs; the strategy's first fallback run is "
+              "seeded from the CNN's object instead, which this calibration did not measure.",
+              "- Not measured here: the adaptive method on the evaluation's held-out crystals (bench/adaptive_eval.py "
+              "computes it, in bench/cnn_eval.py's format; not run for lack of CPU)."]
     lines.append("")
     return "\n".join(lines)
 
