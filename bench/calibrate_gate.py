@@ -271,7 +271,8 @@ def report(args) -> str:
     # recipe comparison: crystals that have both standard runs; cost from the back-to-back CPU timing
     both = [r for r in recs if {"std_pynx", "std_cohere"} <= set(r["candidates"])]
     cpu = _timing_cpu(Path(args.out) / TIMING)
-    lines += [f"**Fallback recipe, one start each, on the same {len(both)} crystals** (success per second = successes / "
+    lines += [f"**Fallback recipe, one start each, on the same {len(both)} crystals** (success per second = "
+              "successes / "
               "(runs × CPU seconds per run, measured back to back below); wall times in the other columns were taken "
               "under a load that varied 5-15x):", "",
               "| bin | recipe | n | success | CPU s per run | successes per 100 CPU s | median wall s per run |",
@@ -311,7 +312,8 @@ def report(args) -> str:
               "of the same crystal that pass the single checks:", ""]
     for agree, best in per_mode.items():
         label = {False: "single-candidate checks only", True: "with agreement (any other candidate)",
-                 "independent": "with agreement between independent starts (b and b+ do not vouch for each other)"}[agree]
+                 "independent": "with agreement between independent starts (b and b+ do not vouch for each other)"
+                 }[agree]
         if best is None:
             lines.append(f"- {label}: no setting reaches precision {TARGET_PRECISION:.0%}.")
             continue
@@ -333,7 +335,8 @@ def report(args) -> str:
               "- the thresholds are fitted on these crystals: the figures are in-sample, an optimistic estimate."]
     # replay
     lines += ["", "**The adaptive order replayed on these records** with the shipped default gate and order (b+, then "
-              "the cohere-style run, then the PyNX-style run where the crystal has one; stop at the first 'ok'; time = sum of the candidates' "
+              "the cohere-style run, then the PyNX-style run where the crystal has one; stop at the first 'ok'; "
+              "time = sum of the candidates' "
               "run times, alignment not counted; the machine was loaded 5-15x, so times are long: the last column "
               "divides each crystal's time by 20 × its own PyNX-style run (or its cohere-style run / "
               f"{COHERE_OVER_PYNX}, the measured cost ratio, where no PyNX-style run was made), the cost of (c)'s "
@@ -354,7 +357,8 @@ def report(args) -> str:
               "- Fallback recipe: cohere-style (StrategyOptions.fallback_style), about 3x the PyNX-style successes per "
               "CPU second on the 2π–5π crystals that ran both.",
               "- Shipped gate: the single-candidate checks (no agreement), with a rounder, tighter free-LLK limit than "
-              "the grid's; adaptive runs (b+) alone before the fallback, because (b) after (b+) rescued no crystal here "
+              "the grid's; adaptive runs (b+) alone before the fallback, because (b) after (b+) rescued no crystal "
+              "here "
               "and produced the gate's false positives. Agreement (`require_agreement=True`, optionally between "
               "independent starts) is the more conservative setting, at the cost of at least one more run.",
               f"- {len(recs)} crystals: the run was stopped when its time was up (the command asks for "

@@ -94,7 +94,8 @@ def test_run_method_dispatch(easy, one_torch_thread):
     assert res.confidence["status"] == "uncertain"
     assert "no second candidate" in " ".join(res.confidence["reasons"])
     res = run_method("standard", easy["intensity"], easy["mask"], None,
-                     StrategyOptions(recon=ReconOptions(), nb_run=2, nb_keep=2, standard_recipe="HIO**60,RAAR**150,ER**60"))
+                     StrategyOptions(recon=ReconOptions(), nb_run=2, nb_keep=2,
+                                     standard_recipe="HIO**60,RAAR**150,ER**60"))
     assert res.confidence["winner"] == "standard" and res.result.phase_cnn is None
     assert res.confidence["gate"]["mismatch"] is not None
     with pytest.raises(InputError, match="unknown method"):

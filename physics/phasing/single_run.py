@@ -7,8 +7,9 @@
   zeroes the object outside one half along each of the first two axes (breaks the object/twin symmetry early),
   400 HIO + 1000 RAAR + 300 ER. Its 0.1 x max support keeps the crystal's soft fringe (IoU ~0.6 with the true
   support on a run whose phase was right to 0.07 rad), so the run ends with one PyNX-rule support update (rms
-  0.25, sigma 0.5) and 20 ER cycles: both styles report their support by the same rule. Cycles are this engine's (HIO and RAAR with PyNX's beta = 0.9; cohere's own
-  RAAR uses another parametrisation), so it is "cohere-style", not cohere.
+  0.25, sigma 0.5) and 20 ER cycles: both styles report their support by the same rule. Cycles are this
+  engine's (HIO and RAAR with PyNX's beta = 0.9; cohere's own RAAR uses another parametrisation), so it is
+  "cohere-style", not cohere.
 
 The start is the autocorrelation support with a random object (PyNX's default), or a given support and/or
 object (e.g. the CNN's), so that an adaptive strategy can seed some runs from a network. Used by
@@ -139,7 +140,8 @@ def _run_cohere(cdi: CDI, recipe: str, threshold: float, sigma: float, twin_at: 
 
 def single_run(iobs, mask=None, style: str = "cohere", recipe: str | None = None, free_mask=None,
                start_obj=None, start_support=None, seed: int = 0, device="cpu", threshold: float | None = None,
-               autocorrelation_threshold: float = 0.1, twin_at: int | None = 2, final_er: int = 20, max_restart: int = 5,
+               autocorrelation_threshold: float = 0.1, twin_at: int | None = 2, final_er: int = 20,
+               max_restart: int = 5,
                progress=None, should_cancel=None) -> dict:
     """One run of `style` ("pynx" or "cohere") on centred data; returns obj, support, llk (with obj2_out),
     style, recipe, threshold, restarts, start and seconds.
