@@ -1,0 +1,96 @@
+"""The quality gate (physics/quality.py) on a clear success (the true crystal) and a clear failure (a random
+object in the autocorrelation support), and the single standard run styles (physics/phasing/single_run.py)."""
+import math
+
+import numpy as np
+import pytest
+
+from physics.align import fourier_shift, twin
+from physics.errors import InputError
+from physics.quality import (GateThresholds, agreement, amplitude_metrics, autocorrelation_support_size,
+                             gate_values, judge, judge_set)
+from physics.simulate import SimParams, simulate_sample
+
+
+@pytest.fixture(scope="module")
+def crystal():
+    return simulate_sample(5_900_000, SimParams(phase_range=(0.5, math.pi)))
+
+
+def _random_candidate(sample, seed=3):
+    rng = np.random.default_rng(seed)
+    i = sample["intensity"]
+    ac = np.abs(np.fft.fftshift(np.fft.fftn(i)))  # centred, like every array of the project
+    sup = ac > 0.1 * ac.max()
+    obj = sup * rng.uniform(0, 1, i.shape) * np.exp(2j * np.pi * rng.uniform(size=i.shape))
+    return obj.astype(np.complex64), sup
+
+
+def test_gate_passes_the_true_crystal_and_rejects_a_random_object(crystal, one_torch_thread):
+    from physics.phasing import free_pixel_mask
+
+    free = free_pixel_mask(crystal["intensity"].shape, seed=1)
+    thr = GateThresholds()
+    good = gate_values(crystal["object"], crystal["support"], crystal["intensity"], crystal["mask"], free)
+    assert good["llk_free"] < 2.0 and good["obj2_out"] < 0.05
+    assert thr.min_support_ratio <= good["support_ratio"] <= thr.max_support_ratio
+    # a second, independent-looking candidate: the same crystal's twin, shifted by 1.5 voxels, other phase offset
+    other = fourier_shift(twin(crystal["object"]), (1.5, -1.0, 0.5)) * np.exp(1j * 2.0)
+    m = agreement(crystal["object"], other)
+    assert m < 0.02
+    assert judge(good, thr, m) == ("ok", [])
+
+    obj, sup = _random_candidate(crystal)
+    bad = gate_values(obj, sup, crystal["intensity"], crystal["mask"], free)
+    assert bad["llk_free"] > 10 * thr.max_llk_free
+    status, why = judge(bad, thr, agreement(crystal["object"], obj))
+    assert status == "uncertain" and any("free LLK" in w for w in why)
+    assert agreement(crystal["object"], obj) > 0.5
+
+
+def test_agreement_is_required_when_asked(crystal):
+    vals = {"llk_free": 1.0, "obj2_out": 0.0, "support_ratio": 0.12, "mean_to_max": 0.2}
+    agree = GateThresholds(require_agreement=True)
+    assert judge(vals, agree, None)[0] == "uncertain"
+    assert judge(vals, GateThresholds(require_agreement=False), None) == ("ok", [])
+    assert judge(vals, agree, 0.5)[0] == "uncertain"
+    # judge_set: two agreeing passing candidates are ok, the random one is not, and mismatches are cached
+    obj, sup = _random_candidate(crystal)
+    objs = [crystal["object"], np.roll(crystal["object"], 2, axis=0), obj]
+    vals3 = [vals, vals, {"llk_free": 500.0, "obj2_out": 0.3, "support_ratio": 0.5, "mean_to_max": 0.8}]
+    cache = {}
+    out = judge_set(objs, vals3, agree, cache)
+    assert [o["status"] for o in out] == ["ok", "ok", "uncertain"]
+    # independent partners: two candidates of one start do not vouch for each other
+    ind = GateThresholds(require_agreement=True, independent_partners=True)
+    assert [o["status"] for o in judge_set(objs, vals3, ind, {}, groups=["cnn", "cnn", "run"])] == ["uncertain"] * 3
+    assert list(cache) == [(0, 1)] and cache[(0, 1)] < 0.02
+
+
+def test_autocorrelation_bound_and_amplitude_metrics(crystal):
+    n = int(crystal["support"].sum())
+    ac = autocorrelation_support_size(crystal["intensity"], crystal["mask"])
+    assert 4 * n < ac < 12 * n  # ~8x the volume of a compact crystal
+    flat = amplitude_metrics(np.ones((8, 8, 8)), np.ones((8, 8, 8), bool))
+    assert flat["mean_to_max"] == pytest.approx(0.0) and flat["sharpness"] == pytest.approx(1.0)
+    peaky = np.zeros((8, 8, 8))
+    peaky[4, 4, 4] = 1.0
+    peaky[4, 4, 5] = 0.1
+    m = amplitude_metrics(peaky, peaky > 0)
+    assert m["mean_to_max"] > 0.4 and m["sharpness"] > 1.5
+    with pytest.raises(InputError):
+        GateThresholds(min_support_ratio=0.3, max_support_ratio=0.2)
+
+
+@pytest.mark.parametrize("style", ["pynx", "cohere"])
+def test_single_run_styles_solve_an_easy_crystal(style, one_torch_thread):
+    from physics.metrics import compare_to_truth
+    from physics.phasing.single_run import single_run
+
+    s = simulate_sample(5_900_001, SimParams(phase_range=(0.2, 0.8)))
+    r = single_run(s["intensity"], s["mask"], style=style, recipe="HIO**100,RAAR**200,ER**100", seed=2)
+    m = compare_to_truth(r["obj"], s["object"], truth_support=s["support"], recon_support=r["support"])
+    assert m["phase_rmse"] < 0.5 and m["iou"] > 0.7, m
+    assert r["llk"]["obj2_out"] < 0.1 and r["style"] == style
+    with pytest.raises(InputError):
+        single_run(s["intensity"], style="genetic")
