@@ -55,7 +55,7 @@ def candidate(name: str, sample: dict, seed: int, free, model, er_cycles: int, r
 
         t = time.perf_counter()
         r = reconstruct(sample["intensity"], sample["mask"], model.predict_phase,
-                        ReconOptions(refine=er_cycles, pre_recipe=PRE_RECIPE if name == "cnn_raar_er" else ""),
+                        ReconOptions(er_cycles=er_cycles, pre_recipe=PRE_RECIPE if name == "cnn_raar_er" else ""),
                         free_mask=free)
         return r.obj, r.support, r.llk, time.perf_counter() - t, {}
     from physics.phasing.single_run import single_run

@@ -137,6 +137,7 @@ def run(args) -> int:
 
     from models.predict import load_model
     from workers.pipeline import run_pipeline
+    from workers.strategy import flat_confidence
 
     opts = dataclasses.replace(opts, device=device)  # "auto" resolved once; recorded as it ran
     t = time.perf_counter()
@@ -151,7 +152,11 @@ def run(args) -> int:
     base = {"preprocess": 0, "cnn": 2, "ifft": 10, "refine": 12, "strain": 95}
 
     def progress(stage: str, fraction: float) -> None:
-        bar.n = int(base[stage] + weights[stage] * fraction)
+        # the strategies name their stages "<candidate>:<stage>" or "fallback run K"; those past the CNN
+        # path's own stages are shown by name, with the bar held at the refinement's end
+        key = stage.rsplit(":", 1)[-1]
+        if key in base:
+            bar.n = int(base[key] + weights[key] * fraction)
         bar.set_description_str(f"reconstruct ({stage})", refresh=True)
 
     title = f"{out.name}: CNN ({model.name}) + {opts.recipe()}"
@@ -165,11 +170,12 @@ def run(args) -> int:
     from workers.io.cxi import write_cxi
 
     timings = {"read_s": t_read, "model_load_s": t_model, **{f"{k}_s": v for k, v in done.timings.items()}}
-    process = {"pipeline": "cnn+er", "recipe": result.recipe,
+    process = {"pipeline": opts.method, "recipe": result.recipe,
                "model": model.name, "model_sha256": model.sha256, "input": args.input,
                "scan": args.scan or "", "detector": meta.get("detector", args.detector or ""),
                "crop_offsets": list(result.crop_offsets), "input_shape": list(result.input_shape),
                "device_used": device_label,
+               **{f"confidence_{k}": v for k, v in flat_confidence(done.confidence).items()},
                **{k: v for k, v in result.options.items() if v is not None},
                "strain_units": done.strain_meta.get("strain_units", ""),
                "displacement_units": done.strain_meta.get("displacement_units", "")}
@@ -202,4 +208,9 @@ def run(args) -> int:
               f"(free {llk.get('llk_poisson_free', float('nan')):.4g}); "
               + ", ".join(f"{k} {v:.2f} s" for k, v in timings.items())
               + ("; previews " + ", ".join(str(p) for p in written.values()) if written else ""))
+        print(done.summary)
+    if done.confidence.get("status") != "ok":  # the best candidate is written all the same, marked uncertain
+        print(f"bcdi-recon: warning: the result is uncertain ({'; '.join(done.confidence.get('reasons') or [])}): "
+              f"{done.confidence.get('hint') or 'more runs, a mask or a crop may help'}"
+              + ("; or try --method adaptive" if opts.method != "adaptive" else ""), file=sys.stderr)
     return 0

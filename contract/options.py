@@ -20,6 +20,7 @@ PRE_RECIPE_STEPS = ("ER", "HIO", "RAAR")
 PRE_RECIPE_PATTERN = re.compile(r"^(ER|HIO|RAAR)\*\*\d{1,5}(,(ER|HIO|RAAR)\*\*\d{1,5})*$")
 PRE_RECIPE_MAX_LENGTH = 80
 CROP_MIN, CROP_MAX = 16, 2048
+METHODS = ("cnn-er", "cnn-raar-er", "standard", "adaptive")  # workers/strategy.py runs them
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d{1,2})?)$")
 
 
@@ -34,6 +35,11 @@ def _opt(default, help: str, *, ge=None, gt=None, le=None, lt=None, rest: bool =
 class ReconOptions:
     """Options of one reconstruction; validated on construction (OptionsError names the field)."""
 
+    method: str = _opt("cnn-er", "strategy: cnn-er (the paper's CNN + border-only ER), cnn-raar-er (RAAR**200 "
+                                 "first), standard (multi-run recipe), adaptive (CNN first, standard runs until one "
+                                 "passes the quality gate); every method reports ok/uncertain")
+    max_runs: int = _opt(6, "adaptive: at most this many fallback standard runs", ge=0, le=100)
+    max_seconds: float = _opt(600.0, "adaptive: time budget of the fallback runs, seconds", gt=0.0, le=86_400.0)
     crop_size: int | tuple[int, int, int] | None = _opt(
         None, "(z, y, x) crop box around the Bragg peak (one size for all axes, or three); "
               "null/absent: 64³ inputs are not cropped, others get the largest centred box",
@@ -148,6 +154,9 @@ def _check_field(f: dataclasses.Field, value) -> None:
             raise OptionsError(f"crop_size must be one size or three (z, y, x), got {list(dims)}")
         for d in dims:
             _check_number(name, "crop box size per axis", d, m, int)
+    elif name == "method":
+        if value not in METHODS:
+            raise OptionsError(f"unknown method {value!r}: use one of {', '.join(METHODS)}")
     elif name == "engine":
         if value not in ENGINES:
             raise OptionsError(f"unknown engine {value!r}: use builtin (alias torch) or pynx")

@@ -26,6 +26,8 @@ def _options_field(f):
     if f.name == "crop_size":
         dim = Annotated[int, Field(**bounds)]
         return (list[dim] | None, Field(f.default, min_length=3, max_length=3, description=m["help"]))
+    if f.name == "method":
+        return (Literal[options_schema.METHODS], Field(f.default, description=m["help"]))
     if f.name == "engine":
         engines = Literal[tuple(options_schema.ENGINES) + tuple(options_schema.ENGINE_ALIASES)]
         return (engines, Field(f.default, description=m["help"]))

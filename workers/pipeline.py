@@ -198,6 +198,9 @@ class PipelineOutput:
     strain_meta: dict  # units, G, frame, ramp removed
     previews: dict  # name -> uint8 RGB image; empty when previews were not asked for
     timings: dict  # per stage, reconstruct's stages + strain (+ previews)
+    confidence: dict = field(default_factory=dict)  # the quality gate's record (workers.strategy): method,
+    # winner, gate values, ok | uncertain, number of candidates, seconds, hint
+    summary: str = ""  # its one-line summary (the CLI prints it)
 
 
 def run_pipeline(intensity: np.ndarray, mask: np.ndarray | None, predict: Callable[[np.ndarray], np.ndarray],
@@ -209,12 +212,22 @@ def run_pipeline(intensity: np.ndarray, mask: np.ndarray | None, predict: Callab
 
     scan_meta: the scan's metadata (geometry for the strain along G; without it, strain in rad/voxel).
     """
-    res = reconstruct(intensity, mask, predict, options, progress=progress, should_cancel=should_cancel,
-                      free_mask=free_mask)
+    from workers.strategy import StrategyOptions, run_method, summary_line as strat_summary
+
+    strat = run_method(options.method, intensity, mask, predict,
+                       StrategyOptions(recon=options, max_runs=options.max_runs, max_seconds=options.max_seconds),
+                       progress=progress, should_cancel=should_cancel, free_mask=free_mask)
+    res = strat.result
     timings = dict(res.timings)
     t = time.perf_counter()
     progress("strain", 0.0)
-    arrays, strain_meta = result_arrays(res.obj, res.support, res.intensity_crop, res.phase_cnn, scan_meta)
+    recip = res.phase_cnn
+    if recip is None:  # the standard method has no CNN: store the reconstruction's own reciprocal phase
+        from workers.io.previews import reciprocal_phase
+
+        recip = reciprocal_phase(res.obj)
+    arrays, strain_meta = result_arrays(res.obj, res.support, res.intensity_crop, recip, scan_meta)
+    strain_meta["reciprocal_phase_source"] = "cnn" if res.phase_cnn is not None else "reconstruction"
     rgb: dict = {}
     if previews:
         from workers.io.previews import make_previews, preview_geometry
@@ -223,7 +236,8 @@ def run_pipeline(intensity: np.ndarray, mask: np.ndarray | None, predict: Callab
         rgb = make_previews(arrays, geometry, title=title)
     timings["strain"] = time.perf_counter() - t
     progress("strain", 1.0)
-    return PipelineOutput(result=res, arrays=arrays, strain_meta=strain_meta, previews=rgb, timings=timings)
+    return PipelineOutput(result=res, arrays=arrays, strain_meta=strain_meta, previews=rgb, timings=timings,
+                          confidence=strat.confidence, summary=strat_summary(strat))
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -289,6 +303,7 @@ def run_job(spec: dict, progress: Progress = _noop, should_cancel: Callable[[], 
     llk = {k: v for k, v in res.llk.items() if isinstance(v, (int, float))}
     metadata = {"scan": spec["scan"], "model": {"name": model.name, "sha256": model.sha256,
                                                 "arch": model.arch_config},
+                "confidence": out.confidence,
                 "device": device_name(options.device), "engine": options.engine, "recipe": res.recipe,
                 "parameters": options.to_dict(),
                 "metrics": {**llk, "support_size": int(res.support.sum())}, "timings": timings,
@@ -298,4 +313,5 @@ def run_job(spec: dict, progress: Progress = _noop, should_cancel: Callable[[], 
     progress("publish", 1.0)
     return {"tiled_path": path, "llk_poisson": llk.get("llk_poisson"), "llk_poisson_free": llk.get("llk_poisson_free"),
             "obj2_out": llk.get("obj2_out"), "support_size": int(res.support.sum()),
+            **{k: out.confidence.get(k) for k in ("method", "status", "winner", "nb_candidates", "seconds", "hint")},
             **{f"t_{k}": round(v, 4) for k, v in timings.items()}}

@@ -18,8 +18,7 @@ from physics.errors import InputError
 from physics.quality import GateThresholds, autocorrelation_support_size, gate_values, judge, judge_set
 from workers.pipeline import ReconOptions, ReconResult, crop_for_cnn, reconstruct
 
-METHODS = ("cnn-er", "cnn-raar-er", "standard", "adaptive")
-DEFAULT_METHOD = "adaptive"
+from contract.options import METHODS  # noqa: E402  (the one list: the options schema validates `method`)
 PRE_RECIPE = "RAAR**200"  # (b+): RAAR cycles from the CNN object before the ER refinement
 STANDARD_RECIPE = "HIO**400,RAAR**1000,ER**300"
 SEEDINGS = ("cnn_object", "autocorrelation", "cnn_support", "autocorrelation")
@@ -171,7 +170,8 @@ def _finish(method: str, cands: list[Candidate], base: ReconResult, t0: float, t
                   "fallback_ran": fallback_ran, "budget_exhausted": budget, "seconds": round(seconds, 3),
                   "first_mode_weight": first_w,
                   "hint": None if oks else _hint(win, thr, budget, nb_runs, masked)}
-    result = replace(base, obj=obj, support=support, llk=llk, timings=timings,
+    recipe = win.info.get("recipe", base.recipe) if win.name.startswith("standard-run") else base.recipe
+    result = replace(base, obj=obj, support=support, llk=llk, timings=timings, recipe=recipe,
                      options={**base.options, "method": method, "winner": win.name},
                      warnings=list(base.warnings) + ([] if oks else [confidence["hint"]]))
     return StrategyResult(result=result, confidence=confidence, candidates=[c.summary() for c in cands],
@@ -180,7 +180,7 @@ def _finish(method: str, cands: list[Candidate], base: ReconResult, t0: float, t
 
 def _cnn_candidate(name: str, intensity, mask, predict, opts: StrategyOptions, progress, should_cancel, free_mask):
     """Run one CNN path (border-only ER refinement as the pipeline does it) and return (ReconResult, seconds)."""
-    pre = opts.pre_recipe if name == "cnn-raar-er" else ""
+    pre = opts.pre_recipe if name == "cnn-raar-er" else opts.recon.pre_recipe  # cnn-er keeps the user's own
     ro = replace(opts.recon, pre_recipe=pre)
     t = time.perf_counter()
     r = reconstruct(intensity, mask, predict, ro, progress=lambda s, f: progress(f"{name}:{s}", f),
@@ -260,6 +260,7 @@ def adaptive(intensity, mask, predict, opts: StrategyOptions = StrategyOptions()
                                llk=run["llk"], ac_size=ac)
             cands.append(Candidate(f"standard-run-{nb_runs}", run["obj"], run["support"], dict(run["llk"]), vals,
                                    last, {"style": opts.fallback_style, "seeding": kind,
+                                          "recipe": f"{opts.fallback_style}-style {opts.fallback_recipe}",
                                           "threshold": run["threshold"], "restarts": run["restarts"]},
                                    group="cnn" if kind == "cnn_object" else f"run-{nb_runs}"))
             if _judge(cands, thr, cache):
@@ -303,6 +304,7 @@ def standard(intensity, mask, opts: StrategyOptions = StrategyOptions(), progres
 
     llk = dict(data_metrics(res.obj, i_crop, mask=m_crop, free_mask=free_mask, support=res.support))
     base = ReconResult(obj=res.obj, support=res.support, intensity_crop=i_crop, mask_crop=m_crop, phase_cnn=None,
+                       recipe=f"{opts.nb_run} runs of {opts.standard_recipe}, best {opts.nb_keep}, first mode",
                        intensity_cnn=None, crop_offsets=tuple(int(o) for o in offsets),
                        input_shape=tuple(np.shape(intensity)), llk=llk, timings={"standard": sec},
                        options={**asdict(ro), "recipe": opts.standard_recipe, "nb_run": opts.nb_run,
