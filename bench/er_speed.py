@@ -71,9 +71,10 @@ def time_fft_pair(shape, repeats, threads=2):
 
 def time_pynx(iobs, obj, support, cycles, repeats):
     """Median seconds per ER cycle of PyNX CPU (one child process, repeats runs of ER**cycles, chain time only)."""
-    from workers.engines.pynx_engine import _run_job
+    from workers.engines.pynx_engine import _run_job, compile_recipe
 
-    params = dict(recipe=f"ER**{cycles}", update_period=0, support_update=None, free_pixels=False,
+    segments, _ = compile_recipe(f"ER**{cycles}", 0, None)
+    params = dict(recipe=f"ER**{cycles}", segments=segments, support_update=None, free_pixels=False,
                   runs=[dict(seed=r) for r in range(repeats + 1)])
     _, info = _run_job(dict(iobs=iobs, obj=obj, support=support), params)
     per = [r["chain_seconds"] / cycles for r in info["runs"][1:]]  # first run is the warm-up
@@ -138,11 +139,11 @@ def agreement(sigmas=(0.5, 1.0), recipe="RAAR**100,ER**100", n=48) -> str:
         "sigma >= 1 the two kernels differ by < 0.001.",
         "- PyNX's CPU SupportUpdate ignores `update_border_n` (border-only updates exist only on its CUDA/OpenCL "
         "back-ends), so border_n has no effect with `--engine pynx`.",
-        "- PyNX's CPU ScaleObj('F') scales with a non-unitary FFT, i.e. 1/sqrt(N) too little; pynx_phase_runs "
+        "- PyNX's CPU ScaleObj('F') scales with a non-unitary FFT, i.e. 1/sqrt(N) too little; the PyNX engine "
         "therefore builds and scales each starting object with our operators (same seeds as phase_runs) and "
         "hands it to PyNX.",
         "- PyNX's CPU SupportUpdate also raises SupportTooLarge when the absolute threshold falls below 1 (faint "
-        "data); pynx_phase_runs then restarts the run with the threshold x 1.1, as PyNX's runner does (at most 5 "
+        "data); the PyNX engine then restarts the run with the threshold x 1.1, as PyNX's runner does (at most 5 "
         "times); the built-in engine retunes in place instead.",
     ])
 

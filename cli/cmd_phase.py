@@ -124,7 +124,7 @@ def _check_options(args):
 
 
 def _check_engine(args):
-    """Check the engine, device and recipe can run here; returns phase_runs of the chosen engine."""
+    """Check the engine, device and recipe can run here; returns the physics.phasing Engine to run."""
     from physics.errors import InputError
 
     if args.engine == "pynx":
@@ -139,12 +139,12 @@ def _check_engine(args):
         if args.border_n and not args.quiet:
             print("bcdi-recon: warning: --border-n is ignored by PyNX's CPU back-end (the whole support is "
                   "re-thresholded)", file=sys.stderr)
-        return pynx_engine.pynx_phase_runs
-    from physics.phasing import phase_runs, resolve_device
+        return pynx_engine.PyNXEngine()
+    from physics.phasing import BuiltinEngine, resolve_device
 
     resolve_device(args.device)  # InputError when CUDA is asked for but absent
     _check_recipe(args.recipe)
-    return phase_runs
+    return BuiltinEngine()
 
 
 def _check_recipe(recipe: str) -> None:
@@ -242,7 +242,7 @@ def run(args) -> int:
     if warning and not args.quiet:
         print(f"bcdi-recon: {warning}", file=sys.stderr)
     t_read = time.perf_counter()
-    phase_runs = _check_engine(args)
+    engine = _check_engine(args)
 
     from tqdm import tqdm
 
@@ -256,13 +256,14 @@ def run(args) -> int:
         if done > bar.n:
             bar.update(done - bar.n)  # update() rate-limits redraws (mininterval)
 
-    from physics.phasing import SupportTooLarge, SupportTooSmall
+    from physics.phasing import PhaseConfig, SupportTooLarge, SupportTooSmall, phase_runs
 
+    config = PhaseConfig(recipe=args.recipe, nb_run=args.runs, nb_keep=keep,
+                         threshold_range=tuple(args.support_threshold), seed=args.seed, device=args.device,
+                         update_period=args.update_period, border_n=args.border_n)
     t_start = time.perf_counter()
     try:
-        result = phase_runs(iobs, mask=mask, recipe=args.recipe, nb_run=args.runs, nb_keep=keep,
-                            threshold_range=args.support_threshold, seed=args.seed, device=args.device,
-                            update_period=args.update_period, border_n=args.border_n, progress=progress)
+        result = phase_runs(iobs, mask=mask, config=config, engine=engine, progress=progress)
     except (SupportTooSmall, SupportTooLarge) as e:
         print(f"bcdi-recon: error: phasing failed: {_one_line(e)} (try another --support-threshold or more "
               f"--runs)", file=sys.stderr)
