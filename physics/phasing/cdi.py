@@ -73,6 +73,9 @@ def _check_array(name: str, a, shape=None, ndim=3) -> np.ndarray:
 DIMS = (-3, -2, -1)  # the three spatial axes; a batched state has a leading run axis
 #: an ER cycle copies only the support voxels back (instead of multiplying the whole array) below this fraction
 SPARSE_SUPPORT_FRACTION = 0.25
+#: the magnitude projection works on the observed voxels with Iobs > 0 only (gathered, projected and written into a
+#: persistent Fourier buffer that stays 0 elsewhere) when they are under this fraction of the array
+SPARSE_DATA_FRACTION = 0.5
 
 
 class CDI:
@@ -231,6 +234,14 @@ class CDI:
         self._free_idx = torch.nonzero(self._free.reshape(-1)).reshape(-1)
         self.nb_observed = int((~self._mask).sum())
         self.nb_free = int(self._free.sum())
+        lit = (self._observed & (self._iobs > 0)).reshape(-1)
+        if int(lit.sum()) < SPARSE_DATA_FRACTION * lit.numel():
+            self._lit_idx = torch.nonzero(lit).reshape(-1)
+            self._lit_sqrt_r = self._sqrt_iobs.reshape(-1).index_select(0, self._lit_idx).unsqueeze(-1)
+        else:
+            self._lit_idx = None
+        self._mask_idx = torch.nonzero(self._mask.reshape(-1)).reshape(-1)
+        self._fourier_buf = None  # persistent projection output of the sparse path (per state, never shared)
 
     def _update_support_cache(self) -> None:
         """Precompute float versions of the support used by ER/HIO/RAAR, and its voxel indices when it is small."""
@@ -271,6 +282,7 @@ class CDI:
         Psi <- sgn(Psi) * sqrt(Iobs) in place (sgn(0) = 0, and much cheaper than complex abs on CPU; the
         multiplication by the real sqrt(Iobs) on the (re, im) float view, ~3x cheaper than complex x real on CPU),
         with the few masked and free voxels saved before and written back (they keep the calculated value).
+        Sparse data (under SPARSE_DATA_FRACTION of the voxels observed with Iobs > 0): _project_sparse instead.
         torch's FFT with out= is slower on CPU than a fresh result, so FFT outputs are not preallocated.
         """
         psi = torch.fft.fftn(self._obj, dim=DIMS, norm="ortho")
@@ -278,12 +290,33 @@ class CDI:
             self._store_llk(torch.abs(psi))
         flat = psi.view(-1, self._iobs.numel())  # (runs, voxels)
         idx = self._free_idx if self.zero_mask else self._unobs_idx  # zero_mask: masked voxels forced to 0
+        if self._lit_idx is not None:
+            return torch.fft.ifftn(self._project_sparse(flat, idx), dim=DIMS, norm="ortho")
         keep = flat.index_select(1, idx) if idx.numel() else None
         psi.sgn_()
         torch.view_as_real(psi).mul_(self._sqrt_iobs_r)
         if keep is not None:
             flat.index_copy_(1, idx, keep)
         return torch.fft.ifftn(psi, dim=DIMS, norm="ortho")
+
+    def _project_sparse(self, flat: torch.Tensor, keep_idx: torch.Tensor) -> torch.Tensor:
+        """Sparse data (most observed voxels have Iobs = 0, where the projection gives 0): project only the
+        observed voxels with Iobs > 0, copy the kept (free / masked) ones, into a buffer that is 0 elsewhere."""
+        buf = self._fourier_buf
+        if buf is None or buf.shape[:-3] != self._obj.shape[:-3]:
+            buf = self._fourier_buf = torch.zeros_like(self._obj)
+            self._fourier_buf_zero_mask = True
+        bflat = buf.view(-1, self._iobs.numel())
+        if self.zero_mask and not self._fourier_buf_zero_mask and self._mask_idx.numel():
+            bflat.index_fill_(1, self._mask_idx, 0)  # masked voxels kept before: now forced to 0
+        self._fourier_buf_zero_mask = bool(self.zero_mask)
+        v = flat.index_select(1, self._lit_idx)
+        v.sgn_()
+        torch.view_as_real(v).mul_(self._lit_sqrt_r)
+        bflat.index_copy_(1, self._lit_idx, v)
+        if keep_idx.numel():
+            bflat.index_copy_(1, keep_idx, flat.index_select(1, keep_idx))
+        return buf
 
     def _store_llk(self, amp: torch.Tensor) -> None:
         """Compute normalised LLKs and R-factor from |Psi| (before projection) into self.llk (per run if batched)."""
@@ -376,6 +409,7 @@ class CDI:
         b.llk, b.history, b.llk_history, b.failed = [{} for _ in states], [], [], {}
         b.cycle_hooks, b.after_cycle_hooks = [], []
         b.support_threshold = None
+        b._fourier_buf = None
         b.nb_cycle = max(s.nb_cycle for s in states)
         b._set_support_tensor(torch.stack([s._support for s in states]))
         return b
@@ -387,6 +421,7 @@ class CDI:
                              if k not in ("_obj", "_support", "llk", "history", "llk_history", "failed",
                                           "cycle_hooks", "after_cycle_hooks")})
         one.batch, one._lead = None, ()
+        one._fourier_buf = None
         one._obj = self._obj[i].clone()
         one.llk, one.history, one.llk_history, one.failed = dict(self.llk[i]), [], [], {}
         one.cycle_hooks, one.after_cycle_hooks = [], []
