@@ -310,13 +310,25 @@ class CDI:
         if self.zero_mask and not self._fourier_buf_zero_mask and self._mask_idx.numel():
             bflat.index_fill_(1, self._mask_idx, 0)  # masked voxels kept before: now forced to 0
         self._fourier_buf_zero_mask = bool(self.zero_mask)
-        v = flat.index_select(1, self._lit_idx)
+        lit = self._all_runs("lit", self._lit_idx)  # 1D indices into the whole tensor: take/put are fastest
+        v = torch.take(flat, lit).view(-1, self._lit_idx.numel())
         v.sgn_()
         torch.view_as_real(v).mul_(self._lit_sqrt_r)
-        bflat.index_copy_(1, self._lit_idx, v)
+        buf.put_(lit, v.view(-1))
         if keep_idx.numel():
             bflat.index_copy_(1, keep_idx, flat.index_select(1, keep_idx))
         return buf
+
+    def _all_runs(self, key: str, idx: torch.Tensor) -> torch.Tensor:
+        """Voxel indices of one 3D array repeated for every run, as indices into the flattened (runs, voxels)."""
+        if self.batch is None:
+            return idx
+        cache = self.__dict__.setdefault("_run_idx_cache", {})
+        if cache.get(key, (None,))[0] is not idx:
+            n = self._iobs.numel()
+            offsets = torch.arange(self.batch, device=idx.device).unsqueeze(1) * n
+            cache[key] = (idx, (idx.unsqueeze(0) + offsets).reshape(-1))
+        return cache[key][1]
 
     def _store_llk(self, amp: torch.Tensor) -> None:
         """Compute normalised LLKs and R-factor from |Psi| (before projection) into self.llk (per run if batched)."""
@@ -365,7 +377,7 @@ class CDI:
         if kind == "ER":
             if self._clean and self._support_idx is not None:
                 idx = self._support_idx
-                self._obj.view(-1).index_copy_(0, idx, pm.view(-1).index_select(0, idx))
+                self._obj.put_(idx, torch.take(pm, idx))
             else:
                 torch.view_as_real(pm).mul_(self._support_r)
                 self._obj = pm
@@ -409,7 +421,7 @@ class CDI:
         b.llk, b.history, b.llk_history, b.failed = [{} for _ in states], [], [], {}
         b.cycle_hooks, b.after_cycle_hooks = [], []
         b.support_threshold = None
-        b._fourier_buf = None
+        b._fourier_buf, b._run_idx_cache = None, {}
         b.nb_cycle = max(s.nb_cycle for s in states)
         b._set_support_tensor(torch.stack([s._support for s in states]))
         return b
@@ -421,7 +433,7 @@ class CDI:
                              if k not in ("_obj", "_support", "llk", "history", "llk_history", "failed",
                                           "cycle_hooks", "after_cycle_hooks")})
         one.batch, one._lead = None, ()
-        one._fourier_buf = None
+        one._fourier_buf, one._run_idx_cache = None, {}
         one._obj = self._obj[i].clone()
         one.llk, one.history, one.llk_history, one.failed = dict(self.llk[i]), [], [], {}
         one.cycle_hooks, one.after_cycle_hooks = [], []
