@@ -15,7 +15,8 @@ from physics.phasing.schedule import Schedule, Segment, run_recipe, schedule, to
 
 __all__ = [
     "CDI", "Cancelled", "SupportTooLarge", "SupportTooSmall", "dilate_box", "resolve_device", "torch_threads",
-    "BuiltinEngine", "Engine", "PhaseConfig", "Problem", "RunOutcome", "RunSpec", "llk_sums", "normalise_llk", "MultiRunResult", "center_on_support", "ortho_modes", "phase_runs",
+    "BuiltinEngine", "Engine", "PhaseConfig", "Problem", "RunOutcome", "RunSpec",
+    "llk_sums", "normalise_llk", "MultiRunResult", "center_on_support", "ortho_modes", "phase_runs",
     "ER", "HIO", "LLK", "RAAR", "AutoCorrelationSupport", "FourierApplyAmplitude", "InitFreePixels",
     "InitObjRandom", "Operator", "ScaleObj", "SupportUpdate", "free_pixel_mask",
     "count_cycles", "parse_recipe", "run_recipe", "Schedule", "Segment", "schedule", "to_operator",

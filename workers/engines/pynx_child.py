@@ -2,8 +2,8 @@
 
 Protocol (subprocess): ``python3 pynx_child.py JOBDIR``. JOBDIR holds ``in.npz`` (centred arrays: iobs, and
 optionally mask, obj, support, free_mask) and ``params.json`` with the segments [[name, n, zero_mask], ...] of
-physics.phasing.schedule (the one schedule; this child only runs it). The child writes ``out.npz`` (obj_<i>, support_<i>,
-free_mask, all centred) and ``out.json`` (per-run figures), or ``error.txt`` (one line) and exits with status 1.
+physics.phasing.schedule (the one schedule; this child only runs it). The child writes ``out.npz`` (obj_<i>,
+support_<i>, free_mask, all centred) and ``out.json`` (per-run figures), or ``error.txt`` (one line) and exits with status 1.
 This file must import only numpy/scipy and PyNX: Debian's Python has numpy 1.x and none of our packages.
 """
 

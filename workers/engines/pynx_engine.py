@@ -3,8 +3,8 @@
 PyNX needs numpy 1.x, so it normally lives in Debian's /usr/bin/python3 (deploy/scripts/install-pynx.sh) and runs in a
 subprocess (pynx_child.py; npz in/out in a temp dir, JSON parameters). If ``import pynx`` works in this interpreter the
 same code runs in-process. `PyNXEngine` is the physics.phasing.Engine for phase_runs; `pynx_run_recipe` runs one
-recipe from a given start (the CNN pipeline's refinement). Arrays in and out are centred (physics.phasing conventions). BCDI_PYNX_PYTHON overrides the
-interpreter used for the child.
+recipe from a given start (the CNN pipeline's refinement). Arrays in and out are centred (physics.phasing
+conventions). BCDI_PYNX_PYTHON overrides the interpreter used for the child.
 
 Known PyNX CPU limitation: SupportUpdate ignores ``update_border_n`` (border-only support updates exist only on its
 CUDA/OpenCL back-ends), so ``support_update["border_n"]`` has no effect here; compare with border_n=0.
