@@ -135,12 +135,12 @@ def run_cnn(sample: dict, seed: int, model, options) -> dict:
 def run_standard(sample: dict, seed: int, nb_run: int, nb_keep: int, recipe: str) -> dict:
     """(c) nb_run random starts of the recipe, best nb_keep by free LLK, first mode."""
     from physics.metrics import data_metrics
-    from physics.phasing import phase_runs
+    from physics.phasing import PhaseConfig, phase_runs
 
     free = free_mask_for(sample, seed)
     t = time.perf_counter()
-    res = phase_runs(sample["intensity"], mask=sample["mask"], recipe=recipe, nb_run=nb_run, nb_keep=nb_keep,
-                     seed=seed, free_mask=free)
+    res = phase_runs(sample["intensity"], mask=sample["mask"],
+                     config=PhaseConfig(recipe=recipe, nb_run=nb_run, nb_keep=nb_keep, seed=seed), free_mask=free)
     wall = time.perf_counter() - t
     d = data_metrics(res.obj, sample["intensity"], mask=sample["mask"], free_mask=free, support=res.support)
     return {**_truth_metrics(res.obj, res.support, sample), "llk": d.get("llk_poisson"),

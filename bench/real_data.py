@@ -45,7 +45,7 @@ def main() -> int:
 
     from models.predict import load_model
     from physics.metrics import data_metrics
-    from physics.phasing import free_pixel_mask, phase_runs
+    from physics.phasing import PhaseConfig, free_pixel_mask, phase_runs
     from workers.io.previews import intensity_preview, object_preview, save_png
     from workers.pipeline import reconstruct
 
@@ -66,7 +66,8 @@ def main() -> int:
     t_bp = time.perf_counter() - t
     dbp = data_metrics(bp.obj, iobs, mask=mask, free_mask=free, support=bp.support)
     t = time.perf_counter()
-    c = phase_runs(iobs, mask=mask, recipe=STANDARD, nb_run=args.nb_run, nb_keep=args.nb_keep, seed=0, free_mask=free)
+    c = phase_runs(iobs, mask=mask, config=PhaseConfig(recipe=STANDARD, nb_run=args.nb_run, nb_keep=args.nb_keep),
+                   free_mask=free)
     t_c = time.perf_counter() - t
     dc = data_metrics(c.obj, iobs, mask=mask, free_mask=free, support=c.support)
     dbest = data_metrics(c.best_obj, iobs, mask=mask, free_mask=free, support=c.support)

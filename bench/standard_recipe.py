@@ -96,20 +96,20 @@ def score(obj, support, sample) -> dict:
 
 def run_engine(engine: str, sample: dict, a, seed: int) -> dict:
     """Run the multi-run recipe with one engine on one crystal; returns scores, time and selection figures."""
-    kw = dict(mask=sample["mask"] if sample["mask"].any() else None, recipe=a.recipe, nb_run=a.nb_run,
-              nb_keep=a.nb_keep, seed=seed, update_period=a.update_period)
+    from physics.phasing import BuiltinEngine, PhaseConfig, phase_runs
+
+    config = PhaseConfig(recipe=a.recipe, nb_run=a.nb_run, nb_keep=a.nb_keep, seed=seed, update_period=a.update_period)
+    mask = sample["mask"] if sample["mask"].any() else None
     t0 = time.perf_counter()
     if engine == "builtin":
         import torch
 
-        from physics.phasing import phase_runs
-
         torch.set_num_threads(a.threads)
-        res = phase_runs(sample["intensity"], **kw)
+        res = phase_runs(sample["intensity"], mask=mask, config=config, engine=BuiltinEngine())
     else:
-        from workers.engines.pynx_engine import pynx_phase_runs
+        from workers.engines.pynx_engine import PyNXEngine
 
-        res = pynx_phase_runs(sample["intensity"], **kw)
+        res = phase_runs(sample["intensity"], mask=mask, config=config, engine=PyNXEngine())
     seconds = time.perf_counter() - t0
     row = score(res.obj, res.support, sample)
     row.update(seconds=seconds, first_mode_weight=_f(getattr(res, "first_mode_weight", None)),

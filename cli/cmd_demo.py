@@ -438,11 +438,12 @@ def run_offline(args) -> int:
         f"LLK {res.llk.get('llk_poisson', float('nan')):.3g}, {wall:.1f} s -> {out / 'cnn_er.cxi'}")
 
     if args.standard_recipe:
-        from physics.phasing import phase_runs
+        from physics.phasing import PhaseConfig, phase_runs
 
         t = time.perf_counter()
-        std = phase_runs(sample["intensity"], mask=sample["mask"], recipe=args.standard_recipe, nb_run=1,
-                         nb_keep=1, seed=args.seed, device=args.device, free_mask=res.free_mask)
+        std = phase_runs(sample["intensity"], mask=sample["mask"],
+                         config=PhaseConfig(recipe=args.standard_recipe, nb_run=1, nb_keep=1, seed=args.seed,
+                                            device=args.device), free_mask=res.free_mask)
         wall = time.perf_counter() - t
         ms = compare_to_truth(std.obj, sample["object"], truth_support=sample["support"], recon_support=std.support)
         run0 = std.runs[0] if std.runs else {}

@@ -127,7 +127,7 @@ def _check_options(args):
 
 
 def _check_engine(args):
-    """Check the engine, device and recipe can run here; returns phase_runs of the chosen engine."""
+    """Check the engine, device and recipe can run here; returns the physics.phasing Engine to run."""
     from physics.errors import InputError
 
     if args.engine == "pynx":
@@ -144,12 +144,12 @@ def _check_engine(args):
         if args.border_n and not args.quiet:
             print("bcdi-recon: warning: --border-n is ignored by PyNX's CPU back-end (the whole support is "
                   "re-thresholded)", file=sys.stderr)
-        return pynx_engine.pynx_phase_runs
-    from physics.phasing import phase_runs, resolve_device
+        return pynx_engine.PyNXEngine()
+    from physics.phasing import BuiltinEngine, resolve_device
 
     args.device = str(resolve_device(args.device))  # auto -> cuda:0 or cpu; InputError when CUDA is absent
     _check_recipe(args.recipe)
-    return phase_runs
+    return BuiltinEngine()
 
 
 def _check_recipe(recipe: str) -> None:
@@ -247,7 +247,7 @@ def run(args) -> int:
     if warning and not args.quiet:
         print(f"bcdi-recon: {warning}", file=sys.stderr)
     t_read = time.perf_counter()
-    phase_runs = _check_engine(args)
+    engine = _check_engine(args)
 
     from tqdm import tqdm
 
@@ -261,17 +261,18 @@ def run(args) -> int:
         if done > bar.n:
             bar.update(done - bar.n)  # update() rate-limits redraws (mininterval)
 
-    from physics.phasing import SupportTooLarge, SupportTooSmall
+    from physics.phasing import PhaseConfig, SupportTooLarge, SupportTooSmall, phase_runs
 
     if args.engine == "pynx":
         from workers.engines.pynx_engine import PyNXError as pynx_error
     else:
         pynx_error = ()  # an empty tuple matches no exception: only PyNX's engine raises PyNXError
+    config = PhaseConfig(recipe=args.recipe, nb_run=args.runs, nb_keep=keep,
+                         threshold_range=tuple(args.support_threshold), seed=args.seed, device=args.device,
+                         update_period=args.update_period, border_n=args.border_n)
     t_start = time.perf_counter()
     try:
-        result = phase_runs(iobs, mask=mask, recipe=args.recipe, nb_run=args.runs, nb_keep=keep,
-                            threshold_range=args.support_threshold, seed=args.seed, device=args.device,
-                            update_period=args.update_period, border_n=args.border_n, progress=progress)
+        result = phase_runs(iobs, mask=mask, config=config, engine=engine, progress=progress)
     except (SupportTooSmall, SupportTooLarge) as e:
         print(f"bcdi-recon: error: phasing failed: {_one_line(e)} (try another --support-threshold or more "
               f"--runs)", file=sys.stderr)

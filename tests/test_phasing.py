@@ -7,7 +7,7 @@ import torch
 from physics.errors import InputError
 from physics.metrics import compare_to_truth
 from physics.phasing import (CDI, ER, HIO, LLK, RAAR, AutoCorrelationSupport, Cancelled, FourierApplyAmplitude,
-                             InitFreePixels, InitObjRandom, ScaleObj, SupportTooSmall, SupportUpdate,
+                             InitFreePixels, InitObjRandom, PhaseConfig, ScaleObj, SupportTooSmall, SupportUpdate,
                              center_on_support, ortho_modes, parse_recipe, phase_runs, run_recipe,
                              torch_threads)
 
@@ -78,8 +78,8 @@ def test_hio_raar_er_recovers_low_strain_object_from_random_start(xtal):
 
 def test_phase_runs_selects_and_builds_modes(xtal):
     calls = []
-    res = phase_runs(xtal["iobs"], recipe="HIO**100,RAAR**150,ER**100", nb_run=3, nb_keep=2, seed=1,
-                     progress=lambda d, t: calls.append((d, t)))
+    res = phase_runs(xtal["iobs"], config=PhaseConfig(recipe="HIO**100,RAAR**150,ER**100", nb_run=3, nb_keep=2,
+                                                       seed=1), progress=lambda d, t: calls.append((d, t)))
     assert calls[-1] == (3 * 350, 3 * 350)
     assert len(res.runs) == 3 and len(res.kept) == 2
     scores = [res.runs[i]["score"] for i in res.kept]
@@ -121,7 +121,7 @@ def test_ortho_modes_weights():
 
 
 def test_phase_runs_all_rejected_by_obj2_out_warns(xtal):
-    res = phase_runs(xtal["iobs"], recipe="ER**20", nb_run=2, nb_keep=1, seed=0, max_obj2_out=0.0)
+    res = phase_runs(xtal["iobs"], config=PhaseConfig(recipe="ER**20", nb_run=2, nb_keep=1, seed=0, max_obj2_out=0.0))
     assert all(r["status"] == "rejected_obj2_out" for r in res.runs)
     assert res.warnings and len(res.kept) == 1
 

@@ -6,8 +6,8 @@ from scipy.ndimage import binary_dilation
 
 from physics.errors import InputError
 from workers.engines import pynx_child, pynx_engine
-from workers.engines.pynx_engine import (INSTALL_HINT, PyNXError, PyNXUnavailable, compile_recipe, pynx_available,
-                                         pynx_phase_runs, pynx_run_recipe)
+from workers.engines.pynx_engine import (INSTALL_HINT, PyNXEngine, PyNXError, PyNXUnavailable, compile_recipe,
+                                         pynx_available, pynx_run_recipe)
 
 SU = dict(threshold_relative=0.25, method="rms", smooth_width=(2.0, 0.5, None), force_shrink=False, border_n=0)
 
@@ -123,16 +123,16 @@ def test_pynx_failure_is_a_one_line_error():
 
 @pytest.mark.pynx
 @pytest.mark.skipif(not pynx_available(), reason=f"PyNX not installed: run {INSTALL_HINT}")
-def test_pynx_phase_runs_selects_and_combines_like_phase_runs():
-    from physics.phasing import MultiRunResult
+def test_pynx_engine_in_phase_runs_selects_and_combines_like_builtin():
+    from physics.phasing import MultiRunResult, PhaseConfig, phase_runs
 
     iobs, _, _, _, s = _crystal(32)
     mask = np.zeros(iobs.shape, bool)
     mask[:, 22:24, :] = True  # a detector gap away from the peak: exercises zero_mask="auto" inside PyNX
     done = []
-    res = pynx_phase_runs(iobs, mask=mask, recipe="HIO**60,ER**40", nb_run=3, nb_keep=2, seed=5,
-                          zero_mask="auto",
-                          progress=lambda d, t: done.append((d, t)))
+    res = phase_runs(iobs, mask=mask, config=PhaseConfig(recipe="HIO**60,ER**40", nb_run=3, nb_keep=2, seed=5,
+                                                         zero_mask="auto"),
+                     engine=PyNXEngine(), progress=lambda d, t: done.append((d, t)))
     assert isinstance(res, MultiRunResult)
     assert len(res.runs) == 3 and 1 <= len(res.kept) <= 2
     assert done[-1] == (300, 300) and len(done) == 3  # one progress report per PyNX run
@@ -159,8 +159,8 @@ def test_child_protocol_standalone(tmp_path):
 
     iobs, obj, support, free, _ = _crystal(32)
     np.savez(tmp_path / "in.npz", iobs=iobs, obj=obj, support=support, free_mask=free)
-    (tmp_path / "params.json").write_text(json.dumps(dict(recipe="ER**30", update_period=10,
-                                                          support_update=dict(threshold_relative=0.25))))
+    segments, su = compile_recipe("ER**30", 10, dict(threshold_relative=0.25))  # the parent's one schedule
+    (tmp_path / "params.json").write_text(json.dumps(dict(recipe="ER**30", segments=segments, support_update=su)))
     r = subprocess.run([pynx_engine.PYNX_PYTHON, str(pynx_engine.CHILD), str(tmp_path)], env=pynx_engine._child_env(),
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr

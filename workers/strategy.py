@@ -291,8 +291,11 @@ def standard(intensity, mask, opts: StrategyOptions = StrategyOptions(), progres
     i_crop, m_crop, offsets = crop_for_cnn(np.asarray(intensity, np.float32), mask, ro.crop_size)
     if free_mask is None:
         free_mask = free_pixel_mask(i_crop.shape, ratio=ro.free_ratio, mask=m_crop, seed=ro.seed)
-    res = phase_runs(i_crop, mask=m_crop, recipe=opts.standard_recipe, nb_run=opts.nb_run, nb_keep=opts.nb_keep,
-                     seed=ro.seed, device=ro.device, free_mask=free_mask,
+    from physics.phasing import PhaseConfig, resolve_device
+
+    config = PhaseConfig(recipe=opts.standard_recipe, nb_run=opts.nb_run, nb_keep=opts.nb_keep, seed=ro.seed,
+                         device=str(resolve_device(ro.device)))
+    res = phase_runs(i_crop, mask=m_crop, config=config, free_mask=free_mask,
                      progress=lambda d, n: progress("standard", d / n), should_cancel=should_cancel)
     sec = time.perf_counter() - t0
     ac = autocorrelation_support_size(i_crop, m_crop)

@@ -1,8 +1,9 @@
 """Several independent phasing runs on the same data, selection by free LLK, and mode decomposition (PyNX-like).
 
 Each run: same free-voxel mask, autocorrelation support, random object, ScaleObj('F'), a random shrink-wrap
-threshold in threshold_range, the recipe with support updates; runs with obj2_out > max_obj2_out are dropped,
-the nb_keep best by free Poisson LLK are aligned on the best one and decomposed into orthogonal modes.
+threshold in threshold_range, the recipe with support updates, run by an Engine (physics.phasing.engine); runs
+with obj2_out > max_obj2_out are dropped, the nb_keep best by free Poisson LLK are aligned on the best one and
+decomposed into orthogonal modes.
 """
 from __future__ import annotations
 
@@ -12,10 +13,10 @@ import numpy as np
 
 from physics.align import align
 from physics.errors import InputError
-from physics.phasing.cdi import CDI, SupportTooLarge, SupportTooSmall, torch_threads
-from physics.phasing.operators import (AutoCorrelationSupport, InitObjRandom, ScaleObj, SupportUpdate,
-                                       free_pixel_mask)
-from physics.phasing.recipe import count_cycles, run_recipe
+from physics.phasing.cdi import CDI, SupportTooSmall, torch_threads
+from physics.phasing.engine import BuiltinEngine, Engine, PhaseConfig, Problem, RunSpec
+from physics.phasing.operators import free_pixel_mask
+from physics.phasing.schedule import schedule
 
 
 @dataclass
@@ -71,92 +72,74 @@ def ortho_modes(objs) -> tuple[np.ndarray, np.ndarray]:
     return modes, (w[keep] / w.sum()).astype(np.float64)
 
 
-def phase_runs(iobs, mask=None, recipe: str = "HIO**400,RAAR**1000,ER**300", nb_run: int = 20, nb_keep: int = 5,
-               threshold_range=(0.15, 0.40), seed: int = 0, device="cpu", update_period: int = 20,
-               border_n: int = 0, progress=None, should_cancel=None, method: str = "rms",
-               smooth_width=(2.0, 0.5, None), force_shrink: bool = False, max_obj2_out: float = 0.10,
-               autocorrelation_range=(0.09, 0.11), free_mask=None, free_ratio: float = 0.05,
-               max_restart: int = 5, upsample: int = 20, zero_mask=False, center: bool = True,
-               num_threads: int | None = None) -> MultiRunResult:
-    """Run nb_run independent reconstructions of iobs (centred) and combine the nb_keep best into modes.
+def phase_runs(iobs, mask=None, config: PhaseConfig | None = None, *, engine: Engine | None = None, free_mask=None,
+               progress=None, should_cancel=None) -> MultiRunResult:
+    """Run config.nb_run independent reconstructions of iobs (centred) and combine the nb_keep best into modes.
 
-    progress(done, total) counts cycles over all runs; should_cancel() is checked between cycles.
-    A run whose support update still diverges after in-place retuning is restarted with the threshold
-    retuned by 1.1 (at most max_restart times), then recorded as failed. center=True rolls the best run so its
-    support is centred (whole voxels) before the others are aligned on it. num_threads: torch intra-op threads
-    for the call (None: leave torch's setting; 1 is best on a shared, busy CPU). zero_mask: see run_recipe.
-    Default False (masked voxels free, PyNX's generic default): "auto" (PyNX's ID01 runner) helped a 32³ crystal
-    with a 6-voxel gap band (free LLK 23 -> 1.9) but hurt one with isolated masked voxels near the peak under
-    a short recipe (free LLK 4-87 -> 22-350), so it is an option, not the default.
+    engine: BuiltinEngine() (default) or any Engine (e.g. workers.engines.pynx_engine.PyNXEngine); every engine
+    gets the same free mask, the same per-run draws (threshold, autocorrelation threshold, object seed, in a fixed
+    order from config.seed) and the same schedule. progress(done, total) counts cycles over all runs;
+    should_cancel() is checked between cycles. A run whose support still diverges after retuning is restarted
+    with the threshold retuned by 1.1 (at most max_restart times), then recorded as failed. Runs are scored by
+    our LLK code on the engine's final state, those with obj2_out > max_obj2_out rejected, and the best ones
+    aligned and decomposed (combine_runs).
+    zero_mask default False (masked voxels free, PyNX's generic default): "auto" (PyNX's ID01 runner) helps
+    detector-gap bands and can hurt isolated masked voxels near the peak (docs/benchmarks.md), so it is an option.
     """
-    with torch_threads(num_threads):
-        return _phase_runs(iobs, mask, recipe, nb_run, nb_keep, threshold_range, seed, device, update_period,
-                           border_n, progress, should_cancel, method, smooth_width, force_shrink, max_obj2_out,
-                           autocorrelation_range, free_mask, free_ratio, max_restart, upsample, center, zero_mask)
+    config = config or PhaseConfig()
+    engine = engine or BuiltinEngine()
+    with torch_threads(config.num_threads):
+        return _phase_runs(iobs, mask, config, engine, free_mask, progress, should_cancel)
 
 
-def _phase_runs(iobs, mask, recipe, nb_run, nb_keep, threshold_range, seed, device, update_period, border_n,
-                progress, should_cancel, method, smooth_width, force_shrink, max_obj2_out, autocorrelation_range,
-                free_mask, free_ratio, max_restart, upsample, center, zero_mask) -> MultiRunResult:
+def _phase_runs(iobs, mask, config, engine, free_mask, progress, should_cancel) -> MultiRunResult:
     """Body of phase_runs (see there)."""
-    if nb_run < 1 or nb_keep < 1:
-        raise InputError(f"nb_run and nb_keep must be >= 1, got {nb_run} and {nb_keep}")
-    lo, hi = threshold_range
-    if not 0 < lo <= hi:
-        raise InputError(f"threshold_range must be 0 < low <= high, got {threshold_range}")
-    nb_keep = min(nb_keep, nb_run)
-    rng = np.random.default_rng(seed)
-    base = CDI(iobs, mask=mask, device=device)
+    nb_keep = min(config.nb_keep, config.nb_run)
+    rng = np.random.default_rng(config.seed)
+    base = CDI(iobs, mask=mask, device=config.device)  # validates the data (one-line InputError)
+    base_mask = base.get_mask()
     if free_mask is None:
-        free_mask = free_pixel_mask(base.shape, ratio=free_ratio, mask=base.get_mask(), seed=rng.integers(2**32))
-    per_run = count_cycles(recipe)
-    total = per_run * nb_run
-    runs, candidates, warnings = [], [], []
-
-    for irun in range(nb_run):
+        free_mask = free_pixel_mask(base.shape, ratio=config.free_ratio, mask=base_mask, seed=rng.integers(2**32))
+    free_mask = np.asarray(free_mask, dtype=bool)
+    if free_mask.shape != base.shape:
+        raise InputError(f"free_mask has shape {free_mask.shape}, expected {base.shape} like iobs")
+    has_free = bool((free_mask & ~base_mask).any())
+    sched = schedule(config.recipe, config.update_period, config.zero_mask, support_update=True,
+                     has_mask=bool(base_mask.any()))
+    lo, hi = config.threshold_range
+    specs, runs = [], []
+    for irun in range(config.nb_run):  # the draws, in this order, define every engine's starts
         thr = float(rng.uniform(lo, hi))
-        ac = float(rng.uniform(*autocorrelation_range))
-        obj_seed = int(rng.integers(2**32))
-        rec = {"run": irun, "threshold_start": thr, "autocorrelation_threshold": ac, "status": "failed"}
-        for attempt in range(max_restart + 1):
-            cdi = CDI(iobs, mask=mask, device=device, free_mask=free_mask)
-            AutoCorrelationSupport(ac) * cdi
-            ScaleObj("F") * InitObjRandom(seed=obj_seed) * cdi
-            sup = SupportUpdate(threshold_relative=thr, method=method, smooth_width=smooth_width,
-                                border_n=border_n, force_shrink=force_shrink)
-
-            def prog(done, _total, _irun=irun):
-                if progress is not None:
-                    progress(_irun * per_run + done, total)
-
-            try:
-                run_recipe(cdi, recipe, sup, update_period=update_period, progress=prog,
-                           should_cancel=should_cancel, zero_mask=zero_mask)
-            except SupportTooSmall:
-                thr /= 1.1
-                continue
-            except SupportTooLarge:
-                thr *= 1.1
-                continue
-            llk = cdi.compute_llk()
-            rec.update(llk)
-            rec["threshold"] = cdi.support_threshold if cdi.support_threshold is not None else thr
-            rec["restarts"] = attempt
-            score = llk["llk_poisson_free"] if cdi.nb_free > 0 else llk["llk_poisson"]
-            rec["score"] = score
-            if llk["obj2_out"] > max_obj2_out:
-                rec["status"] = "rejected_obj2_out"
-            else:
-                rec["status"] = "ok"
-            candidates.append((score, irun, cdi.get_obj(), cdi.get_support(), rec["status"]))
-            candidates.sort(key=lambda c: (c[4] != "ok", c[0]))
-            del candidates[nb_keep:]
-            break
-        runs.append(rec)
-
+        ac = float(rng.uniform(*config.autocorrelation_range))
+        specs.append(RunSpec(irun, thr, ac, int(rng.integers(2**32))))
+        runs.append({"run": irun, "threshold_start": thr, "autocorrelation_threshold": ac, "status": "failed",
+                     "engine": engine.name})
+    problem = Problem(np.asarray(iobs), None if mask is None else np.asarray(mask, bool), free_mask, config.device)
+    candidates, errors = [], []
+    for out in engine.run(problem, specs, sched, config, progress, should_cancel):
+        rec = runs[out.run]
+        rec["restarts"] = out.restarts
+        if out.error is not None:
+            rec["error"] = out.error
+            errors.append(out.error)
+            continue
+        llk = out.llk
+        if llk is None:
+            llk = CDI(iobs, mask=mask, obj=out.obj, support=out.support, free_mask=free_mask,
+                      device=config.device).compute_llk()
+        rec.update(llk)
+        rec.update(out.extra)
+        rec["threshold"] = out.threshold
+        score = llk["llk_poisson_free"] if has_free else llk["llk_poisson"]
+        rec["score"] = score
+        rec["status"] = "rejected_obj2_out" if llk["obj2_out"] > config.max_obj2_out else "ok"
+        candidates.append((score, out.run, out.obj, out.support, rec["status"]))
+        candidates.sort(key=lambda c: (c[4] != "ok", c[0], c[1]))
+        del candidates[nb_keep:]
     if not candidates:
-        raise SupportTooSmall(f"all {nb_run} runs failed: the support diverged despite threshold retuning")
-    return combine_runs(candidates, runs, free_mask, max_obj2_out, center, upsample, warnings)
+        raise SupportTooSmall(f"all {config.nb_run} runs failed: "
+                              f"{errors[0] if errors else 'the support diverged despite threshold retuning'}")
+    return combine_runs(candidates, runs, free_mask, config.max_obj2_out, config.center, config.upsample)
 
 
 def combine_runs(candidates, runs, free_mask, max_obj2_out: float, center: bool = True, upsample: int = 20,

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from physics.errors import InputError
-from physics.phasing.cdi import CDI, SupportTooLarge, SupportTooSmall, dilate_box
+from physics.phasing.cdi import CDI, DIMS, SupportTooLarge, SupportTooSmall, dilate_box
 
 
 class Operator:
@@ -57,6 +57,16 @@ class Chain(Operator):
         return "*".join(repr(o) for o in self.ops)
 
 
+class Identity(Operator):
+    """The empty chain: leaves the state as it is."""
+
+    def op(self, cdi):
+        return cdi
+
+    def __repr__(self):
+        return "1"
+
+
 class Repeat(Operator):
     """An operator applied n times."""
 
@@ -76,19 +86,31 @@ class Repeat(Operator):
 
 
 class _Cycle(Operator):
-    """One iterative phasing cycle; calc_llk=k computes the LLK every k-th global cycle (0: never)."""
+    """One iterative phasing cycle; calc_llk=k computes the LLK every k-th global cycle (0: never).
+
+    zero_mask True/False: masked Fourier voxels forced to 0 / left free during this cycle (PyNX's operator
+    option); None: the state's cdi.zero_mask.
+    """
 
     kind = ""
 
-    def __init__(self, beta: float = 0.9, calc_llk: int = 0):
+    def __init__(self, beta: float = 0.9, calc_llk: int = 0, zero_mask: bool | None = None):
         if not 0 < beta <= 1:
             raise InputError(f"beta must be in (0, 1], got {beta}")
         self.beta = float(beta)
         self.calc_llk = int(calc_llk)
+        self.zero_mask = None if zero_mask is None else bool(zero_mask)
 
     def op(self, cdi):
         want = self.calc_llk > 0 and cdi.nb_cycle % self.calc_llk == 0
-        cdi.cycle(self.kind, self.beta, calc_llk=want)
+        if self.zero_mask is None:
+            cdi.cycle(self.kind, self.beta, calc_llk=want)
+            return cdi
+        before, cdi.zero_mask = cdi.zero_mask, self.zero_mask
+        try:
+            cdi.cycle(self.kind, self.beta, calc_llk=want)
+        finally:
+            cdi.zero_mask = before
         return cdi
 
     def nb_cycles(self):
@@ -103,8 +125,8 @@ class ER(_Cycle):
 
     kind = "ER"
 
-    def __init__(self, calc_llk: int = 0):
-        super().__init__(0.9, calc_llk)
+    def __init__(self, calc_llk: int = 0, zero_mask: bool | None = None):
+        super().__init__(0.9, calc_llk, zero_mask)
 
 
 class HIO(_Cycle):
@@ -143,6 +165,7 @@ class SupportUpdate(Operator):
 
     smooth_width: float sigma, or (sigma_begin, sigma_end, n): sigma = begin*(end/begin)**(c/n) for global
     cycle c < n, then end (n=None: run_recipe uses its HIO+RAAR cycle count; used alone it means sigma_end).
+    threshold_relative: a float, or one value per run for a batched state (each run retunes its own).
     border_n > 0: only voxels in dilate_n(S) & ~erode_n(S) may change. force_shrink: voxels are only removed.
     Guards: if the new support has <= min_fraction or >= max_fraction of the voxels, the threshold is divided
     (resp. multiplied) by 1.1 and the update retried (up to max_retune times, retune=True), else raises
@@ -156,7 +179,7 @@ class SupportUpdate(Operator):
                  max_fraction: float = 0.7, retune: bool = True, max_retune: int = 20, post_expand=None):
         if method not in ("rms", "max", "average"):
             raise InputError(f"support method must be rms, max or average, got {method!r}")
-        if not threshold_relative > 0:
+        if not np.all(np.asarray(threshold_relative, dtype=float) > 0):
             raise InputError(f"support threshold must be > 0, got {threshold_relative}")
         if isinstance(smooth_width, (int, float)):
             smooth_width = (float(smooth_width), float(smooth_width), 0)
@@ -164,7 +187,9 @@ class SupportUpdate(Operator):
             raise InputError(f"smooth_width must be a float or (begin, end, n_cycles), got {smooth_width!r}")
         if int(border_n) < 0:
             raise InputError(f"border_n must be >= 0, got {border_n}")
-        self.threshold_relative = float(threshold_relative)
+        # one float, or one threshold per run of a batched state
+        self.threshold_relative = (float(threshold_relative) if np.ndim(threshold_relative) == 0
+                                   else np.asarray(threshold_relative, dtype=float).copy())
         self.method = method
         self.smooth_width = tuple(smooth_width)
         self.border_n = int(border_n)
@@ -187,20 +212,47 @@ class SupportUpdate(Operator):
         return float(begin * (end / begin) ** (cycle / n))
 
     def op(self, cdi):
-        a = cdi.smoothed_modulus(self.sigma(cdi.nb_cycle))
-        old = cdi._support
-        vals = a[old] if cdi.nb_support > 0 else a.reshape(-1)
+        a_all = cdi.smoothed_modulus(self.sigma(cdi.nb_cycle))
+        band_all = cdi.border_band(self.border_n) if self.border_n > 0 else None
+        nb_runs = cdi.batch or 1
+        thr = np.broadcast_to(np.asarray(self.threshold_relative, dtype=float), (nb_runs,)).copy()
+        news, sizes = [], []
+        for i, (a, old, nb_old) in enumerate(zip(cdi.runs(a_all), cdi.runs(cdi._support), cdi._nb_support)):
+            if i in cdi.failed:  # a diverged run of a batch keeps its support until the batch ends
+                news.append(old)
+                sizes.append(nb_old)
+                continue
+            band = None if band_all is None else cdi.runs(band_all)[i]
+            try:
+                new, thr[i], nb = self._update_one(a, old, band, nb_old, float(thr[i]))
+            except (SupportTooSmall, SupportTooLarge) as exc:
+                if cdi.batch is None:
+                    raise
+                cdi.failed[i] = exc
+                new, nb = old, nb_old
+            news.append(new)
+            sizes.append(nb)
+        if cdi.batch is not None and len(cdi.failed) == cdi.batch:  # every run diverged: stop the batch now
+            raise cdi.failed[max(cdi.failed)]
+        cdi._set_support_tensor(news[0] if cdi.batch is None else torch.stack(news))
+        self.threshold_relative = float(thr[0]) if cdi.batch is None else thr
+        cdi.support_threshold = float(thr[0]) if cdi.batch is None else [float(t) for t in thr]
+        cdi.history.append({"cycle": cdi.nb_cycle, "support_size": cdi._per_run(sizes),
+                            "threshold": cdi.support_threshold})
+        return cdi
+
+    def _update_one(self, a, old, band, nb_old: int, threshold: float):
+        """New support of one run from its smoothed modulus a: (support, retuned threshold, size)."""
+        vals = a[old] if nb_old > 0 else a.reshape(-1)
         if self.method == "rms":
             ref = float(torch.sqrt((vals.double() ** 2).mean()))
         elif self.method == "max":
             ref = float(vals.max())
         else:
             ref = float(vals.double().mean())
-        band = cdi.border_band(self.border_n) if self.border_n > 0 else None
         size = a.numel()
         for attempt in range(self.max_retune + 1):
-            thr = self.threshold_relative * ref
-            new = a > thr
+            new = a > threshold * ref
             for k in self.post_expand:
                 new = dilate_box(new, k) if k > 0 else ~dilate_box(~new, -k)
             if self.force_shrink:
@@ -210,23 +262,20 @@ class SupportUpdate(Operator):
             nb = int(new.sum())
             if nb <= self.min_fraction * size:
                 if self.retune and attempt < self.max_retune:
-                    self.threshold_relative /= 1.1
+                    threshold /= 1.1
                     self.nb_retune += 1
                     continue
                 raise SupportTooSmall(f"support too small: {nb} voxels ({100 * nb / size:.3f} %) at threshold "
-                                      f"{self.threshold_relative:.3f} x {self.method}")
+                                      f"{threshold:.3f} x {self.method}")
             if nb >= self.max_fraction * size:
                 if self.retune and attempt < self.max_retune:
-                    self.threshold_relative *= 1.1
+                    threshold *= 1.1
                     self.nb_retune += 1
                     continue
                 raise SupportTooLarge(f"support too large: {nb} voxels ({100 * nb / size:.1f} %) at threshold "
-                                      f"{self.threshold_relative:.3f} x {self.method}")
+                                      f"{threshold:.3f} x {self.method}")
             break
-        cdi._set_support_tensor(new)
-        cdi.support_threshold = self.threshold_relative
-        cdi.history.append({"cycle": cdi.nb_cycle, "support_size": nb, "threshold": self.threshold_relative})
-        return cdi
+        return new, threshold, nb
 
     def __repr__(self):
         return "Sup"
@@ -242,13 +291,14 @@ class AutoCorrelationSupport(Operator):
 
     def op(self, cdi):
         i = cdi._iobs * (~cdi._mask & ~cdi._free)
-        ac = torch.abs(torch.fft.fftn(i.to(torch.complex64)))
+        ac = torch.abs(torch.fft.fftn(i.to(torch.complex64)))  # data only: one support for every run
         cdi._set_support_tensor(ac > self.threshold * ac.max())
         return cdi
 
 
 class InitObjRandom(Operator):
-    """Random object inside the support: amplitude U(amin, amax) x exp(i U(0, phirange)); seedable."""
+    """Random object inside the support: amplitude U(amin, amax) x exp(i U(0, phirange)); seedable.
+    On a batched state every run gets the same draw (build distinct starts run by run, as phase_runs does)."""
 
     def __init__(self, amin: float = 0.0, amax: float = 1.0, phirange: float = 2 * math.pi, seed=None):
         self.amin, self.amax, self.phirange, self.seed = amin, amax, phirange, seed
@@ -272,16 +322,17 @@ class ScaleObj(Operator):
         self.method = method
 
     def op(self, cdi):
-        fc = torch.abs(torch.fft.fftn(cdi._obj, norm="ortho"))[cdi._observed].double()
         iobs = cdi._iobs[cdi._observed].double()
-        if self.method == "F":
-            den = float((fc ** 2).sum())
-            s = float((fc * torch.sqrt(iobs)).sum()) / den if den > 0 else 1.0
-        else:
-            ic = fc ** 2
-            den = float((ic ** 2).sum())
-            s = math.sqrt(float((ic * iobs).sum()) / den) if den > 0 else 1.0
-        cdi._obj.mul_(s)
+        for obj in cdi.runs(cdi._obj):  # one factor per run of a batch
+            fc = torch.abs(torch.fft.fftn(obj, dim=DIMS, norm="ortho"))[cdi._observed].double()
+            if self.method == "F":
+                den = float((fc ** 2).sum())
+                s = float((fc * torch.sqrt(iobs)).sum()) / den if den > 0 else 1.0
+            else:
+                ic = fc ** 2
+                den = float((ic ** 2).sum())
+                s = math.sqrt(float((ic * iobs).sum()) / den) if den > 0 else 1.0
+            obj.mul_(s)
         return cdi
 
 

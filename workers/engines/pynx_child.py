@@ -1,69 +1,20 @@
 """Run a phasing recipe in real PyNX (CPU back-end); executed by Debian's /usr/bin/python3 or imported in-process.
 
 Protocol (subprocess): ``python3 pynx_child.py JOBDIR``. JOBDIR holds ``in.npz`` (centred arrays: iobs, and
-optionally mask, obj, support, free_mask) and ``params.json``. The child writes ``out.npz`` (obj_<i>, support_<i>,
-free_mask, all centred) and ``out.json`` (per-run figures), or ``error.txt`` (one line) and exits with status 1.
+optionally mask, obj, support, free_mask) and ``params.json`` with the segments [[name, n, zero_mask], ...] of
+physics.phasing.schedule (the one schedule; this child only runs it). The child writes ``out.npz`` (obj_<i>,
+support_<i>, free_mask, all centred) and ``out.json`` (per-run figures), or ``error.txt`` (one line) and exits with status 1.
 This file must import only numpy/scipy and PyNX: Debian's Python has numpy 1.x and none of our packages.
 """
 
 import json
 import os
-import re
 import sys
 import time
 
 import numpy as np
 
 CYCLES = ("ER", "HIO", "RAAR", "CF")
-STEPS = CYCLES + ("Sup", "FAA", "LLK")
-_STEP = re.compile(r"^\s*([A-Za-z]+)\s*(?:\*\*\s*(\d+))?\s*$")
-
-
-def parse_recipe(recipe):
-    """Expand a simple left-to-right recipe ("HIO**400,RAAR**1000,ER**300") into a flat list of steps.
-
-    Used only when the child runs alone; the parent sends steps parsed by physics.phasing's full grammar.
-    """
-    if not isinstance(recipe, str) or not recipe.strip():
-        raise ValueError("empty recipe: expected e.g. 'HIO**400,RAAR**1000,ER**300'")
-    names = {n.lower(): n for n in STEPS}
-    steps = []
-    for part in recipe.split(","):
-        m = _STEP.match(part)
-        if m is None or m.group(1).lower() not in names:
-            raise ValueError(f"bad recipe step {part.strip()!r}: expected NAME**N with NAME in {', '.join(STEPS)}")
-        steps += [names[m.group(1).lower()]] * int(m.group(2) or 1)
-    return steps
-
-
-def compile_steps(steps, update_period=20, auto_support=True, zero_mask=False):
-    """Run-length encode a flat step list into segments [[name, n, zero_mask], ...], inserting ["Sup", 1, False]
-    after every update_period-th cycle (counted from the start, like the built-in run_recipe) unless the recipe
-    names Sup. zero_mask True/False, or "auto": masked voxels forced to 0 during the first 60 % of the HIO/RAAR
-    cycles and free afterwards and in ER (as the built-in run_recipe and PyNX's BCDI runner)."""
-    if zero_mask not in (True, False, "auto"):
-        raise ValueError(f"zero_mask must be True, False or 'auto', got {zero_mask!r}")
-    auto = auto_support and update_period and update_period > 0 and "Sup" not in steps
-    zero_until = int(0.6 * sum(s in ("HIO", "RAAR", "CF") for s in steps)) if zero_mask == "auto" else 0
-    segments, c, hio_raar = [], 0, 0
-    for name in steps:
-        if name not in STEPS:
-            raise ValueError(f"unknown step {name!r}: use one of {', '.join(STEPS)}")
-        zero = False
-        if name in CYCLES:
-            hio_raar += name != "ER"
-            zero = (hio_raar <= zero_until and name != "ER") if zero_mask == "auto" else bool(zero_mask)
-        if segments and segments[-1][0] == name and name in CYCLES and segments[-1][2] == zero:
-            segments[-1][1] += 1
-        else:
-            segments.append([name, 1, zero])
-        if name in CYCLES:
-            c += 1
-            if auto and c % update_period == 0:
-                segments.append(["Sup", 1, False])
-    return segments
-
-
 def chain_string(segments):
     """PyNX-style (right-to-left) text of the operator chain, grouping repeated segment pairs; for logs and docs."""
     ops = [f"{seg[0]}**{seg[1]}" if seg[1] > 1 else seg[0] for seg in segments]
@@ -153,10 +104,9 @@ def _one_run(pc, arrays, params, run):
         cdi = pc.InitObjRandom(src="support", amin=0, amax=1, phirange=2 * np.pi) * cdi
     # No PyNX ScaleObj here: its 2025.1 CPU version scales by 1/sqrt(N) too little (non-unitary FFT); the parent
     # scales the starting object instead.
-    segments = params.get("segments") or compile_steps(parse_recipe(params["recipe"]),
-                                                       int(params.get("update_period", 20)),
-                                                       params.get("support_update") is not None,
-                                                       params.get("zero_mask", False))
+    segments = params.get("segments")
+    if not segments:
+        raise ValueError("params has no 'segments': the parent sends physics.phasing.schedule's segments")
     thr = float(run.get("threshold_relative", (params.get("support_update") or {}).get("threshold_relative", 0.25)))
     sup = _sup_kwargs(params.get("support_update"), thr, params.get("min_fraction", 1e-4),
                       params.get("max_fraction", 0.7))

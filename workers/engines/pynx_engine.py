@@ -2,8 +2,9 @@
 
 PyNX needs numpy 1.x, so it normally lives in Debian's /usr/bin/python3 (deploy/scripts/install-pynx.sh) and runs in a
 subprocess (pynx_child.py; npz in/out in a temp dir, JSON parameters). If ``import pynx`` works in this interpreter the
-same code runs in-process. Arrays in and out are centred (README, "Conventions"). BCDI_PYNX_PYTHON overrides the
-interpreter used for the child.
+same code runs in-process. `PyNXEngine` is the physics.phasing.Engine for phase_runs; `pynx_run_recipe` runs one
+recipe from a given start (the CNN pipeline's refinement). Arrays in and out are centred (physics.phasing
+conventions). BCDI_PYNX_PYTHON overrides the interpreter used for the child.
 
 Known PyNX CPU limitation: SupportUpdate ignores ``update_border_n`` (border-only support updates exist only on its
 CUDA/OpenCL back-ends), so ``support_update["border_n"]`` has no effect here; compare with border_n=0.
@@ -23,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from physics.errors import InputError
+from physics.phasing.engine import RunOutcome
 from workers.engines import pynx_child
 
 PYNX_PYTHON = os.environ.get("BCDI_PYNX_PYTHON", "/usr/bin/python3")
@@ -166,24 +168,19 @@ def _support_params(support_update) -> dict | None:
 
 def compile_recipe(recipe: str, update_period: int, support_update: dict | None, zero_mask=False,
                    has_mask: bool = True) -> tuple[list, dict | None]:
-    """Our recipe string -> PyNX segments [[name, n, zero_mask], ...] (support updates and zero_mask phases placed
-    like run_recipe does), and the support settings with a (begin, end, None) smooth schedule resolved to the
-    recipe's HIO+RAAR cycle count. Without masked voxels zero_mask has no effect and is dropped."""
-    from physics.phasing.recipe import parse_recipe  # our grammar (InputError on a bad recipe)
+    """Our recipe -> PyNX segments [[name, n, zero_mask], ...] from the one schedule (physics.phasing.schedule),
+    and the support settings with a (begin, end, None) smooth schedule resolved to the recipe's HIO+RAAR cycles."""
+    from physics.phasing.schedule import resolve_smooth_width, schedule
 
-    steps = parse_recipe(recipe)
     if update_period is None or int(update_period) < 0:
         raise InputError(f"update_period must be >= 0, got {update_period}")
     su = _support_params(support_update)
+    sched = schedule(recipe, int(update_period), zero_mask, support_update=su is not None, has_mask=has_mask)
     if su is not None and isinstance(su["smooth_width"], list):
         if len(su["smooth_width"]) != 3:
             raise InputError(f"smooth_width must be a float or (begin, end, n_cycles), got {su['smooth_width']!r}")
-        if su["smooth_width"][2] is None or su["smooth_width"][2] != su["smooth_width"][2]:
-            su["smooth_width"][2] = sum(s in ("HIO", "RAAR") for s in steps)
-    if zero_mask not in (True, False, "auto"):
-        raise InputError(f"zero_mask must be True, False or 'auto', got {zero_mask!r}")
-    segments = pynx_child.compile_steps(steps, int(update_period), su is not None, zero_mask if has_mask else False)
-    return segments, su
+        su["smooth_width"] = list(resolve_smooth_width(su["smooth_width"], sched))
+    return sched.as_lists(), su
 
 
 def our_llk(iobs, obj_last, mask=None, free_mask=None, support=None) -> dict:
@@ -242,95 +239,64 @@ def _result(iobs, mask, out, run, i, info, wall) -> dict:
     return res
 
 
-def pynx_phase_runs(iobs, mask=None, recipe: str = DEFAULT_RECIPE, nb_run: int = 20, nb_keep: int = 5,
-                    threshold_range=(0.15, 0.40), seed: int = 0, device="cpu", update_period: int = 20,
-                    border_n: int = 0, progress=None, should_cancel=None, method: str = "rms",
-                    smooth_width=(2.0, 0.5, None), force_shrink: bool = False, max_obj2_out: float = 0.10,
-                    autocorrelation_range=(0.09, 0.11), free_mask=None, free_ratio: float = 0.05,
-                    max_restart: int = 5, upsample: int = 20, zero_mask=False, center: bool = True,
-                    num_threads: int | None = None, timeout: float | None = None):
-    """physics.phasing.phase_runs with the runs done by PyNX (CPU); same signature and MultiRunResult.
+class PyNXEngine:
+    """physics.phasing.Engine running each run's schedule in real PyNX (CPU back-end, subprocess or in-process).
 
-    Each run starts exactly like the built-in one for the same seed (same free mask, autocorrelation support, random
-    object scaled by ScaleObj('F'), threshold drawn from threshold_range), built by our operators, then PyNX runs the
-    recipe. A diverging support restarts the run with the threshold retuned by 1.1 (PyNX runner style, at most
-    max_restart times; PyNX has no in-place retune). Selection (obj2_out <= max_obj2_out, lowest free LLK scored by
-    our LLK code on PyNX's result), centring and modes reuse physics.phasing. device is ignored; border_n too
-    (PyNX CPU), and num_threads (PyNX's numpy back-end is single-threaded). zero_mask as run_recipe (PyNX's operators
-    take it per cycle block). timeout (s) bounds each PyNX child process.
+    phase_runs builds every start with our operators (same seeds as the built-in engine: free mask,
+    autocorrelation support, random object scaled by ScaleObj('F'); PyNX's CPU ScaleObj is not unitary) and
+    PyNX runs the schedule's segments from it. A diverging support restarts the run with the threshold retuned
+    by 1.1 (PyNX runner style, at most max_restart times; PyNX has no in-place retune). config.device,
+    border_n (PyNX CPU ignores it), num_threads (PyNX's numpy back-end is single-threaded) and batch have no
+    effect. timeout (s) bounds each PyNX child process.
     """
-    from physics.phasing import CDI
-    from physics.phasing.multirun import combine_runs
-    from physics.phasing.operators import AutoCorrelationSupport, InitObjRandom, ScaleObj, free_pixel_mask
 
-    if nb_run < 1 or nb_keep < 1:
-        raise InputError(f"nb_run and nb_keep must be >= 1, got {nb_run} and {nb_keep}")
-    lo, hi = threshold_range
-    if not 0 < lo <= hi:
-        raise InputError(f"threshold_range must be 0 < low <= high, got {threshold_range}")
-    iobs = _check_iobs(iobs)
-    mask = _check_array("mask", mask, iobs.shape, "bool")
-    nb_keep = min(nb_keep, nb_run)
-    su = dict(threshold_relative=lo, method=method, smooth_width=smooth_width, force_shrink=force_shrink,
-              border_n=border_n)
-    segments, su = compile_recipe(recipe, update_period, su, zero_mask, has_mask=mask is not None and bool(mask.any()))
-    nb_cycles = sum(seg[1] for seg in segments if seg[0] in pynx_child.CYCLES)
-    rng = np.random.default_rng(seed)  # same draws, in the same order, as phase_runs
-    base = CDI(iobs, mask=mask)
-    if free_mask is None:
-        free_mask = free_pixel_mask(base.shape, ratio=free_ratio, mask=base.get_mask(), seed=rng.integers(2**32))
-    free_mask = _check_array("free_mask", free_mask, iobs.shape, "bool")
-    starts, runs = [], []
-    for irun in range(nb_run):
-        thr = float(rng.uniform(lo, hi))
-        ac = float(rng.uniform(*autocorrelation_range))
-        obj_seed = int(rng.integers(2**32))
-        cdi = CDI(iobs, mask=mask, free_mask=free_mask)
-        AutoCorrelationSupport(ac) * cdi
-        ScaleObj("F") * InitObjRandom(seed=obj_seed) * cdi
-        starts.append((cdi.get_obj(), cdi.get_support()))
-        runs.append({"run": irun, "threshold_start": thr, "autocorrelation_threshold": ac, "status": "failed",
-                     "engine": "pynx"})
-    # progress granularity is one run: one child per run when progress/cancel is wanted, else one child for all
-    per_call = 1 if (progress is not None or should_cancel is not None) else nb_run
-    candidates = []
-    for first in range(0, nb_run, per_call):
-        if should_cancel is not None and should_cancel():
-            from physics.phasing.cdi import Cancelled
+    name = "pynx"
 
-            raise Cancelled(f"cancelled after {first} of {nb_run} PyNX runs")
-        idx = list(range(first, min(first + per_call, nb_run)))
-        arrays = dict(iobs=iobs, mask=mask, free_mask=free_mask)
-        prm_runs = []
-        for i in idx:
-            arrays[f"obj_start_{i}"], arrays[f"support_start_{i}"] = starts[i]
-            prm_runs.append(dict(seed=i, threshold_relative=runs[i]["threshold_start"], obj=f"obj_start_{i}",
-                                 support=f"support_start_{i}"))
-        params = dict(recipe=recipe, segments=segments, support_update=su, runs=prm_runs, keep_going=True,
-                      max_tries=max_restart + 1)
-        out, info = _run_job(arrays, params, timeout)
-        for j, rinfo in zip(idx, info["runs"]):
-            rec = runs[j]
-            if "error" in rinfo:
-                rec["error"] = rinfo["error"]
-                continue
-            k = idx.index(j)
-            obj, support = out[f"obj_{k}"], out[f"support_{k}"].astype(bool)
-            cdi = CDI(iobs, mask=mask, obj=obj, support=support, free_mask=free_mask)
-            llk = cdi.compute_llk()
-            rec.update(llk)
-            rec.update(threshold=rinfo["threshold_relative"], restarts=rinfo["tries"] - 1, seconds=rinfo["seconds"],
-                       pynx_llk_poisson=rinfo["llk_poisson"], pynx_llk_poisson_free=rinfo["llk_poisson_free"],
-                       pynx_obj2_out=rinfo["obj2_out"], chain=rinfo["chain"])
-            score = llk["llk_poisson_free"] if free_mask.any() else llk["llk_poisson"]
-            rec["score"] = score
-            rec["status"] = "rejected_obj2_out" if llk["obj2_out"] > max_obj2_out else "ok"
-            candidates.append((score, j, obj, support, rec["status"]))
-            candidates.sort(key=lambda c: (c[4] != "ok", c[0]))
-            del candidates[nb_keep:]
-        if progress is not None:
-            progress(min(first + per_call, nb_run) * nb_cycles, nb_run * nb_cycles)
-    if not candidates:
-        errs = {r.get("error", "") for r in runs}
-        raise PyNXError(f"all {nb_run} PyNX runs failed: {sorted(errs)[0] if errs else 'unknown error'}")
-    return combine_runs(candidates, runs, free_mask, max_obj2_out, center, upsample)
+    def __init__(self, timeout: float | None = None):
+        self.timeout = timeout
+
+    def run(self, problem, specs, sched, config, progress=None, should_cancel=None):
+        from physics.phasing.schedule import resolve_smooth_width
+
+        require_pynx()
+        iobs = _check_iobs(problem.iobs)
+        mask = _check_array("mask", problem.mask, iobs.shape, "bool")
+        free_mask = _check_array("free_mask", problem.free_mask, iobs.shape, "bool")
+        su = _support_params(dict(threshold_relative=config.threshold_range[0], method=config.method,
+                                  smooth_width=config.smooth_width, force_shrink=config.force_shrink,
+                                  border_n=config.border_n))
+        if isinstance(su["smooth_width"], list):
+            su["smooth_width"] = list(resolve_smooth_width(su["smooth_width"], sched))
+        segments = sched.as_lists()
+        nb_run = len(specs)
+        # progress granularity is one run: one child per run when progress/cancel is wanted, else one for all
+        per_call = 1 if (progress is not None or should_cancel is not None) else nb_run
+        for first in range(0, nb_run, per_call):
+            if should_cancel is not None and should_cancel():
+                from physics.phasing.cdi import Cancelled
+
+                raise Cancelled(f"cancelled after {first} of {nb_run} PyNX runs")
+            chunk = specs[first:first + per_call]
+            arrays = dict(iobs=iobs, mask=mask, free_mask=free_mask)
+            prm_runs = []
+            for spec in chunk:
+                start = problem.start_state(spec)
+                i = spec.run
+                arrays[f"obj_start_{i}"], arrays[f"support_start_{i}"] = start.get_obj(), start.get_support()
+                prm_runs.append(dict(seed=i, threshold_relative=spec.threshold, obj=f"obj_start_{i}",
+                                     support=f"support_start_{i}"))
+            params = dict(recipe=sched.recipe, segments=segments, support_update=su, runs=prm_runs,
+                          keep_going=True, max_tries=config.max_restart + 1, beta=config.beta)
+            out, info = _run_job(arrays, params, self.timeout)
+            for k, (spec, rinfo) in enumerate(zip(chunk, info["runs"])):
+                if "error" in rinfo:
+                    yield RunOutcome(spec.run, restarts=config.max_restart, error=rinfo["error"])
+                    continue
+                yield RunOutcome(spec.run, obj=out[f"obj_{k}"], support=out[f"support_{k}"].astype(bool),
+                                 threshold=rinfo["threshold_relative"], restarts=rinfo["tries"] - 1,
+                                 extra=dict(seconds=rinfo["seconds"], pynx_llk_poisson=rinfo["llk_poisson"],
+                                            pynx_llk_poisson_free=rinfo["llk_poisson_free"],
+                                            pynx_obj2_out=rinfo["obj2_out"], chain=rinfo["chain"]))
+            if progress is not None:
+                done = min(first + per_call, nb_run) * sched.nb_cycles
+                progress(done, nb_run * sched.nb_cycles)
