@@ -1,0 +1,117 @@
+"""Oversampling ratio per axis, from a measured Bragg peak alone (no geometry needed).
+
+The inverse FFT of the intensity is the autocorrelation of the object, whose support is the object's support
+minus itself: twice the crystal's extent along every axis. So along axis i, oversampling = N_i / extent_i =
+2 N_i / (autocorrelation extent + 1). This is the estimate PyNX (autocorrelation support) and cdiutils
+(oversampling_from_diffraction) make; the threshold is where the tools differ.
+
+Threshold choice: a relative threshold (e.g. 0.1 of the maximum, as for PyNX's initial support) measures a width,
+not the extent, and for a highly strained crystal the modulus of the complex autocorrelation falls fast with the
+shift (the phases decorrelate), so a relative threshold overestimated the oversampling by 1.4-3.8x on the
+simulated 2π-5π crystals. Poisson noise is white, so it adds a flat floor to the autocorrelation; here the
+support is the connected region around the origin that stands above that floor (median + ``k`` robust sigmas of
+the outer shell, after a 1-voxel Gaussian smoothing). Measured on 12 simulated 64³ crystals (2π-5π, 1e4-4e6
+peak counts): every axis within 10 % of the true value with k = 8 (tests/test_oversampling.py repeats this).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.fft as sfft
+from scipy import ndimage
+
+from physics.errors import InputError
+
+__all__ = ["autocorrelation", "Oversampling", "estimate_oversampling", "fill_masked"]
+
+OUTER = 0.46  # |shift| >= OUTER * N on some axis: outside the autocorrelation of any crystal with oversampling > 2.17
+
+
+def fill_masked(intensity: np.ndarray, mask: np.ndarray | None, sigma: float = 1.0) -> np.ndarray:
+    """Masked voxels replaced by a local Gaussian-weighted mean of the measured ones (normalised convolution).
+
+    The width grows (x2) until every masked voxel has measured neighbours, so a 6-pixel detector gap is bridged.
+    Used for the CNN input and the oversampling estimate, never for the refinement (masked voxels stay free there).
+    """
+    data = np.asarray(intensity, dtype=np.float32)
+    if mask is None or not np.any(mask):
+        return data.copy()
+    mask = np.asarray(mask, dtype=bool)
+    valid = (~mask).astype(np.float32)
+    if not valid.any():
+        raise InputError("every voxel is masked: nothing to fill from")
+    out = data.copy()
+    todo = mask.copy()
+    s = float(sigma)
+    while todo.any():
+        num = ndimage.gaussian_filter(np.where(mask, 0.0, data).astype(np.float32), s, mode="constant")
+        den = ndimage.gaussian_filter(valid, s, mode="constant")
+        ok = todo & (den > 1e-3)
+        out[ok] = num[ok] / den[ok]
+        todo &= ~ok
+        s *= 2
+        if s > max(data.shape):
+            out[todo] = 0.0
+            break
+    return np.clip(out, 0.0, None)
+
+
+def autocorrelation(intensity: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """|inverse FFT| of the intensity, centred (zero shift at n//2); masked voxels are filled first (fill_masked),
+    because a zeroed gap band would spread the autocorrelation along the gap's axis."""
+    data = fill_masked(intensity, mask)
+    return np.abs(sfft.fftshift(sfft.ifftn(sfft.ifftshift(data), workers=-1))).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Oversampling:
+    """Per-axis oversampling of a pattern, with what it was measured from."""
+
+    ratio: tuple[float, ...]  # N_i / crystal extent_i
+    extent: tuple[int, ...]  # autocorrelation support extent per axis (voxels)
+    undersampled: tuple[bool, ...]  # the autocorrelation fills the axis: oversampling <= ~2, phasing cannot work
+    threshold: tuple[float, ...]  # absolute autocorrelation level of the support per axis (noise floor + k sigma)
+
+    def describe(self) -> str:
+        return " x ".join(f"{r:.2f}" + ("(<=2: undersampled)" if u else "") for r, u in zip(self.ratio,
+                                                                                         self.undersampled))
+
+
+def estimate_oversampling(intensity: np.ndarray, mask: np.ndarray | None = None, k: float = 8.0,
+                          smooth: float = 1.0) -> Oversampling:
+    """Oversampling per axis from the extent of the autocorrelation support above the noise floor (module doc)."""
+    data = np.asarray(intensity, dtype=np.float32)
+    if data.ndim != 3 or min(data.shape) < 8:
+        raise InputError(f"oversampling needs a 3D intensity of at least 8 voxels per axis, got {data.shape}")
+    if not np.any(data > 0):
+        raise InputError("intensity is zero everywhere: no oversampling to measure")
+    a = autocorrelation(data, mask)
+    if smooth:
+        a = ndimage.gaussian_filter(a, smooth, mode="wrap")
+    shape = np.array(a.shape)
+    centre = tuple(int(c) for c in shape // 2)
+    outer = np.zeros(a.shape, bool)
+    for axis, n in enumerate(shape):
+        rel = np.abs(np.arange(n) - n // 2) / n
+        outer |= (rel >= OUTER).reshape([-1 if j == axis else 1 for j in range(3)])
+    floor = a[outer]
+    mu = float(np.median(floor))
+    sd = float(1.4826 * np.median(np.abs(floor - mu)))
+    level = mu + k * max(sd, 1e-12 * float(a[centre]))
+    extent, ratio, under, levels = [], [], [], []
+    for axis, n in enumerate(shape):
+        # Along this axis, also stand above everything in the outer slab |shift_axis| >= OUTER * n: a masked gap
+        # band normal to this axis (imperfectly filled) leaves a weak streak along it there, well above the noise.
+        rel = np.abs(np.arange(n) - n // 2) / n
+        slab = np.broadcast_to((rel >= OUTER).reshape([-1 if j == axis else 1 for j in range(3)]), a.shape)
+        lev = max(level, float(a[slab].max()))
+        labels, _ = ndimage.label(a > lev)
+        comp = labels == labels[centre]
+        idx = np.nonzero(comp.any(axis=tuple(j for j in range(3) if j != axis)))[0]
+        ext = int(idx.max() - idx.min() + 1)
+        extent.append(ext)
+        ratio.append(2.0 * n / (ext + 1))
+        under.append(ext >= n - 1)
+        levels.append(lev)
+    return Oversampling(tuple(float(r) for r in ratio), tuple(extent), tuple(under), tuple(levels))
