@@ -106,6 +106,7 @@ class CDI:
         self.nb_cycle = 0
         self.zero_mask = False  # True: masked voxels are set to 0 by the projection instead of left free (PyNX)
         self.llk: dict = {}
+        self.llk_scale = 1.0  # photons per intensity unit: LLKs are computed on iobs x llk_scale (non-integer data)
         self.support_threshold: float | None = None
         self.history: list[dict] = []  # one entry per support update
         self.llk_history: list[dict] = []  # one entry per LLK computation (calc_llk cycles, LLK operator)
@@ -228,7 +229,10 @@ class CDI:
     def _store_llk(self, amp: torch.Tensor) -> None:
         """Compute normalised LLKs and R-factor from |Psi| (before projection) into self.llk."""
         calc = amp * amp
-        sums = _llk.llk_sums(calc, self._iobs, self._observed, self._free)
+        iobs = self._iobs
+        if self.llk_scale != 1.0:  # Poisson statistics hold for photons, not for normalised intensities
+            calc, iobs = calc * self.llk_scale, iobs * self.llk_scale
+        sums = _llk.llk_sums(calc, iobs, self._observed, self._free)
         res = _llk.normalise_llk(sums, self.nb_observed, self._nb_support, self.nb_free)
         res["support_size"] = self._nb_support
         res["nb_cycle"] = self.nb_cycle
