@@ -287,8 +287,9 @@ def photon_scale(intensity: np.ndarray, mask: np.ndarray | None = None) -> tuple
     """Photons per intensity unit, and how it was found: 1 for integer counts, else 1 / the one-photon level.
 
     Normalised or flat-fielded data (monitor-normalised frames, PyNX-prepared CXI files) are counts times a
-    factor g (per pixel for a flat field). Their lowest positive values are the one-photon level: g is the
-    median of the positive values below 1.5 x their 1st percentile. The Poisson LLK is computed on intensity x
+    factor g (per pixel for a flat field). Their lowest positive values are small multiples n g: g is the
+    largest min / k (k <= 20) that makes the 2000 lowest values integers within 0.08 on average, else the
+    lowest value (one photon assumed). The Poisson LLK is computed on intensity x
     scale, so that its normalisation (~1 for an ideal fit) holds whatever the units.
     """
     data = np.asarray(intensity, dtype=np.float64)
@@ -301,8 +302,15 @@ def photon_scale(intensity: np.ndarray, mask: np.ndarray | None = None) -> tuple
     frac = np.abs(vals - np.rint(vals))
     if np.mean(frac < 1e-3) > 0.999:
         return 1.0, "integer counts"
-    q = float(np.percentile(vals, 1.0))
-    g = float(np.median(vals[vals <= 1.5 * q]))
+    # counts x g: the lowest values are n g with small integers n; the largest g = min / k that makes them
+    # integers (k <= 20) is the one-photon level (the lowest value need not be one photon in a bright pattern)
+    low = np.sort(vals)[:2000]
+    g = float(low[0])
+    for k in range(1, 21):
+        r = low / (low[0] / k)
+        if np.mean(np.abs(r - np.rint(r))) < 0.08:
+            g = float(low[0] / k)
+            break
     return 1.0 / g, f"estimated: one photon = {g:.4g} intensity units (lowest positive values)"
 
 
