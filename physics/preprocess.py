@@ -7,8 +7,9 @@ Physics of the crop and the resize (per axis). Cropping reciprocal space N -> C 
 keeps the oversampling O and only lowers the resolution. Bringing C voxels to the CNN's 64 over the same q-range
 keeps the real-space voxel size and shrinks the field of view: the oversampling becomes O x 64 / C. ``plan_crop``
 chooses C so that O x 64 / C lands in the model's training range (2.2-4 for the shipped model):
-  - first a multiple C = 64 b that does it (then the 64³ grid is an integer binning by b, a sum: Poisson counts
-    stay Poisson counts), the one closest to the range's geometric centre;
+  - first a multiple C = 64 b that lands inside the range, 8 % away from its edges (then the 64³ grid is an
+    integer binning by b, a sum: Poisson counts stay Poisson counts), the one closest to the range's geometric
+    centre;
   - else the FFT-friendly C closest to that centre, brought to 64 by Fourier resampling (``fourier_resample``).
 Fourier resampling, not spline zoom: the inverse FFT of the intensity is the object's autocorrelation, which
 for O x 64 / C >= 2 fits inside the 64-voxel field of view, so cropping (or zero-padding) it to 64 voxels and
@@ -254,6 +255,7 @@ def fit_object_to(obj: np.ndarray, shape: Sequence[int]) -> np.ndarray:
 CNN_SIZE = 64
 EDGE_MIN = 8  # a peak closer than this to an array edge cannot be centred in a useful crop
 OVERSAMPLING_BOX = 256  # the oversampling is measured on at most this many voxels per axis around the peak
+INNER = 1.08  # binning is preferred when it lands in [lo x INNER, hi / INNER], else Fourier resampling to the centre
 RESAMPLING = "fourier"  # how a non-multiple of 64 is brought to 64 (see the module docstring)
 
 
@@ -449,7 +451,8 @@ def plan_crop(shape: Sequence[int], peak: Sequence[int], oversampling: Oversampl
             if under:
                 raise InputError(f"the data are undersampled along axis {axis}: oversampling {o:.2f} <= 2 "
                                  f"(the autocorrelation fills the axis); phase retrieval needs > 2")
-            multiples = [cnn_size * b for b in range(1, avail // cnn_size + 1) if lo <= o / b <= hi]
+            inner_lo, inner_hi = lo * INNER, hi / INNER  # the range's edges are where the network saw fewest cases
+            multiples = [cnn_size * b for b in range(1, avail // cnn_size + 1) if inner_lo <= o / b <= inner_hi]
             if multiples:
                 size = min(multiples, key=lambda m: abs(np.log(o * cnn_size / m / target)))
             else:
