@@ -11,13 +11,17 @@ DESCRIPTION = """\
 The pipeline of Masto et al. (2025), for crystals whose phase range exceeds 2π, where iterative phase
 retrieval from random starts often fails:
   1. masked voxels (detector gaps, hot pixels) are left free;
-  2. the Bragg peak is found (maximum, then box, then centre of mass) and an FFT-friendly box is cropped
-     around it (a 64³ input is used as it is);
-  3. the crop is resized to 64³ and normalised (log(I+1), min-max);
+  2. the front end (see `bcdi-recon info`): photon scale (1 for integer counts, else estimated, or
+     --photon-scale), optional --background / --photon-threshold, the Bragg peak (maximum, then box, then
+     centre of mass), the oversampling per axis measured from the data's autocorrelation, and a crop C per axis
+     around the peak such that oversampling x 64 / C lies in the model's training range (a 64³ input is used as
+     it is; --crop-size overrides the choice);
+  3. the crop is brought to 64³ by integer binning (sum) where C is a multiple of 64, else by Fourier
+     resampling, and normalised (log(I+1), min-max);
   4. the CNN predicts the reciprocal-space phase;
   5. the measured modulus with that phase is inverse-FFT'd into a first object;
   6. the object is put back on the crop grid and scaled to the data;
-  7. --refine ER cycles refine it (default 400), with support updates every --update-period cycles that may
+  7. --refine ER cycles refine it on the crop at full resolution (--refine-binned: on the binned 64³ grid), with support updates every --update-period cycles that may
      only move voxels within --border-n of the support border (threshold starts at --threshold x rms).
      --pre-recipe RAAR**200 runs 200 RAAR cycles (same support rule) before them: from a weak CNN start
      it escapes ER's stagnation (see docs/benchmarks.md, method b+); the default is the paper's ER only.
@@ -52,8 +56,14 @@ def register(subparsers) -> None:
                                                           "(default %(default)s)")
     p.add_argument("--threshold", type=float, default=0.25, help="support threshold relative to the rms of the "
                                                                   "smoothed modulus (default %(default)s)")
-    p.add_argument("--crop-size", type=int, help="crop box size around the peak (default: largest centred box; "
-                                                 "64³ inputs are not cropped)")
+    p.add_argument("--crop-size", type=int, nargs="+", metavar="N",
+                   help="crop box around the peak, 1 or 3 values (default: chosen from the measured oversampling "
+                        "and the model's training range; 64³ inputs are not cropped); larger than the array: error")
+    p.add_argument("--refine-binned", action="store_true",
+                   help="refine on the binned 64³ grid instead of the crop at full resolution (needs integer binning)")
+    from cli.cmd_info import add_frontend_arguments
+
+    add_frontend_arguments(p)
     p.add_argument("--device", default="cpu", help="cpu or cuda (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the free-voxel draw (default %(default)s)")
     p.add_argument("--previews", metavar="DIR", help="also write PNG previews into DIR")
@@ -61,7 +71,7 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def _read_input(args):
+def _read_input(args, allow_negative: bool = False):
     """(intensity, mask, input metadata) from a plain file or an ID01 scan; all validation before heavy work."""
     from physics.errors import InputError
 
@@ -76,7 +86,7 @@ def _read_input(args):
         raise InputError("--detector needs --scan (it selects the detector of an ID01 scan)")
     from workers.io.formats import companion_mask_spec, read_intensity, read_mask
 
-    iobs = read_intensity(args.input)
+    iobs = read_intensity(args.input, allow_negative=allow_negative)
     spec = args.mask or companion_mask_spec(args.input)
     mask = read_mask(spec, iobs.shape) if spec else None
     return iobs, mask, {"input": args.input, "mask": spec}
@@ -98,14 +108,17 @@ def run(args) -> int:
         if not torch.cuda.is_available():
             raise InputError("--device cuda was requested but no CUDA device is available")
     t0 = time.perf_counter()
-    iobs, mask, meta = _read_input(args)
+    iobs, mask, meta = _read_input(args, allow_negative=args.negative != "error")
     t_read = time.perf_counter() - t0
 
     from models.predict import load_model
     from workers.pipeline import ReconOptions, reconstruct
 
+    from cli.cmd_info import frontend_options
+
+    fe_opts = frontend_options(args, refine_binned=args.refine_binned)
     opts = ReconOptions(refine=args.refine, pre_recipe=args.pre_recipe, update_period=args.update_period,
-                        border_n=args.border_n, threshold=args.threshold, crop_size=args.crop_size,
+                        border_n=args.border_n, threshold=args.threshold, crop_size=fe_opts.crop_size,
                         device=args.device, seed=args.seed)
     t = time.perf_counter()
     model = load_model(args.model, device=args.device)
@@ -124,7 +137,7 @@ def run(args) -> int:
         bar.refresh()
 
     try:
-        result = reconstruct(iobs, mask, model.predict_phase, opts, progress=progress)
+        result = reconstruct(iobs, mask, model.predict_phase, opts, progress=progress, frontend=fe_opts)
     finally:
         bar.close()
 
@@ -135,7 +148,8 @@ def run(args) -> int:
                "model": model.name, "model_sha256": model.sha256, "input": args.input,
                "scan": args.scan or "", "detector": meta.get("detector", args.detector or ""),
                "crop_offsets": list(result.crop_offsets), "input_shape": list(result.input_shape),
-               **{k: v for k, v in result.options.items() if v is not None}}
+               **{k: v for k, v in result.options.items() if v is not None},
+               "frontend": result.frontend.metadata()}
     results = {**{k: v for k, v in result.llk.items() if isinstance(v, (int, float))}, "timings": timings,
                "support_size": int(result.support.sum())}
     write_cxi(out, result.obj, result.support, iobs=result.intensity_crop, mask=result.mask_crop,
@@ -154,10 +168,13 @@ def run(args) -> int:
                                 title=f"{out.name}: 64³ input and the CNN's reciprocal phase")
         written["cnn"] = save_png(rgb, f"{args.previews}/{out.stem + '_' if out.stem else ''}cnn_phase.png")
     if not args.quiet:
+        print(f"front end: {result.frontend.summary()}")
+        for w in result.frontend.warnings:
+            print(f"warning: {w}", file=sys.stderr)
         llk = result.llk
         print(f"wrote {out}; crop {result.intensity_crop.shape} at {result.crop_offsets}; "
               f"{int(result.support.sum())} support voxels; LLK {llk.get('llk_poisson', float('nan')):.4g} "
-              f"(free {llk.get('llk_poisson_free', float('nan')):.4g}); "
+              f"(free {llk.get('llk_poisson_free', float('nan')):.4g}, photon scale {llk.get('llk_scale', 1.0):.4g}); "
               + ", ".join(f"{k} {v:.2f} s" for k, v in timings.items())
               + ("; previews " + ", ".join(str(p) for p in written.values()) if written else ""))
     return 0

@@ -15,7 +15,7 @@ import sys
 PROG = "bcdi-recon"
 
 # Order shown in --help: the data path from simulation to service.
-COMMANDS = ("simulate", "phase", "train", "reconstruct", "evaluate", "demo", "serve", "worker")
+COMMANDS = ("simulate", "phase", "train", "info", "reconstruct", "evaluate", "demo", "serve", "worker")
 
 EXIT_INPUT = 2
 EXIT_INTERRUPTED = 130
