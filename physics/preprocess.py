@@ -450,7 +450,7 @@ def plan_crop(shape: Sequence[int], peak: Sequence[int], oversampling: Oversampl
         else:
             if under:
                 raise InputError(f"the data are undersampled along axis {axis}: oversampling {o:.2f} <= 2 "
-                                 f"(the autocorrelation fills the axis); phase retrieval needs > 2")
+                                 f"(its autocorrelation wraps around the axis); phase retrieval needs > 2")
             inner_lo, inner_hi = lo * INNER, hi / INNER  # the range's edges are where the network saw fewest cases
             multiples = [cnn_size * b for b in range(1, avail // cnn_size + 1) if inner_lo <= o / b <= inner_hi]
             if multiples:
@@ -540,7 +540,7 @@ def prepare(intensity: np.ndarray, mask: np.ndarray | None, training_range: Sequ
         for axis, (o, u) in enumerate(zip(os_.ratio, os_.undersampled)):
             if u or o < 2.0:
                 raise InputError(f"the data are undersampled along axis {axis}: oversampling {o:.2f} <= 2 "
-                                 f"(the autocorrelation fills the axis); phase retrieval needs > 2")
+                                 f"(its autocorrelation wraps around the axis); phase retrieval needs > 2")
             if not training_range[0] <= o <= training_range[1]:
                 warnings.append(f"axis {axis}: the 64³ input has oversampling {o:.2f}, outside the training range "
                                 f"{training_range[0]:g}-{training_range[1]:g}")
