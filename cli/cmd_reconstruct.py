@@ -12,14 +12,19 @@ DESCRIPTION = """\
 The pipeline of Masto et al. (2025), for crystals whose phase range exceeds 2π, where iterative phase
 retrieval from random starts often fails:
   1. masked voxels (detector gaps, hot pixels) are left free;
-  2. the Bragg peak is found (maximum, then box, then centre of mass) and an FFT-friendly box is cropped
-     around it (a 64³ input is used as it is);
-  3. the crop is resized to 64³ and normalised (log(I+1), min-max);
+  2. the front end (see `bcdi-recon info`): photon scale (1 for integer counts, else estimated, or
+     --photon-scale), optional --background / --photon-threshold, the Bragg peak (maximum, then box, then
+     centre of mass), the oversampling per axis measured from the data's autocorrelation, and a crop C per axis
+     around the peak such that oversampling x 64 / C lies in the model's training range (a 64³ input is used as
+     it is; --crop-size overrides the choice);
+  3. the crop is brought to 64³ by integer binning (sum) where C is a multiple of 64, else by Fourier
+     resampling, and normalised (log(I+1), min-max);
   4. the CNN predicts the reciprocal-space phase;
   5. the measured modulus with that phase is inverse-FFT'd into a first object;
   6. the object is put back on the crop grid and scaled to the data;
-  7. --er-cycles ER cycles refine it (default 400), with support updates every --update-period cycles that
-     may only move voxels within --border-n of the support border (threshold --support-threshold x rms);
+  7. --er-cycles ER cycles refine it (default 400) on the crop at full resolution (--refine-binned: on the
+     binned 64³ grid), with support updates every --update-period cycles that may only move voxels within
+     --border-n of the support border (threshold --support-threshold x rms);
   8. displacement and strain along G are computed from the phase (ramp and offset removed).
      --pre-recipe RAAR**200 runs 200 RAAR cycles (same support rule) before them: from a weak CNN start
      it escapes ER's stagnation (see docs/benchmarks.md, method b+); the default is the paper's ER only.
@@ -51,6 +56,11 @@ def register(subparsers) -> None:
     p.add_argument("--detector", help="ID01 detector (mpx1x4, mpxgaas, eiger2M); default: auto-detected")
     p.add_argument("--mask", help="mask file[:dataset] (nonzero = masked), for plain intensity inputs")
     add_option_flags(p)
+    p.add_argument("--refine-binned", action="store_true",
+                   help="refine on the binned 64³ grid instead of the crop at full resolution (needs integer binning)")
+    from cli.cmd_info import add_frontend_arguments
+
+    add_frontend_arguments(p)
     p.add_argument("--previews", metavar="DIR", help="also write PNG previews into DIR")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=run)
@@ -95,7 +105,7 @@ def options_from_args(args):
     return ReconOptions(**{name: getattr(args, name) for name in names()})
 
 
-def _read_input(args):
+def _read_input(args, allow_negative: bool = False):
     """(intensity, mask, input metadata) from a plain file or an ID01 scan; all validation before heavy work."""
     from physics.errors import InputError
 
@@ -110,7 +120,7 @@ def _read_input(args):
         raise InputError("--detector needs --scan (it selects the detector of an ID01 scan)")
     from workers.io.formats import companion_mask_spec, read_intensity, read_mask
 
-    iobs = read_intensity(args.input)
+    iobs = read_intensity(args.input, allow_negative=allow_negative)
     spec = args.mask or companion_mask_spec(args.input)
     mask = read_mask(spec, iobs.shape) if spec else None
     return iobs, mask, {"input": args.input, "mask": spec}
@@ -132,7 +142,7 @@ def run(args) -> int:
     device = str(resolve_device(args.device))  # before any reading: --device tpu is a one-line error
     device_label = device_name(device)
     t0 = time.perf_counter()
-    iobs, mask, meta = _read_input(args)
+    iobs, mask, meta = _read_input(args, allow_negative=args.negative != "error")
     t_read = time.perf_counter() - t0
 
     from models.predict import load_model
@@ -140,6 +150,9 @@ def run(args) -> int:
     from workers.strategy import flat_confidence
 
     opts = dataclasses.replace(opts, device=device)  # "auto" resolved once; recorded as it ran
+    from cli.cmd_info import frontend_options
+
+    fe_opts = frontend_options(args, refine_binned=args.refine_binned)
     t = time.perf_counter()
     model = load_model(opts.model, device=device)
     t_model = time.perf_counter() - t
@@ -162,7 +175,8 @@ def run(args) -> int:
     title = f"{out.name}: CNN ({model.name}) + {opts.recipe()}"
     try:
         done = run_pipeline(iobs, mask, model.predict_phase, opts, scan_meta=meta if args.scan else None,
-                            previews=bool(args.previews), title=title, progress=progress)
+                            previews=bool(args.previews), title=title, progress=progress,
+                            frontend=fe_opts)
     finally:
         bar.close()
     result = done.result
@@ -178,7 +192,8 @@ def run(args) -> int:
                **{f"confidence_{k}": v for k, v in flat_confidence(done.confidence).items()},
                **{k: v for k, v in result.options.items() if v is not None},
                "strain_units": done.strain_meta.get("strain_units", ""),
-               "displacement_units": done.strain_meta.get("displacement_units", "")}
+               "displacement_units": done.strain_meta.get("displacement_units", ""),
+               "frontend": result.frontend.metadata()}
     results = {**{k: v for k, v in result.llk.items() if isinstance(v, (int, float))}, "timings": timings,
                "support_size": int(result.support.sum())}
     write_cxi(out, result.obj, result.support, iobs=result.intensity_crop, mask=result.mask_crop,
@@ -202,10 +217,13 @@ def run(args) -> int:
                   "cnn_phase": done.previews["preview_reciprocal"]}
         written = {name: save_png(rgb, d / f"{stem}{name}.png") for name, rgb in images.items()}
     if not args.quiet:
+        print(f"front end: {result.frontend.summary()}")
+        for w in result.frontend.warnings:
+            print(f"warning: {w}", file=sys.stderr)
         llk = result.llk
         print(f"wrote {out} on {device_label}; crop {result.intensity_crop.shape} at {result.crop_offsets}; "
               f"{int(result.support.sum())} support voxels; LLK {llk.get('llk_poisson', float('nan')):.4g} "
-              f"(free {llk.get('llk_poisson_free', float('nan')):.4g}); "
+              f"(free {llk.get('llk_poisson_free', float('nan')):.4g}, photon scale {llk.get('llk_scale', 1.0):.4g}); "
               + ", ".join(f"{k} {v:.2f} s" for k, v in timings.items())
               + ("; previews " + ", ".join(str(p) for p in written.values()) if written else ""))
         print(done.summary)

@@ -17,7 +17,7 @@ import sys
 PROG = "bcdi-recon"
 
 # Order shown in --help: the data path from simulation to service.
-COMMANDS = ("simulate", "phase", "train", "reconstruct", "evaluate", "demo", "serve", "worker", "watch",
+COMMANDS = ("simulate", "phase", "train", "info", "reconstruct", "evaluate", "demo", "serve", "worker", "watch",
             "fetch")
 
 EXIT_INPUT = 2

@@ -1,25 +1,36 @@
-"""Preprocessing of a measured Bragg peak: find it, crop an FFT-friendly box around it, bin, resize to the CNN grid.
+"""The front end of a measured Bragg peak: photon scale, background, peak, crop and the CNN's 64³ grid, by physics.
 
 Pure numpy/scipy functions, no I/O. Arrays are (z, y, x) = (rocking, detector row, detector column);
 masks are bool with True = bad/unknown voxel (project convention).
 
-Resizing choice: ``resize_to`` uses ``scipy.ndimage.zoom`` with linear interpolation (order 1). Intensities stay
-non-negative and there is no Gibbs ringing, which Fourier resampling of a sharp, high-dynamic-range Bragg peak
-would give (negative counts, then NaN in log scaling). Zooming reciprocal space keeps the q-range and changes the
-q-step, so the real-space voxel size is unchanged and only the field of view changes: the inverse mapping of a
-64³ real-space object back to the crop grid is therefore a centred zero-pad/crop (``fit_object_to``), and the
-inverse mapping of a 64³ reciprocal-space phase is a wrap-aware interpolation (``resize_phase``).
+Physics of the crop and the resize (per axis). Cropping reciprocal space N -> C voxels keeps the q-step, so it
+keeps the oversampling O and only lowers the resolution. Bringing C voxels to the CNN's 64 over the same q-range
+keeps the real-space voxel size and shrinks the field of view: the oversampling becomes O x 64 / C. ``plan_crop``
+chooses C so that O x 64 / C lands in the model's training range (2.2-4 for the shipped model):
+  - first a multiple C = 64 b that lands inside the range, 8 % away from its edges (then the 64³ grid is an
+    integer binning by b, a sum: Poisson counts stay Poisson counts), the one closest to the range's geometric
+    centre;
+  - else the FFT-friendly C closest to that centre, brought to 64 by Fourier resampling (``fourier_resample``).
+Fourier resampling, not spline zoom: the inverse FFT of the intensity is the object's autocorrelation, which
+for O x 64 / C >= 2 fits inside the 64-voxel field of view, so cropping (or zero-padding) it to 64 voxels and
+transforming back is the exact band-limited resampling; it drops only noise. Linear interpolation
+(``scipy.ndimage.zoom``) instead samples the fringes without averaging them (aliasing), and a Gaussian prefilter
+would damp the finest fringes (by ~0.4 at 2.2 voxels per fringe). The ringing Fourier resampling can give at
+the crop edges is clipped at 0. The 64³ object maps back to the crop grid by a centred zero-pad
+(``fit_object_to``), since the voxel size is unchanged.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
+import scipy.fft as sfft
 from scipy import ndimage
 
 from physics.errors import InputError
+from physics.oversampling import Oversampling, estimate_oversampling, fill_masked
 
 __all__ = [
     "find_peak",
@@ -29,9 +40,14 @@ __all__ = [
     "crop_like",
     "bin_array",
     "resize_to",
-    "resize_phase",
     "fit_object_to",
-    "uncrop_index",
+    "fourier_resample",
+    "photon_scale",
+    "subtract_background",
+    "FrontEndOptions",
+    "FrontEnd",
+    "plan_crop",
+    "to_cnn_grid",
     "prepare",
     "Prepared",
 ]
@@ -152,12 +168,6 @@ def crop_like(array: np.ndarray, offsets: Sequence[int], shape: Sequence[int]) -
     return np.array(out)
 
 
-def uncrop_index(index: Sequence[float], offsets: Sequence[int], binning: int | Sequence[int] = 1) -> tuple:
-    """Map a voxel index in the (cropped, then binned) array back to the full detector stack."""
-    binning = _as_tuple(binning, len(offsets), "binning")
-    return tuple(o + i * b + (b - 1) / 2 for i, o, b in zip(index, offsets, binning))
-
-
 def bin_array(array: np.ndarray, factors: int | Sequence[int], mode: str = "sum") -> np.ndarray:
     """Bin by integer factors per axis (trailing voxels that do not fill a bin are dropped).
 
@@ -220,12 +230,6 @@ def _fix_shape(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return array[tuple(slice(0, t) for t in shape)]
 
 
-def resize_phase(phase: np.ndarray, shape: Sequence[int], order: int = 1) -> np.ndarray:
-    """Resize a (wrapped) phase map without creating ramps across 2π jumps: interpolate exp(iφ), take the angle."""
-    z = np.exp(1j * np.asarray(phase, dtype=np.float64))
-    return np.angle(resize_to(z, shape, order=order)).astype(np.float32)
-
-
 def fit_object_to(obj: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     """Centred zero-pad or crop of a real-space object to ``shape`` (same voxel size, other field of view).
 
@@ -246,52 +250,328 @@ def fit_object_to(obj: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     return out
 
 
-@dataclass
-class Prepared:
-    """A measured peak ready for phasing: centred FFT-friendly crop (optionally binned) plus how it was made."""
 
-    intensity: np.ndarray  # float32, peak at n//2 per axis
-    mask: np.ndarray  # bool, True = bad
-    peak: tuple[int, ...]  # peak voxel in the input array
-    offsets: tuple[int, ...]  # crop start indices in the input array
-    binning: tuple[int, ...]
-    crop_shape: tuple[int, ...]  # before binning
+
+CNN_SIZE = 64
+EDGE_MIN = 8  # a peak closer than this to an array edge cannot be centred in a useful crop
+OVERSAMPLING_BOX = 256  # the oversampling is measured on at most this many voxels per axis around the peak
+INNER = 1.08  # binning is preferred when it lands in [lo x INNER, hi / INNER], else Fourier resampling to the centre
+RESAMPLING = "fourier"  # how a non-multiple of 64 is brought to 64 (see the module docstring)
+
+
+def fourier_resample(array: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """Band-limited resampling of an intensity to ``shape`` over the same q-range, sum preserved, clipped at 0.
+
+    Per axis: FFT (to the autocorrelation), centred crop or zero-pad to the new size, inverse FFT. The centre n//2
+    (the Bragg peak) maps to the new centre. The sum of the array is kept (photons per coarser voxel).
+    """
+    out = np.asarray(array, dtype=np.float64)
+    shape = _as_tuple(shape, out.ndim, "shape")
+    for axis, m in enumerate(shape):
+        n = out.shape[axis]
+        if n == m:
+            continue
+        f = sfft.fftshift(sfft.fft(sfft.ifftshift(out, axes=axis), axis=axis, workers=-1), axes=axis)
+        g_shape = list(f.shape)
+        g_shape[axis] = m
+        g = np.zeros(g_shape, dtype=np.complex128)
+        k = min(n, m)
+        src = [slice(None)] * out.ndim
+        dst = [slice(None)] * out.ndim
+        src[axis] = slice(n // 2 - k // 2, n // 2 - k // 2 + k)
+        dst[axis] = slice(m // 2 - k // 2, m // 2 - k // 2 + k)
+        g[tuple(dst)] = f[tuple(src)]
+        out = sfft.fftshift(sfft.ifft(sfft.ifftshift(g, axes=axis), axis=axis, workers=-1), axes=axis).real
+    return np.clip(out, 0.0, None).astype(np.float32)
+
+
+def photon_scale(intensity: np.ndarray, mask: np.ndarray | None = None) -> tuple[float, str]:
+    """Photons per intensity unit, and how it was found: 1 for integer counts, else 1 / the one-photon level.
+
+    Normalised or flat-fielded data (monitor-normalised frames, PyNX-prepared CXI files) are counts times a
+    factor g (per pixel for a flat field). Their lowest positive values are small multiples n g: g is the
+    largest min / k (k <= 20) that makes the 2000 lowest values integers within 0.08 on average, else the
+    lowest value (one photon assumed). The Poisson LLK is computed on intensity x
+    scale, so that its normalisation (~1 for an ideal fit) holds whatever the units.
+    """
+    data = np.asarray(intensity, dtype=np.float64)
+    ok = np.isfinite(data) & (data > 0)
+    if mask is not None:
+        ok &= ~np.asarray(mask, dtype=bool)
+    vals = data[ok]
+    if vals.size == 0:
+        raise InputError("intensity has no positive value outside the mask")
+    frac = np.abs(vals - np.rint(vals))
+    if np.mean(frac < 1e-3) > 0.999:
+        return 1.0, "integer counts"
+    # counts x g: the lowest values are n g with small integers n; the largest g = min / k that makes them
+    # integers (k <= 20) is the one-photon level (the lowest value need not be one photon in a bright pattern)
+    low = np.sort(vals)[:2000]
+    g = float(low[0])
+    for k in range(1, 21):
+        r = low / (low[0] / k)
+        if np.mean(np.abs(r - np.rint(r))) < 0.08:
+            g = float(low[0] / k)
+            break
+    return 1.0 / g, f"estimated: one photon = {g:.4g} intensity units (lowest positive values)"
+
+
+def subtract_background(intensity: np.ndarray, mask: np.ndarray | None = None, background: float = 0.0,
+                        threshold: float = 0.0, negative: str = "error") -> tuple[np.ndarray, np.ndarray, dict]:
+    """Optional background subtraction, then an optional threshold (values below it -> 0), then negative values.
+
+    ``background``: a constant level per voxel (same units as the data) subtracted everywhere; ``threshold``:
+    values below it are set to 0 (a photon threshold, as bcdi does); ``negative``: what to do with values still
+    < 0 outside the mask: "error" (refuse, with a hint), "clip" (set to 0) or "mask" (leave them free in the
+    fit). Returns (intensity, mask, info) with the counts of what was changed.
+    """
+    if negative not in ("error", "clip", "mask"):
+        raise InputError(f"negative must be error, clip or mask, got {negative!r}")
+    if background < 0 or threshold < 0:
+        raise InputError(f"background and threshold must be >= 0, got {background} and {threshold}")
+    data = np.asarray(intensity, dtype=np.float32)
+    mask = np.zeros(data.shape, bool) if mask is None else np.asarray(mask, dtype=bool).copy()
+    if background:
+        data = data - np.float32(background)
+    info = {"background": float(background), "threshold": float(threshold), "negative": negative}
+    if threshold:
+        low = (data < threshold) & (data > 0)
+        info["thresholded_voxels"] = int((low & ~mask).sum())
+        data = np.where(low, 0.0, data).astype(np.float32)
+    neg = (data < 0) & ~mask
+    n_neg = int(neg.sum())
+    info["negative_voxels"] = n_neg
+    if n_neg:
+        after = f" after subtracting the background {background:g}" if background else ""
+        if negative == "error":
+            raise InputError(f"intensity has {n_neg} negative values{after} (min {float(data[neg].min()):.3g}): "
+                             f"clip them to 0 (--negative clip) or leave them out of the fit (--negative mask)")
+        if negative == "mask":
+            mask |= neg
+        data = np.where(neg, 0.0, data).astype(np.float32)
+    return np.where(mask, 0.0, data).astype(np.float32), mask, info
+
+
+@dataclass(frozen=True)
+class FrontEndOptions:
+    """What a user may choose about the front end (everything else follows from the data and the model)."""
+
+    crop_size: tuple | int | None = None  # override of the crop box; the oversampling checks become warnings
+    refine_binned: bool = False  # refine on the binned 64³ grid instead of the crop at full resolution
+    photon_scale: float | None = None  # photons per intensity unit; None: 1 for integer counts, else estimated
+    background: float = 0.0  # constant background subtracted per voxel
+    threshold: float = 0.0  # values below it are set to 0 (after the background)
+    negative: str = "error"  # negative values after that: error, clip or mask
+    tolerance: float = 0.10  # how far beyond the training range an oversampling is accepted with a warning
+
+
+@dataclass
+class FrontEnd:
+    """The front end's decisions, for the CXI / Tiled metadata and the CLI summary (all JSON-friendly)."""
+
+    input_shape: tuple
+    peak: tuple  # Bragg peak voxel in the input array
+    oversampling: tuple  # measured per axis on the input grid
+    training_range: tuple  # the model's training oversampling range
+    training_range_source: str
+    crop_shape: tuple  # crop box (refinement grid unless refine_binned)
+    crop_offsets: tuple  # start of the crop box in the input array
+    cnn_binning: tuple  # integer binning per axis to the 64³ grid (1 where resampled or already 64)
+    cnn_resampled: tuple  # per axis: True where the crop was Fourier-resampled to 64
+    oversampling_cnn: tuple  # what the CNN sees: oversampling x 64 / crop
+    resampling: str
+    refine_binning: tuple  # binning of the refinement grid (1 = full resolution)
+    photon_scale: float
+    photon_scale_source: str
+    background: dict = field(default_factory=dict)
+    crop_source: str = "oversampling"  # "oversampling", "crop_size override", "64³ input used as is"
+    warnings: list = field(default_factory=list)
 
     def metadata(self) -> dict:
-        """JSON-friendly description (for CXI/Tiled metadata)."""
-        return {"peak": list(self.peak), "crop_offsets": list(self.offsets), "crop_shape": list(self.crop_shape),
-                "binning": list(self.binning), "shape": list(self.intensity.shape)}
+        out = asdict(self)
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in out.items()}
+
+    def summary(self) -> str:
+        """One line for the CLI."""
+        os_in = " x ".join(f"{o:.2f}" for o in self.oversampling)
+        os_cnn = " x ".join(f"{o:.2f}" for o in self.oversampling_cnn)
+        how = ", ".join(("Fourier-resampled" if r else (f"binned x{b}" if b > 1 else "as is"))
+                        for r, b in zip(self.cnn_resampled, self.cnn_binning))
+        return (f"oversampling {os_in} -> crop {tuple(self.crop_shape)} at {tuple(self.crop_offsets)} -> 64³ "
+                f"({how}) at oversampling {os_cnn} (model range {self.training_range[0]:g}-"
+                f"{self.training_range[1]:g}); refinement "
+                + ("binned" if any(b > 1 for b in self.refine_binning) else "at full resolution")
+                + f"; photon scale {self.photon_scale:.4g} ({self.photon_scale_source})")
 
 
-def prepare(intensity: np.ndarray, mask: np.ndarray | None = None, size: int | Sequence[int] | None = None,
-            binning: int | Sequence[int] = 1, min_size: int | Sequence[int] = 16, box: int | Sequence[int] = 32,
-            max_prime: int = 7) -> Prepared:
-    """find_peak -> centred FFT-friendly crop -> optional binning (sum; mask 'any'), keeping sizes FFT-friendly.
+def _friendly_sizes(lo: int, hi: int, max_prime: int = 7) -> list[int]:
+    return [m for m in range(max(2, lo + lo % 2), hi + 1, 2) if _is_smooth(m, max_prime)]
 
-    With binning, each cropped axis is first reduced to a multiple of the factor whose quotient is even and
-    7-smooth, trimming symmetrically so the peak stays at n//2.
+
+def check_peak_inside(shape: Sequence[int], peak: Sequence[int]) -> None:
+    """InputError when the Bragg peak is closer than EDGE_MIN voxels to an edge (it cannot be centred)."""
+    for axis, (n, c) in enumerate(zip(shape, peak)):
+        edge = min(c, n - 1 - c)
+        if edge < EDGE_MIN:
+            raise InputError(f"the Bragg peak is on the edge of the array: index {c} on axis {axis} (size {n}) is "
+                             f"{edge} voxels from the edge, fewer than {EDGE_MIN}; the peak cannot be centred")
+
+
+def plan_crop(shape: Sequence[int], peak: Sequence[int], oversampling: Oversampling, training_range: Sequence[float],
+              crop_size=None, tolerance: float = 0.10, cnn_size: int = CNN_SIZE, max_prime: int = 7) -> dict:
+    """Per axis, the crop C and how it reaches the CNN grid (binning b or Fourier resampling); see module doc.
+
+    Raises InputError (one line, with the numbers) for a peak on the edge, undersampled data (automatic mode) or an
+    array too small for any crop in range; a crop_size larger than the array is an error, not a clip.
+    Returns dict(crop, offsets, binning, resampled, oversampling_cnn, warnings).
     """
-    intensity = np.asarray(intensity)
-    if mask is None:
-        mask = np.zeros(intensity.shape, dtype=bool)
-    mask = np.asarray(mask, dtype=bool)
-    if mask.shape != intensity.shape:
-        raise InputError(f"mask shape {mask.shape} differs from intensity shape {intensity.shape}")
-    peak = find_peak(intensity, mask, box=box)
-    factors = _as_tuple(binning, intensity.ndim, "binning")
-    cropped, offsets = crop(intensity, peak, size, min_size=min_size, max_prime=max_prime)
-    shape = list(cropped.shape)
-    offsets = list(offsets)
-    if any(f > 1 for f in factors):
-        for axis, f in enumerate(factors):
-            n_binned = fft_friendly_size(shape[axis] // f, max_prime)
-            if n_binned < 2:
-                raise InputError(f"binning {f} on axis {axis} leaves fewer than 2 voxels of a {shape[axis]}-voxel crop")
-            trim = shape[axis] - n_binned * f
-            offsets[axis] += trim // 2
-            shape[axis] = n_binned * f
-    crop_mask = crop_like(mask, offsets, shape)
-    cropped = crop_like(intensity, offsets, shape).astype(np.float32)
-    binned = bin_array(cropped, factors, mode="sum").astype(np.float32)
-    bmask = bin_array(crop_mask, factors, mode="any")
-    return Prepared(binned, bmask, tuple(peak), tuple(int(o) for o in offsets), factors, tuple(shape))
+    shape = tuple(int(n) for n in shape)
+    lo, hi = (float(v) for v in training_range)
+    target = float(np.sqrt(lo * hi))
+    override = None if crop_size is None else _as_tuple(crop_size, len(shape), "crop size")
+    crop, offsets, binning, resampled, os_cnn, warnings = [], [], [], [], [], []
+    check_peak_inside(shape, peak)
+    for axis, (n, c, o) in enumerate(zip(shape, peak, oversampling.ratio)):
+        avail = fft_friendly_size(2 * min(c, n - c), max_prime)
+        under = oversampling.undersampled[axis] or o < 2.0
+        if override is not None:
+            want = override[axis]
+            if want > n:
+                raise InputError(f"crop size {want} on axis {axis} is larger than the array ({n} voxels)")
+            size = fft_friendly_size(min(want, avail), max_prime)
+            if size < 16:
+                raise InputError(f"crop size {want} on axis {axis}: the peak at {c} of {n} leaves a crop of {size} "
+                                 f"< 16")
+            if size != want:
+                warnings.append(f"axis {axis}: crop {want} reduced to {size} (FFT-friendly, centred on the peak at "
+                                f"{c} of {n})")
+            if under:
+                warnings.append(f"axis {axis}: the data look undersampled (oversampling {o:.2f} <= 2)")
+        else:
+            if under:
+                raise InputError(f"the data are undersampled along axis {axis}: oversampling {o:.2f} <= 2 "
+                                 f"(its autocorrelation wraps around the axis); phase retrieval needs > 2")
+            inner_lo, inner_hi = lo * INNER, hi / INNER  # the range's edges are where the network saw fewest cases
+            multiples = [cnn_size * b for b in range(1, avail // cnn_size + 1) if inner_lo <= o / b <= inner_hi]
+            if multiples:
+                size = min(multiples, key=lambda m: abs(np.log(o * cnn_size / m / target)))
+            else:
+                sizes = _friendly_sizes(16, avail, max_prime)
+                if not sizes:
+                    raise InputError(f"axis {axis}: the peak at {c} of {n} leaves no crop of at least 16 voxels")
+                size = min(sizes, key=lambda m: abs(np.log(o * cnn_size / m / target)))
+                got = o * cnn_size / size
+                if got > hi * (1 + tolerance):
+                    need = int(np.ceil(o * cnn_size / hi))
+                    raise InputError(f"axis {axis}: oversampling {o:.2f} needs a crop of at least {need} voxels to "
+                                     f"reach <= {hi:g} on the {cnn_size}-voxel CNN grid, but the peak at {c} of {n} "
+                                     f"allows at most {avail}")
+        b = size // cnn_size if size % cnn_size == 0 else 1
+        got = o * cnn_size / size
+        if override is None and not lo <= got <= hi:
+            warnings.append(f"axis {axis}: the CNN sees oversampling {got:.2f}, outside the training range "
+                            f"{lo:g}-{hi:g} (within the {tolerance:.0%} tolerance)")
+        elif override is not None and not lo <= got <= hi:
+            warnings.append(f"axis {axis}: crop {size} gives the CNN oversampling {got:.2f}, outside the training "
+                            f"range {lo:g}-{hi:g}")
+        crop.append(size)
+        offsets.append(c - size // 2)
+        binning.append(b)
+        resampled.append(size != cnn_size * b)
+        os_cnn.append(float(got))
+    return {"crop": tuple(crop), "offsets": tuple(offsets), "binning": tuple(binning), "resampled": tuple(resampled),
+            "oversampling_cnn": tuple(os_cnn), "warnings": warnings}
+
+
+def to_cnn_grid(intensity_crop: np.ndarray, mask_crop: np.ndarray | None, binning: Sequence[int] | None = None,
+                cnn_size: int = CNN_SIZE) -> np.ndarray:
+    """The CNN's cnn_size³ input from a crop: masked voxels filled (fill_masked), summed over ``binning`` per axis,
+    then Fourier-resampled on the axes that are not yet cnn_size. binning=None: C // 64 where 64 divides C."""
+    data = fill_masked(intensity_crop, mask_crop)
+    if binning is None:
+        binning = [n // cnn_size if n % cnn_size == 0 and n >= cnn_size else 1 for n in data.shape]
+    data = bin_array(data, tuple(int(b) for b in binning), mode="sum")
+    return fourier_resample(data, (cnn_size,) * data.ndim)
+
+
+@dataclass
+class Prepared:
+    """A measured peak ready for the CNN and the refinement: the refinement grid's data and the decisions."""
+
+    intensity: np.ndarray  # float32, peak at n//2 per axis: the crop (or its binning with refine_binned)
+    mask: np.ndarray  # bool, True = bad
+    frontend: FrontEnd
+
+    def metadata(self) -> dict:
+        return self.frontend.metadata()
+
+
+def prepare(intensity: np.ndarray, mask: np.ndarray | None, training_range: Sequence[float],
+            options: FrontEndOptions = FrontEndOptions(), training_range_source: str = "",
+            cnn_size: int = CNN_SIZE) -> Prepared:
+    """photon scale -> background/threshold -> peak -> oversampling -> crop plan -> crop (-> binned refinement grid).
+
+    A cnn_size³ input without a crop_size override is used as it is (it is on the model's grid, centred by
+    convention); its oversampling is still measured and checked.
+    """
+    data = np.asarray(intensity, dtype=np.float32)
+    if data.ndim != 3:
+        raise InputError(f"intensity must be 3D, got shape {data.shape}")
+    mask = np.zeros(data.shape, bool) if mask is None else np.asarray(mask, dtype=bool)
+    if mask.shape != data.shape:
+        raise InputError(f"mask shape {mask.shape} differs from intensity shape {data.shape}")
+    if options.photon_scale is not None:
+        if not options.photon_scale > 0:
+            raise InputError(f"photon scale must be > 0, got {options.photon_scale}")
+        scale, scale_source = float(options.photon_scale), "given"
+    else:
+        scale, scale_source = photon_scale(data, mask)
+    data, mask, bg = subtract_background(data, mask, options.background, options.threshold, options.negative)
+    peak = find_peak(data, mask)
+    as_is = options.crop_size is None and data.shape == (cnn_size,) * 3
+    if not as_is:
+        check_peak_inside(data.shape, peak)
+    # the oversampling is the same on any crop (it depends on the q-step only): measure it on a bounded box
+    box = crop_box(data.shape, peak, tuple(min(n, OVERSAMPLING_BOX) for n in data.shape), min_size=8) \
+        if not as_is else tuple(slice(0, n) for n in data.shape)
+    os_ = estimate_oversampling(data[box], mask[box])
+    if as_is:
+        warnings = []
+        for axis, (o, u) in enumerate(zip(os_.ratio, os_.undersampled)):
+            if u or o < 2.0:
+                raise InputError(f"the data are undersampled along axis {axis}: oversampling {o:.2f} <= 2 "
+                                 f"(its autocorrelation wraps around the axis); phase retrieval needs > 2")
+            if not training_range[0] <= o <= training_range[1]:
+                warnings.append(f"axis {axis}: the 64³ input has oversampling {o:.2f}, outside the training range "
+                                f"{training_range[0]:g}-{training_range[1]:g}")
+        plan = {"crop": data.shape, "offsets": (0, 0, 0), "binning": (1, 1, 1), "resampled": (False,) * 3,
+                "oversampling_cnn": os_.ratio, "warnings": warnings}
+    else:
+        plan = plan_crop(data.shape, peak, os_, training_range, options.crop_size, options.tolerance, cnn_size)
+    i_crop = crop_like(data, plan["offsets"], plan["crop"])
+    m_crop = crop_like(mask, plan["offsets"], plan["crop"])
+    refine_binning = (1, 1, 1)
+    if options.refine_binned:
+        if any(plan["resampled"]):
+            axes = [a for a, r in enumerate(plan["resampled"]) if r]
+            raise InputError(f"refinement on the binned grid needs an integer binning on every axis, but axis "
+                             f"{axes[0]} was Fourier-resampled (crop {plan['crop'][axes[0]]}, not a multiple of "
+                             f"{cnn_size}); refine at full resolution or give --crop-size as a multiple of {cnn_size}")
+        refine_binning = plan["binning"]
+        i_crop = bin_array(i_crop, refine_binning, mode="sum").astype(np.float32)
+        m_crop = bin_array(m_crop, refine_binning, mode="any")
+        i_crop[m_crop] = 0
+    fe = FrontEnd(input_shape=tuple(data.shape), peak=tuple(int(p) for p in peak),
+                  oversampling=tuple(round(float(o), 3) for o in os_.ratio),
+                  training_range=tuple(float(v) for v in training_range),
+                  training_range_source=training_range_source or "given",
+                  crop_shape=tuple(int(c) for c in plan["crop"]), crop_offsets=tuple(int(o) for o in plan["offsets"]),
+                  cnn_binning=tuple(int(b) for b in plan["binning"]), cnn_resampled=tuple(plan["resampled"]),
+                  oversampling_cnn=tuple(round(float(o), 3) for o in plan["oversampling_cnn"]),
+                  resampling=RESAMPLING if any(plan["resampled"]) else "none",
+                  refine_binning=tuple(int(b) for b in refine_binning), photon_scale=scale,
+                  photon_scale_source=scale_source, background=bg,
+                  crop_source="64³ input used as is" if as_is else (
+                      "crop_size override" if options.crop_size is not None else "oversampling"),
+                  warnings=list(plan["warnings"]))
+    return Prepared(i_crop.astype(np.float32), m_crop, fe)

@@ -5,7 +5,7 @@ import pytest
 
 from physics.errors import InputError
 from physics.preprocess import (bin_array, crop, crop_box, crop_like, find_peak, fft_friendly_size, fit_object_to,
-                                resize_phase, resize_to, uncrop_index)
+                                resize_to)
 
 
 def gaussian_peak(shape, centre, sigma=2.0, height=1e5):
@@ -67,7 +67,7 @@ def test_crop_centres_peak_and_records_offsets():
     mcrop = crop_like(mask, offsets, cropped.shape)
     assert mcrop[:, 100 - offsets[1], :].all() and mcrop.sum() == 50 * 96
     # peak voxel maps back to the full stack
-    assert uncrop_index((25, 48, 48), offsets) == (25, 110, 70)
+    assert tuple(int(v) for v in np.add((25, 48, 48), offsets)) == (25, 110, 70)
 
 
 def test_crop_box_shrinks_symmetrically_near_edge_and_sizes_are_friendly():
@@ -109,17 +109,6 @@ def test_resize_to_keeps_shape_positivity_and_peak_position():
     assert mres.dtype == bool and np.isclose(mres.mean(), mask.mean(), atol=0.03)
 
 
-def test_resize_phase_has_no_ramp_across_wraps():
-    # a linear phase ramp, wrapped; resizing must reproduce the ramp, not smear the 2π jumps
-    n = 32
-    z = np.arange(n)[:, None, None] * np.ones((1, n, n))
-    phase = np.angle(np.exp(1j * 0.9 * z))
-    big = resize_phase(phase, (64, n, n))
-    true = 0.9 * ((np.arange(64) + 0.5) / 2 - 0.5)  # grid-mode zoom: output j samples input (j+0.5)/2-0.5
-    diff = np.angle(np.exp(1j * (big[:, 0, 0] - true)))
-    assert np.abs(diff[2:-2]).max() < 0.03  # chord interpolation of exp(i phi): error ~ step^2/64
-
-
 def test_fit_object_to_is_centred_pad_and_crop():
     obj = np.zeros((64, 64, 64), np.complex64)
     obj[30:34, 31:33, 32] = 1 + 1j
@@ -131,24 +120,22 @@ def test_fit_object_to_is_centred_pad_and_crop():
     assert np.array_equal(back, obj)
 
 
-def test_prepare_crops_bins_and_records_offsets():
-    from physics.preprocess import prepare
+def test_prepare_refines_binned_on_request_keeping_counts_and_masking_any():
+    from physics.detector_sim import detector_sample
+    from physics.preprocess import FrontEndOptions, prepare
 
-    shape = (51, 200, 180)
-    intensity = gaussian_peak(shape, (25, 110, 70), sigma=3)
-    mask = np.zeros(shape, bool)
-    mask[:, 100, :] = True
-    p = prepare(intensity, mask, size=(64, 96, 96), binning=(1, 2, 2))
-    assert p.peak == (25, 110, 70) and p.crop_shape == (50, 96, 96)
-    assert p.intensity.shape == (50, 48, 48) and p.mask.shape == (50, 48, 48)
-    assert np.unravel_index(np.argmax(p.intensity), p.intensity.shape) in {(25, 23, 23), (25, 24, 24), (25, 23, 24),
-                                                                           (25, 24, 23)}
-    # binning by sum conserves the counts inside the crop box; the masked row becomes one binned masked row
-    box = tuple(slice(o, o + n) for o, n in zip(p.offsets, p.crop_shape))
-    assert p.intensity.sum() == pytest.approx(intensity[box].sum(), rel=1e-5)
-    assert p.mask[:, (100 - p.offsets[1]) // 2, :].all() and p.mask.sum() == 50 * 48
-    assert p.metadata()["crop_offsets"] == list(p.offsets)
-    # a 3-fold binning of a 96 crop: 32 is 2-smooth, kept; of 50 frames: 16 binned frames (48 used)
-    q = prepare(intensity, mask, size=(64, 96, 96), binning=(3, 3, 3))
-    assert q.intensity.shape == (16, 32, 32) and q.crop_shape == (48, 96, 96)
-    assert q.offsets[0] == 1  # trimmed symmetrically: the peak stays at the centre
+    s = detector_sample(2_000_001, (128, 128, 128), (5.6, 5.6))  # oversampling 5.6: crop 128, binned x2 -> 2.8
+    mask = np.zeros(s["intensity"].shape, bool)
+    mask[:, 70, :] = True
+    full = prepare(s["intensity"], mask, (2.2, 4.0))
+    assert full.frontend.crop_shape == (128, 128, 128) and full.frontend.cnn_binning == (2, 2, 2)
+    assert full.intensity.shape == (128, 128, 128) and full.frontend.refine_binning == (1, 1, 1)
+    binned = prepare(s["intensity"], mask, (2.2, 4.0), FrontEndOptions(refine_binned=True))
+    assert binned.intensity.shape == (64, 64, 64) and binned.frontend.refine_binning == (2, 2, 2)
+    o = full.frontend.crop_offsets
+    row = (70 - o[1]) // 2  # the masked detector row lands in one binned row, masked whole (mode "any")
+    assert binned.mask[:, row, :].all() and binned.mask.sum() == 64 * 64
+    # binning sums counts: every unmasked binned voxel is the sum of its 8 full-resolution voxels
+    ref = bin_array(np.where(full.mask, 0, full.intensity), 2)
+    assert np.allclose(binned.intensity[~binned.mask], ref[~binned.mask])
+    assert binned.metadata()["crop_offsets"] == list(o)

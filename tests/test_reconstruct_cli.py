@@ -84,9 +84,15 @@ def test_id01_scan_is_read_cropped_and_offsets_recorded(tmp_path):
     (["{npz}", "--detector", "mpx1x4"], "--scan"),
     (["{npz}", "--device", "cuda"], "CUDA"),
     (["{npz}", "--model", "nope.pt"], "not found"),
+    (["{npz}", "--crop-size", "96"], "larger than the array"),
+    (["{neg}"], "--negative clip"),
+    (["{neg}", "--negative", "clip", "--refine-binned", "--crop-size", "60"], "integer binning"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(crystal_npz, tmp_path, argv, message):
-    argv = [a.replace("{npz}", str(crystal_npz)) for a in argv]
+    neg = crystal_npz.parent / "negative.npz"
+    if not neg.exists():  # background-subtracted data: slightly negative values
+        np.savez(neg, intensity=np.load(crystal_npz)["intensity"] - 0.5)
+    argv = [a.replace("{npz}", str(crystal_npz)).replace("{neg}", str(neg)) for a in argv]
     out = tmp_path / "bad.cxi"
     r = cli("reconstruct", *argv, "--out", out)
     assert r.returncode == 2
@@ -103,3 +109,26 @@ def test_real_id01_file_without_frames_is_a_clear_error(tmp_path):
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
     assert "missing" in r.stderr.lower() or "absent" in r.stderr.lower()
     assert not (tmp_path / "x.cxi").exists()
+
+
+def test_info_prints_oversampling_peak_photons_and_the_crop(crystal_npz):
+    s = simulate_sample(2_000_021)
+    r = cli("info", crystal_npz)
+    assert r.returncode == 0, r.stderr
+    assert "z (rocking)" in r.stdout and "photons" in r.stdout and "integer counts" in r.stdout
+    r = cli("info", crystal_npz, "--json")
+    import json
+
+    d = json.loads(r.stdout)
+    assert np.all(np.abs(np.array(d["oversampling"]) / s["oversampling"] - 1) < 0.10)
+    assert d["crop_shape"] == [64, 64, 64] and d["photons"] == pytest.approx(float(s["intensity"].sum()), rel=1e-6)
+
+
+def test_reconstruct_records_and_prints_the_front_end_for_normalised_data(crystal_npz, tmp_path):
+    norm = tmp_path / "norm.npz"
+    np.savez(norm, intensity=np.load(crystal_npz)["intensity"] / 100.0)  # e.g. monitor-normalised
+    r = cli("reconstruct", norm, "--out", tmp_path / "n.cxi", "--refine", "10")
+    assert r.returncode == 0, r.stderr
+    assert "front end: oversampling" in r.stdout and "photon scale 100" in r.stdout
+    d = read_cxi(tmp_path / "n.cxi")
+    assert float(d["results"]["llk_scale"]) == pytest.approx(100.0, rel=0.01)

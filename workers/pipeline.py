@@ -9,7 +9,7 @@ adapters (CXI, Tiled) only write what it returns.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
@@ -17,8 +17,9 @@ import numpy as np
 from contract.options import ReconOptions  # the one options schema (also imported from here by callers)
 from physics.errors import InputError
 from physics.phasing import device_name, resolve_device
-from physics.preprocess import crop, crop_like, find_peak, fit_object_to, resize_to
+from physics.preprocess import FrontEnd, FrontEndOptions, fit_object_to, prepare, to_cnn_grid
 from physics.simulate import object_from_diffraction
+from workers.frontend import training_oversampling
 
 CNN_SIZE = 64
 Progress = Callable[[str, float], None]
@@ -42,32 +43,44 @@ class ReconResult:
     recipe: str = ""  # the refinement recipe that ran (ReconOptions.recipe(), pre_recipe included)
     free_mask: np.ndarray | None = None
     warnings: list = field(default_factory=list)
+    frontend: FrontEnd | None = None  # the front end's decisions (oversampling, crop, binning, photon scale)
 
 
 def _noop(stage: str, fraction: float) -> None:
     return None
 
 
-def crop_for_cnn(intensity: np.ndarray, mask: np.ndarray | None, crop_size: int | None):
-    """Crop around the Bragg peak (max, box, centre of mass); a 64³ input without crop_size is kept as it is."""
-    if mask is None:
-        mask = np.zeros(intensity.shape, bool)
-    if crop_size is None and intensity.shape == (CNN_SIZE,) * 3:
-        return intensity, mask, (0, 0, 0)
-    centre = find_peak(intensity, mask)
-    cropped, offsets = crop(intensity, centre=centre, size=crop_size, mask=mask)
-    return cropped, crop_like(mask, offsets, cropped.shape), offsets
+def crop_for_cnn(intensity: np.ndarray, mask: np.ndarray | None, crop_size: int | tuple | None = None, *,
+                 frontend: FrontEndOptions | None = None, predict=None):
+    """The front end (physics.preprocess.prepare): photon scale, background, peak, oversampling, crop by physics.
 
-
-def cnn_object(intensity_crop: np.ndarray, mask_crop: np.ndarray, predict: Callable[[np.ndarray], np.ndarray]):
-    """The CNN's first object: 64³ modulus and predicted phase -> iFFT -> back onto the crop grid.
-
-    Returns (object on the crop grid, predicted 64³ phase, the 64³ intensity the CNN saw).
-    Resizing reciprocal space keeps the q-range, so the real-space voxel size is unchanged and the 64³
-    object maps back onto the crop grid by a centred zero-pad/crop (physics.preprocess.fit_object_to).
+    Returns (refinement-grid intensity, its mask, crop offsets, FrontEnd decisions). The crop is chosen so that the
+    CNN sees an oversampling inside the model's training range (read from the model behind ``predict``);
+    ``crop_size`` overrides it. A 64³ input without crop_size is kept as it is.
     """
-    i64 = resize_to(np.where(mask_crop, 0, intensity_crop).astype(np.float32), (CNN_SIZE,) * 3)
-    i64 = np.clip(i64, 0, None)
+    options = frontend or FrontEndOptions()
+    if crop_size is not None:
+        options = replace(options, crop_size=crop_size)
+    rng, source = training_oversampling(predict)
+    prep = prepare(intensity, mask, rng, options, training_range_source=source, cnn_size=CNN_SIZE)
+    fe = prep.frontend
+    return prep.intensity, prep.mask, fe.crop_offsets, fe
+
+
+def cnn_object(intensity_crop: np.ndarray, mask_crop: np.ndarray, predict: Callable[[np.ndarray], np.ndarray],
+               frontend: FrontEnd | None = None):
+    """The CNN's first object: 64³ input and predicted phase -> iFFT -> back onto the crop grid.
+
+    Returns (object on the crop grid, predicted 64³ phase, the 64³ intensity the CNN saw). The 64³ input is the
+    crop binned (sum) or Fourier-resampled as the front end decided (physics.preprocess.to_cnn_grid), in photons
+    (x the photon scale, since the network's log(I+1) input depends on the units). Both keep the q-range, so the
+    real-space voxel size is unchanged and the 64³ object maps back onto the crop grid by a centred zero-pad.
+    """
+    scale = frontend.photon_scale if frontend is not None else 1.0
+    binning = None
+    if frontend is not None and intensity_crop.shape == tuple(frontend.crop_shape):
+        binning = frontend.cnn_binning
+    i64 = to_cnn_grid(intensity_crop, mask_crop, binning, CNN_SIZE) * np.float32(scale)
     phase = np.asarray(predict(i64), dtype=np.float32)
     if phase.shape != i64.shape:
         raise InputError(f"the phase predictor returned shape {phase.shape}, expected {i64.shape}")
@@ -77,7 +90,8 @@ def cnn_object(intensity_crop: np.ndarray, mask_crop: np.ndarray, predict: Calla
 
 def reconstruct(intensity: np.ndarray, mask: np.ndarray | None, predict: Callable[[np.ndarray], np.ndarray],
                 options: ReconOptions = ReconOptions(), progress: Progress = _noop,
-                should_cancel: Callable[[], bool] | None = None, free_mask: np.ndarray | None = None) -> ReconResult:
+                should_cancel: Callable[[], bool] | None = None, free_mask: np.ndarray | None = None,
+                frontend: FrontEndOptions | None = None) -> ReconResult:
     """Run the whole pipeline on a centred 3D intensity; predict(i64) -> 64³ phase is the CNN (or any predictor).
 
     free_mask (crop grid): voxels withheld for free LLK, e.g. the same ones as a compared standard run; by
@@ -89,17 +103,18 @@ def reconstruct(intensity: np.ndarray, mask: np.ndarray | None, predict: Callabl
     t = time.perf_counter()
     progress("preprocess", 0.0)
     intensity = np.asarray(intensity, dtype=np.float32)
-    i_crop, m_crop, offsets = crop_for_cnn(intensity, mask, options.crop_size)
+    i_crop, m_crop, offsets, fe = crop_for_cnn(intensity, mask, options.crop_size, frontend=frontend, predict=predict)
     timings["preprocess"] = time.perf_counter() - t
 
     t = time.perf_counter()
     progress("cnn", 0.0)
-    obj, phase64, i64 = cnn_object(i_crop, m_crop, predict)
+    obj, phase64, i64 = cnn_object(i_crop, m_crop, predict, fe)
     timings["cnn"] = time.perf_counter() - t
 
     t = time.perf_counter()
     progress("ifft", 0.0)
     cdi = CDI(i_crop, mask=m_crop, obj=obj, device=resolve_device(options.device))
+    cdi.llk_scale = fe.photon_scale  # Poisson LLK on photon-equivalent intensities (stated in llk["llk_scale"])
     if free_mask is None:
         cdi = InitFreePixels(ratio=options.free_ratio, seed=options.seed) * cdi
     elif np.shape(free_mask) != i_crop.shape:
@@ -131,13 +146,13 @@ def reconstruct(intensity: np.ndarray, mask: np.ndarray | None, predict: Callabl
         run_recipe(cdi, recipe, support_update=sup, update_period=options.update_period,
                    progress=lambda done, tot: progress("refine", done / tot), should_cancel=should_cancel)
     cdi = LLK() * cdi
-    llk = dict(cdi.get_llk())
+    llk = {**cdi.get_llk(), "llk_scale": fe.photon_scale}
     timings["refine"] = time.perf_counter() - t
     progress("refine", 1.0)
     return ReconResult(obj=cdi.get_obj(), support=cdi.get_support(), intensity_crop=i_crop, mask_crop=m_crop,
                        phase_cnn=phase64, intensity_cnn=i64, crop_offsets=tuple(int(o) for o in offsets),
                        input_shape=tuple(intensity.shape), llk=llk, timings=timings, options=options.to_dict(),
-                       recipe=recipe, free_mask=cdi.get_free_mask())
+                       recipe=recipe, free_mask=cdi.get_free_mask(), warnings=list(fe.warnings), frontend=fe)
 
 
 def result_arrays(obj: np.ndarray, support: np.ndarray, intensity_crop: np.ndarray,
@@ -207,7 +222,7 @@ def run_pipeline(intensity: np.ndarray, mask: np.ndarray | None, predict: Callab
                  options: ReconOptions = ReconOptions(), *, scan_meta: dict | None = None,
                  previews: bool = True, title: str | None = None, progress: Progress = _noop,
                  should_cancel: Callable[[], bool] | None = None,
-                 free_mask: np.ndarray | None = None) -> PipelineOutput:
+                 free_mask: np.ndarray | None = None, frontend: FrontEndOptions | None = None) -> PipelineOutput:
     """reconstruct -> displacement and strain -> result arrays -> previews: the one path of the CLI and the service.
 
     scan_meta: the scan's metadata (geometry for the strain along G; without it, strain in rad/voxel).
@@ -215,7 +230,8 @@ def run_pipeline(intensity: np.ndarray, mask: np.ndarray | None, predict: Callab
     from workers.strategy import StrategyOptions, run_method, summary_line as strat_summary
 
     strat = run_method(options.method, intensity, mask, predict,
-                       StrategyOptions(recon=options, max_runs=options.max_runs, max_seconds=options.max_seconds),
+                       StrategyOptions(recon=options, max_runs=options.max_runs, max_seconds=options.max_seconds,
+                                       frontend=frontend),
                        progress=progress, should_cancel=should_cancel, free_mask=free_mask)
     res = strat.result
     timings = dict(res.timings)

@@ -52,6 +52,7 @@ class StrategyOptions:
     nb_keep: int = 5
     standard_recipe: str = STANDARD_RECIPE
     thresholds: GateThresholds = field(default_factory=GateThresholds)
+    frontend: object = None  # physics.preprocess.FrontEndOptions for the crop (background, photon scale, ...)
 
     def __post_init__(self):
         if self.max_runs < 0:
@@ -184,7 +185,7 @@ def _cnn_candidate(name: str, intensity, mask, predict, opts: StrategyOptions, p
     ro = replace(opts.recon, pre_recipe=pre)
     t = time.perf_counter()
     r = reconstruct(intensity, mask, predict, ro, progress=lambda s, f: progress(f"{name}:{s}", f),
-                    should_cancel=should_cancel, free_mask=free_mask)
+                    should_cancel=should_cancel, free_mask=free_mask, frontend=opts.frontend)
     return r, time.perf_counter() - t
 
 
@@ -288,7 +289,8 @@ def standard(intensity, mask, opts: StrategyOptions = StrategyOptions(), progres
 
     t0 = time.perf_counter()
     ro = opts.recon
-    i_crop, m_crop, offsets = crop_for_cnn(np.asarray(intensity, np.float32), mask, ro.crop_size)
+    i_crop, m_crop, offsets, fe = crop_for_cnn(np.asarray(intensity, np.float32), mask, ro.crop_size,
+                                               frontend=opts.frontend)
     if free_mask is None:
         free_mask = free_pixel_mask(i_crop.shape, ratio=ro.free_ratio, mask=m_crop, seed=ro.seed)
     from physics.phasing import PhaseConfig, resolve_device
@@ -311,7 +313,8 @@ def standard(intensity, mask, opts: StrategyOptions = StrategyOptions(), progres
                        intensity_cnn=None, crop_offsets=tuple(int(o) for o in offsets),
                        input_shape=tuple(np.shape(intensity)), llk=llk, timings={"standard": sec},
                        options={**asdict(ro), "recipe": opts.standard_recipe, "nb_run": opts.nb_run,
-                                "nb_keep": opts.nb_keep}, free_mask=free_mask, warnings=list(res.warnings))
+                                "nb_keep": opts.nb_keep}, free_mask=free_mask,
+                       warnings=list(fe.warnings) + list(res.warnings), frontend=fe)
     cand = Candidate("standard", res.obj, res.support, llk, vals, sec,
                      {"nb_run": opts.nb_run, "nb_kept": len(res.kept), "first_mode_weight": res.first_mode_weight})
     cand.status, cand.reasons, cand.mismatch = status, why, mismatch

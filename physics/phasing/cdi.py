@@ -145,6 +145,7 @@ class CDI:
         self.zero_mask = False  # True: masked voxels are set to 0 by the projection instead of left free (PyNX)
         self.llk: dict | list = {} if self.batch is None else [{} for _ in range(self.batch)]
         self.support_threshold: float | list | None = None
+        self.llk_scale = 1.0  # photons per intensity unit: LLKs are computed on iobs x llk_scale (non-integer data)
         self.history: list[dict] = []  # one entry per support update
         self.llk_history: list = []  # one entry per LLK computation (calc_llk cycles, LLK operator)
         self.failed: dict = {}  # batched runs whose support diverged: run index -> SupportTooSmall/Large
@@ -351,7 +352,10 @@ class CDI:
         out = []
         for a, nb_sup in zip(self.runs(amp), self._nb_support):
             calc = a * a
-            sums = _llk.llk_sums(calc, self._iobs, self._observed, self._free)
+            iobs = self._iobs
+            if self.llk_scale != 1.0:  # Poisson statistics hold for photons, not for normalised intensities
+                calc, iobs = calc * self.llk_scale, iobs * self.llk_scale
+            sums = _llk.llk_sums(calc, iobs, self._observed, self._free)
             res = _llk.normalise_llk(sums, self.nb_observed, nb_sup, self.nb_free)
             res["support_size"] = nb_sup
             res["nb_cycle"] = self.nb_cycle

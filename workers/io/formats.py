@@ -208,11 +208,12 @@ def _check_3d(arr: np.ndarray, label: str, what: str) -> None:
         raise InputError(f"{label}: {what} has non-numeric type {arr.dtype}")
 
 
-def read_intensity(spec: str | os.PathLike, *, min_size: int = MIN_SIZE) -> np.ndarray:
+def read_intensity(spec: str | os.PathLike, *, min_size: int = MIN_SIZE, allow_negative: bool = False) -> np.ndarray:
     """Read a 3D diffracted intensity (photon counts, centred on the Bragg peak) as float32, or raise InputError.
 
     Rejects: missing file/key/dataset, not 3D, complex or non-numeric values, NaN/inf, negative counts,
-    all zeros, fewer than `min_size` voxels along an axis.
+    all zeros, fewer than `min_size` voxels along an axis. allow_negative keeps negative values (background-
+    subtracted data) for the front end to clip or mask (physics.preprocess.subtract_background).
     """
     arr, label = read_array(spec, what="intensity")
     _check_3d(arr, label, "intensity")
@@ -228,9 +229,10 @@ def read_intensity(spec: str | os.PathLike, *, min_size: int = MIN_SIZE) -> np.n
         raise InputError(f"{label}: intensity has {int(bad.sum())} NaN or infinite values "
                          f"(mark bad voxels with --mask instead)")
     n_neg = int((data < 0).sum())
-    if n_neg:
+    if n_neg and not allow_negative:
         raise InputError(f"{label}: intensity has {n_neg} negative values (min {float(data.min()):.3g}); "
-                         f"counts must be >= 0 (mark bad voxels with --mask instead)")
+                         f"counts must be >= 0: clip them (--negative clip), leave them out of the fit "
+                         f"(--negative mask) or mark bad voxels with --mask")
     if not data.any():
         raise InputError(f"{label}: intensity is all zeros")
     return np.ascontiguousarray(data)

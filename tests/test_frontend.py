@@ -1,0 +1,146 @@
+"""The physics front end: oversampling measured from the data, crop and CNN grid chosen from it, photon scale,
+background, and the one-line refusals (peak on the edge, undersampled data, no crop in range)."""
+import numpy as np
+import pytest
+
+from physics.detector_sim import detector_sample, truth_on_crop
+from physics.errors import InputError
+from physics.oversampling import estimate_oversampling
+from physics.preprocess import (FrontEndOptions, fourier_resample, photon_scale, plan_crop, prepare,
+                                subtract_background)
+from physics.simulate import SimParams, simulate_sample
+
+RANGE = (2.2, 4.0)
+
+
+@pytest.mark.parametrize("seed", range(2_000_100, 2_000_106))
+def test_oversampling_within_10_percent_of_the_simulated_one(seed):
+    s = simulate_sample(seed)  # 64³, 2π-5π strain, oversampling drawn in 2.2-4 per axis
+    est = estimate_oversampling(s["intensity"], s["mask"])
+    assert np.all(np.abs(np.array(est.ratio) / s["oversampling"] - 1) < 0.10), (est.ratio, s["oversampling"])
+
+
+def test_oversampling_at_128_and_3_to_6_within_10_percent():
+    s = detector_sample(2_000_101, (128, 128, 128), (3.0, 6.0))
+    est = estimate_oversampling(s["intensity"])
+    assert np.all(np.abs(np.array(est.ratio) / s["oversampling"] - 1) < 0.10), (est.ratio, s["oversampling"])
+
+
+def test_undersampled_data_are_refused_naming_the_axis():
+    s = simulate_sample(2_000_102)
+    under = s["intensity"][:, :, ::2]  # every other detector column: oversampling 3.59 -> 1.80 on axis 2
+    with pytest.raises(InputError, match="undersampled along axis 2"):
+        prepare(np.pad(under, ((0, 0), (0, 0), (16, 16))), None, RANGE)
+
+
+def test_peak_on_the_edge_is_refused():
+    s = simulate_sample(2_000_103)
+    shifted = np.zeros((64, 96, 96), np.float32)
+    shifted[:, 16:80, :35] = s["intensity"][:, :, 29:]  # the peak now sits 3 voxels from the edge of axis 2
+    with pytest.raises(InputError, match="on the edge .* axis 2"):
+        prepare(shifted, None, RANGE)
+
+
+def test_plan_prefers_binning_then_fourier_and_says_when_no_crop_fits():
+    from physics.oversampling import Oversampling
+
+    def os_(*r):
+        return Oversampling(tuple(r), (0, 0, 0), (False,) * 3, (0.0,) * 3)
+
+    p = plan_crop((128, 256, 300), (64, 128, 150), os_(3.0, 6.0, 4.2), RANGE)
+    assert p["crop"][0] == 64 and p["binning"][0] == 1 and not p["resampled"][0]  # 3.0 at 64: as is
+    assert p["crop"][1] == 128 and p["binning"][1] == 2 and not p["resampled"][1]  # 6.0 -> 3.0 binned x2
+    assert p["resampled"][2] and RANGE[0] <= p["oversampling_cnn"][2] <= RANGE[1]  # 4.2: 4.2 at 64, 2.1 at 128: no multiple fits
+    assert p["offsets"] == (64 - 32, 128 - 64, 150 - p["crop"][2] // 2)
+    with pytest.raises(InputError, match=r"axis 1: oversampling 9.00 needs a crop of at least 144 .* at most 80"):
+        plan_crop((64, 80, 64), (32, 40, 32), os_(3.0, 9.0, 3.0), RANGE)
+    with pytest.raises(InputError, match="larger than the array"):
+        plan_crop((64, 80, 64), (32, 40, 32), os_(3.0, 3.0, 3.0), RANGE, crop_size=96)
+
+
+def test_fourier_resample_keeps_the_sum_the_peak_and_is_exact_for_band_limited_data():
+    s = simulate_sample(2_000_104)
+    big = detector_sample(2_000_104, (96, 96, 96), (3.3, 6.0))["intensity_clean"]
+    small = fourier_resample(big, (64, 64, 64))
+    assert small.shape == (64, 64, 64) and small.min() >= 0
+    assert small.sum() == pytest.approx(big.sum(), rel=1e-3)
+    peak_big = np.array(np.unravel_index(np.argmax(big), big.shape))
+    assert np.all(np.abs(np.unravel_index(np.argmax(small), small.shape) - ((peak_big - 48) * 2 / 3 + 32)) <= 1)
+    assert s["intensity"].shape == (64, 64, 64)
+    # up and back down: a band-limited pattern survives the round trip
+    up = fourier_resample(s["intensity_clean"], (80, 80, 80))
+    back = fourier_resample(up, (64, 64, 64))
+    assert np.abs(back - s["intensity_clean"]).sum() / s["intensity_clean"].sum() < 1e-3
+
+
+def test_photon_scale_of_counts_normalised_and_flat_fielded_data():
+    s = simulate_sample(2_000_105, SimParams(peak_counts=(1e4, 1e4)))  # many one-photon voxels, for the flat field
+    counts = s["intensity"]
+    assert photon_scale(counts) == (1.0, "integer counts")
+    bright = simulate_sample(2_000_105, SimParams(peak_counts=(1e7, 1e7)))["intensity"]  # lowest count > 1
+    assert photon_scale(bright / 250.0)[0] == pytest.approx(250.0, rel=0.01)
+    scale, how = photon_scale(counts * 0.37)
+    assert scale == pytest.approx(1 / 0.37, rel=0.02) and "estimated" in how
+    flat = np.random.default_rng(0).uniform(0.9, 1.1, counts.shape[1:])[None]
+    scale, _ = photon_scale(counts * flat)
+    assert scale == pytest.approx(1.0, rel=0.12)
+
+
+def test_non_integer_intensities_give_the_same_reconstruction_and_llk_as_counts():
+    from workers.pipeline import ReconOptions, reconstruct
+
+    s = simulate_sample(2_000_105)
+    truth = lambda i: s["phase"]  # noqa: E731
+    a = reconstruct(s["intensity"], None, truth, ReconOptions(refine=20))
+    b = reconstruct(s["intensity"] / 250.0, None, truth, ReconOptions(refine=20))
+    assert b.frontend.photon_scale == pytest.approx(250.0, rel=0.02) and b.llk["llk_scale"] == b.frontend.photon_scale
+    assert b.llk["llk_poisson"] == pytest.approx(a.llk["llk_poisson"], rel=0.05)
+    assert a.llk["llk_scale"] == 1.0 and a.frontend.photon_scale_source == "integer counts"
+
+
+def test_background_subtraction_hints_clip_or_mask_for_negative_values():
+    s = simulate_sample(2_000_106)
+    data = s["intensity"] + 2.0
+    with pytest.raises(InputError, match=r"negative values after subtracting the background 3 .*--negative clip"):
+        subtract_background(data, None, background=3.0)
+    clipped, m, info = subtract_background(data, None, background=3.0, negative="clip")
+    assert clipped.min() == 0 and not m.any() and info["negative_voxels"] > 0
+    masked, m, info = subtract_background(data, None, background=3.0, negative="mask")
+    assert m.sum() == info["negative_voxels"] and masked[m].max() == 0
+    thr, _, info = subtract_background(s["intensity"], None, threshold=2.0)
+    assert thr[(s["intensity"] > 0) & (s["intensity"] < 2)].max() == 0 and info["thresholded_voxels"] > 0
+
+
+def test_detector_sample_is_the_same_crystal_and_truth_on_crop_matches_the_64_version():
+    s64 = simulate_sample(2_000_107, SimParams(fields=("gaussians", "cosines")))
+    s = detector_sample(2_000_107, (64, 128, 128), (4.4, 8.0), SimParams(fields=("gaussians", "cosines")))
+    assert s["intensity"].shape == (64, 128, 128) and s["intensity"].dtype == np.float32
+    assert np.array_equal(s["intensity"], np.rint(s["intensity"]))  # counts, as a detector writes them
+    assert s["shape_kind"] == s64["shape_kind"] and s["phase_range"] == pytest.approx(s64["phase_range"], rel=1e-4)
+    # oversampling 4.4-8 is 2x the 64³ draw 2.2-4: on a 128 grid the crystal spans the same voxels as at 64
+    assert np.allclose(s["oversampling"], 2 * s64["oversampling"], rtol=1e-5)
+    obj, sup = truth_on_crop(s, (0, 32, 32), (64, 64, 64))
+    assert obj.shape == (64, 64, 64)
+    # the crop halves the q-range on every axis (axis 0 is already 64 of the 128³ pattern): voxels 2x larger
+    assert sup.sum() == pytest.approx(s64["support"].sum() / 8, rel=0.15)
+
+
+def test_128_pattern_through_the_front_end_and_true_phase_recovers_the_crystal():
+    from physics.metrics import compare_to_truth
+    from workers.pipeline import ReconOptions, reconstruct
+
+    s = detector_sample(2_000_108, (128, 128, 128), (4.6, 4.6))  # 4.6: no multiple of 64 fits -> Fourier
+    captured = {}
+
+    def true_phase_on_cnn_grid(i64):
+        captured["i64"] = i64
+        return np.zeros_like(i64)
+
+    r = reconstruct(s["intensity"], None, true_phase_on_cnn_grid, ReconOptions(refine=0))
+    fe = r.frontend
+    assert any(fe.cnn_resampled) and fe.resampling == "fourier"
+    assert all(RANGE[0] <= o <= RANGE[1] for o in fe.oversampling_cnn)
+    assert captured["i64"].shape == (64, 64, 64)
+    truth, sup = truth_on_crop(s, fe.crop_offsets, fe.crop_shape)
+    m = compare_to_truth(r.obj, truth, truth_support=sup)  # zero phase: a poor object, but on the right grid
+    assert r.obj.shape == tuple(fe.crop_shape) and np.isfinite(m["phase_rmse"])
