@@ -228,7 +228,7 @@ def run(args) -> int:
               + ("; previews " + ", ".join(str(p) for p in written.values()) if written else ""))
         print(done.summary)
     if done.confidence.get("status") != "ok":  # the best candidate is written all the same, marked uncertain
-        print(f"bcdi-recon: warning: the result is uncertain ({'; '.join(done.confidence.get('reasons') or [])}): "
+        print(f"bcdi-recon: warning: the result is uncertain: "
               f"{done.confidence.get('hint') or 'more runs, a mask or a crop may help'}"
               + ("; or try --method adaptive" if opts.method != "adaptive" else ""), file=sys.stderr)
     return 0

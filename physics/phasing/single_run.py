@@ -26,7 +26,8 @@ import torch
 from physics.errors import InputError
 from physics.phasing.cdi import CDI, SupportTooLarge, SupportTooSmall
 from physics.phasing.operators import AutoCorrelationSupport, InitObjRandom, Operator, ScaleObj, SupportUpdate
-from physics.phasing.recipe import parse_recipe, run_recipe
+from physics.phasing.recipe import parse_recipe
+from physics.phasing.schedule import run_recipe
 
 STYLES = ("pynx", "cohere")
 DEFAULT_RECIPES = {"pynx": "HIO**400,RAAR**1000,ER**300", "cohere": "HIO**400,RAAR**1000,ER**300"}
