@@ -63,7 +63,7 @@ def run_one(seed: int, size: str, method: str, model, nb_run: int, recipe: str) 
     s = _sample(seed, size)
     t = time.perf_counter()
     if method == "cnn_er":
-        r = reconstruct(s["intensity"], s["mask"], model.predict_phase, ReconOptions(refine=400))
+        r = reconstruct(s["intensity"], s["mask"], model.predict_phase, ReconOptions(er_cycles=400))
         fe, obj, sup, llk = r.frontend, r.obj, r.support, r.llk
     else:
         from physics.phasing import phase_runs

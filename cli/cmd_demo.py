@@ -232,8 +232,8 @@ def write_keys_file(base: Path, stack) -> Path:
 
     path = base / "keys.env"
     text = (f"export BCDI_SUBMIT_KEY={stack.submit_key}\nexport BCDI_READ_KEY={stack.read_key}\n"
-            f"export TILED_API_KEY={stack.tiled_key}\nexport BCDI_GATEWAY={stack.gateway_url}\n"
-            f"export BCDI_TILED_URI={stack.tiled_url}\n")
+            f"export BCDI_TILED_API_KEY={stack.tiled_key}\nexport BCDI_GATEWAY={stack.gateway_url}\n"
+            f"export BCDI_TILED_URL={stack.tiled_url}\n")
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write(text)

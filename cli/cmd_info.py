@@ -28,13 +28,13 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("info", help=HELP, description=DESCRIPTION, epilog=EPILOG,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("input", help="3D intensity file[:dataset], or an ID01 BLISS .h5 with --scan")
-    p.add_argument("--scan", help="ID01 scan entry, e.g. 1.1")
+    p.add_argument("--scan", help="ID01 scan entry, e.g. 1.1 (default: none, a plain intensity file)")
     p.add_argument("--detector", help="ID01 detector (default: auto-detected)")
-    p.add_argument("--mask", help="mask file[:dataset] (nonzero = masked), for plain intensity inputs")
+    p.add_argument("--mask", help="mask file[:dataset] (nonzero = masked), for plain intensity inputs (default: INPUT's companion mask, if any)")
     p.add_argument("--model", help="weights file whose training range sets the crop (default: the shipped model)")
-    p.add_argument("--crop-size", type=int, nargs="+", metavar="N", help="crop override (1 or 3 values)")
+    p.add_argument("--crop-size", type=int, nargs="+", metavar="N", help="crop override (1 or 3 values; default: chosen from the measured oversampling)")
     add_frontend_arguments(p)
-    p.add_argument("--json", action="store_true", help="print the front end's decisions as JSON")
+    p.add_argument("--json", action="store_true", help="print the front end's decisions as JSON (default: a readable summary)")
     p.set_defaults(func=run)
 
 
@@ -45,7 +45,8 @@ def add_frontend_arguments(p) -> None:
     p.add_argument("--photon-threshold", type=float, default=0.0,
                    help="values below it (after the background) are set to 0 (default none)")
     p.add_argument("--negative", choices=("error", "clip", "mask"), default="error",
-                   help="negative values (e.g. after --background): refuse, clip to 0, or leave out of the fit")
+                   help="negative values (e.g. after --background): refuse, clip to 0, or leave out of the fit "
+                        "(default %(default)s)")
     p.add_argument("--photon-scale", type=float,
                    help="photons per intensity unit (default: 1 for integer counts, else estimated)")
 

@@ -54,15 +54,17 @@ def register(subparsers) -> None:
     p.add_argument("--scan", help="ID01 scan entry, e.g. 1.1 (INPUT is then a BLISS dataset or master "
                                             "file; default: none, INPUT is a plain intensity file)")
     p.add_argument("--detector", help="ID01 detector (mpx1x4, mpxgaas, eiger2M); default: auto-detected")
-    p.add_argument("--mask", help="mask file[:dataset] (nonzero = masked), for plain intensity inputs")
+    p.add_argument("--mask", help="mask file[:dataset] (nonzero = masked), for plain intensity inputs "
+                                   "(default: INPUT's companion mask, if any)")
     add_option_flags(p)
     p.add_argument("--refine-binned", action="store_true",
-                   help="refine on the binned 64³ grid instead of the crop at full resolution (needs integer binning)")
+                   help="refine on the binned 64³ grid instead of the crop at full resolution (needs integer binning; "
+                        "default: full resolution)")
     from cli.cmd_info import add_frontend_arguments
 
     add_frontend_arguments(p)
-    p.add_argument("--previews", metavar="DIR", help="also write PNG previews into DIR")
-    p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    p.add_argument("--previews", metavar="DIR", help="also write PNG previews into DIR (default: none)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or summary (default: both shown)")
     p.set_defaults(func=run)
 
 
@@ -94,7 +96,9 @@ def add_option_flags(parser) -> None:
         if f.name == "engine":
             kw["choices"] = ("builtin", "torch", "pynx")
             kw.pop("metavar")
-        shown = "" if f.default in (None, "") else " (default %(default)s)"
+        shown = " (default %(default)s)"
+        if f.default in (None, ""):
+            shown = "" if "default" in m["help"] else " (default: none)"
         parser.add_argument(*flags, help=m["help"].replace("%", "%%") + shown, **kw)
 
 

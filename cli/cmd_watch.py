@@ -15,17 +15,18 @@ Runs until SIGINT/SIGTERM.
 Settings come from BCDI_* environment variables or --config FILE (.toml/.json/.yaml/.env); the options below
 override them: BCDI_TILED_URL, BCDI_TILED_API_KEY (read access is enough), BCDI_GATEWAY_URL,
 BCDI_TRIGGER_API_KEY (a gateway submit key, required), BCDI_TRIGGER_TILED_PATH, BCDI_TRIGGER_PLAN_NAMES,
-BCDI_TRIGGER_MD_KEY, BCDI_TRIGGER_MODE, BCDI_TRIGGER_POLL_S.
+BCDI_TRIGGER_MD_KEY, BCDI_TRIGGER_MODE, BCDI_TRIGGER_POLL_S."""
 
+EPILOG = """\
 examples:
   BCDI_TRIGGER_API_KEY=<submit key> bcdi-recon watch --tiled-url http://tiled:8000 --gateway-url http://gateway:8000
   bcdi-recon watch --config trigger.toml --path raw --mode poll --poll-s 10"""
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("watch", help=HELP, description=DESCRIPTION,
+    p = subparsers.add_parser("watch", help=HELP, description=DESCRIPTION, epilog=EPILOG,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", metavar="FILE", help="settings file (environment variables win over it)")
+    p.add_argument("--config", metavar="FILE", help="settings file (environment variables win over it; default: none)")
     p.add_argument("--tiled-url", help="Tiled server to watch (default from settings: http://127.0.0.1:8010)")
     p.add_argument("--path", help="container whose runs are watched (default '' = the root, where TiledWriter "
                                   "writes by default)")

@@ -123,6 +123,8 @@ def check_pre_recipe(value: str) -> str:
         raise OptionsError(f"pre-recipe must be a string such as RAAR**200, got {type(value).__name__}")
     if len(value) > PRE_RECIPE_MAX_LENGTH:
         raise OptionsError(f"pre-recipe is {len(value)} characters long, at most {PRE_RECIPE_MAX_LENGTH}")
+    if value and re.search(r"\*\*0+(?!\d)", value):
+        raise OptionsError(f"pre-recipe {value!r}: a step count must be >= 1 (leave the step out)")
     if value and not PRE_RECIPE_PATTERN.match(value):
         raise OptionsError(f"pre-recipe {value!r} is not a recipe of ER, HIO and RAAR steps: write NAME**N "
                            f"steps separated by commas, e.g. RAAR**200 or HIO**100,RAAR**100")
@@ -162,7 +164,7 @@ def _check_field(f: dataclasses.Field, value) -> None:
             raise OptionsError(f"unknown engine {value!r}: use builtin (alias torch) or pynx")
     elif name == "device":
         if not isinstance(value, str) or not DEVICE_PATTERN.match(value):
-            raise OptionsError(f"device must be auto, cpu or cuda[:N], got {value!r}")
+            raise OptionsError(f"unknown device {value!r}: use auto, cpu, cuda or cuda:N")
     elif name == "model":
         if value is not None and (not isinstance(value, str) or not value or len(value) > 4096):
             raise OptionsError(f"model must be a weights file path, got {value!r}")

@@ -23,3 +23,7 @@ class ScanRefError(InputError):
 
 class SettingsError(InputError):
     """Service settings (environment variables, config file) that are missing, malformed or inconsistent."""
+
+
+class AccessError(InputError):
+    """A key the user gave was refused (a Tiled API key, a gateway key): one line, naming the server."""

@@ -82,7 +82,7 @@ def test_cli_bad_input_is_one_line_exit_2_nothing_written(inputs, tmp_path, case
 def test_traceback_works_after_the_subcommand(tmp_path):
     r = _cli("reconstruct", tmp_path / "missing.npy", "--out", tmp_path / "r.cxi", "--traceback")
     assert r.returncode == 1 and "Traceback (most recent call last)" in r.stderr
-    assert "InputError: intensity file not found" in r.stderr
+    assert "InputFileError: intensity file not found" in r.stderr  # the InputError family member for files
     r = _cli("reconstruct", tmp_path / "missing.npy", "--out", tmp_path / "r.cxi")
     assert r.returncode == 2 and "Traceback" not in r.stderr
 

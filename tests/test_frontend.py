@@ -91,8 +91,8 @@ def test_non_integer_intensities_give_the_same_reconstruction_and_llk_as_counts(
 
     s = simulate_sample(2_000_105)
     truth = lambda i: s["phase"]  # noqa: E731
-    a = reconstruct(s["intensity"], None, truth, ReconOptions(refine=20))
-    b = reconstruct(s["intensity"] / 250.0, None, truth, ReconOptions(refine=20))
+    a = reconstruct(s["intensity"], None, truth, ReconOptions(er_cycles=20))
+    b = reconstruct(s["intensity"] / 250.0, None, truth, ReconOptions(er_cycles=20))
     assert b.frontend.photon_scale == pytest.approx(250.0, rel=0.02) and b.llk["llk_scale"] == b.frontend.photon_scale
     assert b.llk["llk_poisson"] == pytest.approx(a.llk["llk_poisson"], rel=0.05)
     assert a.llk["llk_scale"] == 1.0 and a.frontend.photon_scale_source == "integer counts"
@@ -136,7 +136,7 @@ def test_128_pattern_through_the_front_end_and_true_phase_recovers_the_crystal()
         captured["i64"] = i64
         return np.zeros_like(i64)
 
-    r = reconstruct(s["intensity"], None, true_phase_on_cnn_grid, ReconOptions(refine=0))
+    r = reconstruct(s["intensity"], None, true_phase_on_cnn_grid, ReconOptions(er_cycles=0))
     fe = r.frontend
     assert any(fe.cnn_resampled) and fe.resampling == "fourier"
     assert all(RANGE[0] <= o <= RANGE[1] for o in fe.oversampling_cnn)

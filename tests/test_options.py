@@ -26,7 +26,8 @@ SCAN = {"tiled_path": "raw/PtNP/PtNP_0001", "scan": "1.1"}
 def rest_job_options(options: dict) -> ReconOptions:
     """What a worker runs for a REST request: the stored request (JSON) -> job spec -> workers.pipeline.job_options."""
     stored = json.loads(ReconRequest(scan=SCAN, options=options).model_dump_json())  # as the queue keeps it
-    return job_options({"job_id": "j", "scan": stored["scan"], "options": stored["options"], "device": "cpu"})
+    return job_options({"job_id": "j", "scan": stored["scan"], "options": stored["options"], "device": "auto"})
+    # (a worker's device setting defaults to auto, as the schema's does)
 
 
 def cli_options(*flags: str) -> ReconOptions:

@@ -13,7 +13,7 @@ from physics.simulate import SimParams, simulate_sample
 from workers.pipeline import ReconOptions
 from workers.strategy import METHODS, StrategyOptions, run_method, summary_line
 
-FAST = dict(recon=ReconOptions(refine=100), pre_recipe="RAAR**50", fallback_recipe="HIO**100,RAAR**200,ER**100")
+FAST = dict(recon=ReconOptions(er_cycles=100), pre_recipe="RAAR**50", fallback_recipe="HIO**100,RAAR**200,ER**100")
 
 
 @pytest.fixture(scope="module")

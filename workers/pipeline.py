@@ -279,8 +279,7 @@ def warm_up(device: str | None = None) -> None:
 
 def job_options(spec: dict) -> ReconOptions:
     """The options of a queued job: its request's options (schema names) on the worker's device."""
-    device = str(resolve_device(spec.get("device") or "auto"))
-    return ReconOptions.from_mapping(spec.get("options") or {}, device=device)
+    return ReconOptions.from_mapping(spec.get("options") or {}, device=spec.get("device") or "auto")
 
 
 def run_job(spec: dict, progress: Progress = _noop, should_cancel: Callable[[], bool] | None = None) -> dict:

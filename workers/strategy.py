@@ -184,7 +184,7 @@ def _cnn_candidate(name: str, intensity, mask, predict, opts: StrategyOptions, p
     pre = opts.pre_recipe if name == "cnn-raar-er" else opts.recon.pre_recipe  # cnn-er keeps the user's own
     ro = replace(opts.recon, pre_recipe=pre)
     t = time.perf_counter()
-    r = reconstruct(intensity, mask, predict, ro, progress=lambda s, f: progress(f"{name}:{s}", f),
+    r = reconstruct(intensity, mask, predict, ro, progress=progress,  # the pipeline's own stage names
                     should_cancel=should_cancel, free_mask=free_mask, frontend=opts.frontend)
     return r, time.perf_counter() - t
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from contract.scanref import ScanRef, ScanRefError
 from contract.settings import current_settings
-from physics.errors import InputError
+from physics.errors import AccessError, InputError
 from workers.io.id01 import (DETECTORS, assemble, peak_region, pick_detector, read_monitor, resolve_scan_name,
                              scan_metadata)
 
@@ -108,7 +108,7 @@ def connect(uri: str | None = None, api_key: str | None = None, *, attempts: int
 
 
 def _open_client(uri: str, api_key: str | None):
-    """from_uri, with a rejected or missing key reported as PermissionError (one line) instead of a log-in prompt."""
+    """from_uri, with a rejected or missing key reported as AccessError (one line) instead of a log-in prompt."""
     from tiled.client import from_uri
     from tiled.client.context import CannotPrompt
     from tiled.client.utils import ClientError
@@ -116,14 +116,14 @@ def _open_client(uri: str, api_key: str | None):
     try:
         return from_uri(uri, api_key=api_key)
     except CannotPrompt:
-        raise PermissionError(f"Tiled server at {uri} rejected the API key (or none was given)") from None
+        raise AccessError(f"Tiled server at {uri} rejected the API key (or none was given)") from None
     except RuntimeError as exc:  # a server without log-in providers (single-user key): "requires authentication"
         if "authentication" in str(exc):
-            raise PermissionError(f"Tiled server at {uri} rejected the API key (or none was given)") from None
+            raise AccessError(f"Tiled server at {uri} rejected the API key (or none was given)") from None
         raise
     except ClientError as exc:
         if exc.response.status_code in (401, 403):
-            raise PermissionError(f"Tiled server at {uri} refused access: {exc.response.status_code}") from None
+            raise AccessError(f"Tiled server at {uri} refused access: {exc.response.status_code}") from None
         raise
 
 
@@ -403,7 +403,7 @@ def write_result(client, ref: "dict | ScanRef", job_id: str, arrays: dict[str, n
         raise TiledUnavailable(f"Tiled server became unreachable while writing {path} ({exc})") from None
     except httpx.HTTPStatusError as exc:  # tiled's ClientError
         if exc.response.status_code in (401, 403):
-            raise PermissionError(f"Tiled refused writing {path}: this API key has no write scopes "
+            raise AccessError(f"Tiled refused writing {path}: this API key has no write scopes "
                                   f"({exc.response.status_code})") from None
         raise
     return path
