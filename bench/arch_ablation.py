@@ -106,6 +106,14 @@ def main(argv=None) -> int:
              "val coherence |", "|---|---:|---:|---:|---:|---:|---:|"]
     lines += [f"| {d['name']} | {d['budget_cpu_s']:.0f} | {d['parameters']:,} | {d['samples']} | "
               f"{d['samples_per_cpu_h']:,.0f} | {d['val_wca']:.4f} | {d['val_coherence']:.3f} |" for d in rows]
+    missing = [n for n in CANDIDATES if n not in {d["name"] for d in rows}]
+    if missing:
+        lines += ["", f"Not run yet: {', '.join(missing)} (`run --only ...` resumes)."]
+    budgets = sorted({d["budget_cpu_s"] for d in rows})
+    if budgets and max(budgets) < 3600:
+        lines += ["", f"A budget of {max(budgets):.0f} CPU s is a few hundred samples: it measures the cost per sample "
+                  "reliably, but the coherence after it is within the noise of a 16-sample validation set, so it "
+                  "does not rank the candidates' learning yet."]
     write_section(SECTION, "\n".join(lines))
     print("\n".join(lines))
     return 0

@@ -165,7 +165,12 @@ def main(argv=None) -> int:
                     + ("" if med >= 0.6 else f", {0.6 - med:.3f} short") + ". ")
         cohs = [(float(r["cpu_s"]) / 3600, float(r["val_coherence"])) for r in rows
                 if r.get("val_coherence") and r.get("cpu_s")]
-        if len(cohs) >= 3:
+        span = cohs[-1][0] - cohs[0][0] if len(cohs) >= 2 else 0.0
+        if span < 1.0:
+            coh_line += (f"Validation coherence has been recorded over {span:.2f} CPU hours of training only, too short "
+                         "to fit a slope or to apply the issue's flattening rule (gain < 0.01 per CPU hour over the "
+                         "last 3 CPU hours); the training ledger above gives its course per segment. ")
+        elif len(cohs) >= 3:
             slope = float(np.polyfit([c for c, _ in cohs], [v for _, v in cohs], 1)[0])
             coh_line += (f"Over the {cohs[-1][0] - cohs[0][0]:.2f} CPU hours of training that recorded it, the "
                          f"validation coherence moved by {slope:+.3f} per CPU hour; at that rate the next 10 CPU "

@@ -124,7 +124,7 @@ def test_run_pipeline_adds_strain_and_previews_to_the_reconstruction(crystal):
                        title="t", progress=lambda stage, f: stages.append(stage))
     res, a = out.result, out.arrays
     assert stages[-1] == "strain" and "refine" in stages
-    assert set(out.timings) == {"preprocess", "cnn", "ifft", "refine", "strain"}
+    assert set(out.timings) == {"preprocess", "cnn", "ifft", "refine", "strain", "total"}  # total: the strategy's
     np.testing.assert_array_equal(a["support"], res.support)
     np.testing.assert_allclose(a["amplitude"], np.abs(res.obj))
     for key in ("displacement", "strain", "phase"):

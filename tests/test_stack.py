@@ -82,7 +82,7 @@ def test_demo_reconstructs_a_scan_heals_a_worker_and_ctrl_c_leaves_no_process(tm
         # the keys are in the named keys file, not in the printed URLs; the curl line submits with them
         keys = dict(line.removeprefix("export ").split("=", 1)
                     for line in Path(summary["keys_file"]).read_text().splitlines() if line.strip())
-        key = keys["TILED_API_KEY"]
+        key = keys["BCDI_TILED_API_KEY"]
         assert key not in out and keys["BCDI_SUBMIT_KEY"] not in out and keys["BCDI_READ_KEY"] not in out
         curl = re.search(r"^  (\. \S+keys\.env && curl .+)$", out, re.M).group(1)
         submitted = subprocess.run(["bash", "-c", curl], capture_output=True, text=True, timeout=30)

@@ -278,7 +278,7 @@ def cnn_only(method: str, intensity, mask, predict, opts: StrategyOptions = Stra
     vals = gate_values(r.obj, r.support, r.intensity_crop, r.mask_crop, r.free_mask, llk=r.llk, ac_size=ac)
     cands = [Candidate(method, r.obj, r.support, dict(r.llk), vals, sec, group="cnn")]
     _judge(cands, opts.thresholds, {})
-    return _finish(method, cands, r, t0, opts.thresholds, None, 0, {method: sec}, fallback_ran=False)
+    return _finish(method, cands, r, t0, opts.thresholds, None, 0, {}, fallback_ran=False)
 
 
 def standard(intensity, mask, opts: StrategyOptions = StrategyOptions(), progress: Progress = _noop,

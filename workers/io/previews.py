@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from physics.phase import wrap_phase
+
 from workers.io.formats import atomic_path
 
 PHASE_CMAP = "twilight"
@@ -127,17 +129,13 @@ def _row(fig, axes, vol, *, cmap, vmin, vmax, quantity, bar_label, steps, unit, 
     return bar
 
 
-def _wrap(phase: np.ndarray) -> np.ndarray:
-    return np.mod(phase, 2 * np.pi)
-
-
 def _phase_bar(bar) -> None:
     bar.set_ticks([0, np.pi / 2, np.pi, 3 * np.pi / 2, 2 * np.pi])
     bar.set_ticklabels(["0", "π/2", "π", "3π/2", "2π"])
 
 
 def _phase_row(fig, axes, phase, *, quantity, steps, unit, centre=None, origin=None):
-    bar = _row(fig, axes, _wrap(phase), cmap=PHASE_CMAP, vmin=0.0, vmax=2 * np.pi, quantity=quantity,
+    bar = _row(fig, axes, wrap_phase(phase, lower=0.0), cmap=PHASE_CMAP, vmin=0.0, vmax=2 * np.pi, quantity=quantity,
                bar_label="phase (rad, wrapped to [0, 2π))", steps=steps, unit=unit, centre=centre, origin=origin)
     _phase_bar(bar)
 

@@ -117,8 +117,12 @@ def _open_client(uri: str, api_key: str | None):
         return from_uri(uri, api_key=api_key)
     except CannotPrompt:
         raise AccessError(f"Tiled server at {uri} rejected the API key (or none was given)") from None
-    except RuntimeError as exc:  # a server without log-in providers (single-user key): "requires authentication"
-        if "authentication" in str(exc):
+    except RuntimeError:  # a server without log-in providers (single-user key) refuses a bad key this way
+        import httpx
+
+        auth = {"Authorization": f"Apikey {api_key}"} if api_key else {}
+        probe = httpx.get(f"{uri}/api/v1/metadata/", headers=auth, timeout=5.0)
+        if probe.status_code in (401, 403):  # decided by the server's status, not by the error's wording
             raise AccessError(f"Tiled server at {uri} rejected the API key (or none was given)") from None
         raise
     except ClientError as exc:
