@@ -25,5 +25,6 @@ class SettingsError(InputError):
     """Service settings (environment variables, config file) that are missing, malformed or inconsistent."""
 
 
-class AccessError(InputError):
-    """A key the user gave was refused (a Tiled API key, a gateway key): one line, naming the server."""
+class AccessError(InputError, PermissionError):
+    """A key the user gave was refused (a Tiled API key, a gateway key): one line, naming the server. Also a
+    PermissionError, so code that handles refused access by its standard type keeps working."""
