@@ -344,7 +344,7 @@ def run_stack(args) -> int:
         say(f"raw scan (Tiled browser): {raw_url}")
         say(f"gateway job: {stack.gateway_url}/api/v1/reconstructions/{job_id}")
         say(f"keys: {keys_file} (submit key, read key, Tiled key; load them with `. {keys_file}`)")
-        say(f"log in to Tiled's browser once: open {stack.tiled_url}/ui/?api_key=$TILED_API_KEY (a cookie keeps it)")
+        say(f"log in to Tiled's browser once: open {stack.tiled_url}/ui/?api_key=$BCDI_TILED_API_KEY (a cookie keeps it)")
         say("submit another job:")
         say("  " + curl_submit_line(stack.gateway_url, tiled_path, scan_no, keys_file))
         if args.show_keys:
