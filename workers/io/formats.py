@@ -59,11 +59,19 @@ def _read_npy(path: Path, key: str | None) -> np.ndarray:
     if magic != b"\x93NUMPY":
         raise InputError(f"{path}: not a readable .npy file (no NumPy header: damaged, or another format)")
     try:
+        with open(path, "rb") as fh:  # the header says whether the array holds Python objects (pickles)
+            version = np.lib.format.read_magic(fh)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            _shape, _order, dtype = read_header(fh)
+    except (ValueError, OSError, EOFError) as e:
+        raise InputError(f"{path}: not a readable .npy file ({_one_line(e)})") from None
+    if dtype.hasobject:
+        raise InputError(f"{path}: holds Python objects, not a numeric array (not loaded, for safety); "
+                         f"save the intensity with numpy.save of a numeric array")
+    try:
         return np.load(path, allow_pickle=False)
     except ValueError as e:
-        if "pickled" in str(e):
-            raise InputError(f"{path}: holds Python objects, not a numeric array (not loaded, for safety); "
-                             f"save the intensity with numpy.save of a numeric array") from None
         raise InputError(f"{path}: not a readable .npy file ({_one_line(e)})") from None
     except (OSError, EOFError) as e:
         raise InputError(f"{path}: not a readable .npy file ({_one_line(e)})") from None
