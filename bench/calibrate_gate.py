@@ -398,14 +398,9 @@ def main(argv=None) -> int:
     if args.cmd == "timing":
         timing(args)
         return 0
-    text = report(args)
-    if args.print:
-        print(text)
-    else:
-        from bench.common import write_section
+    from bench.common import print_or_write_section
 
-        write_section(SECTION, text)
-        print(f"wrote section '{SECTION}' of docs/benchmarks.md")
+    print_or_write_section(SECTION, report(args), args.print)
     return 0
 
 

@@ -65,3 +65,12 @@ def write_section(heading: str, body: str, doc: Path = DOC) -> None:
     tmp = doc.with_suffix(".md.tmp")
     tmp.write_text(text.rstrip("\n") + "\n")
     tmp.replace(doc)
+
+
+def print_or_write_section(heading: str, body: str, print_only: bool) -> None:
+    """A report command's output: printed (--print) or written as the section '## heading' of docs/benchmarks.md."""
+    if print_only:
+        print(body)
+    else:
+        write_section(heading, body)
+        print(f"wrote section '{heading}' of docs/benchmarks.md")

@@ -107,10 +107,11 @@ def _read_curve(path: Path, upto_step: int) -> list[dict]:
         return [r for r in csv.DictReader(f) if int(r["step"]) <= upto_step]
 
 
-def _write_curve(path: Path, rows: list[dict]) -> None:
+def write_curve(path: Path, rows: list[dict], fields: tuple = CURVE_FIELDS) -> None:
+    """Write learning-curve rows as CSV atomically (temp file + rename); the GPU segment uses it with its fields."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=CURVE_FIELDS)
+        w = csv.DictWriter(f, fieldnames=fields)
         w.writeheader()
         w.writerows(rows)
     os.replace(tmp, path)
@@ -303,7 +304,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
                              "train_loss": f"{np.mean(run_losses):.6f}", "val_loss": f"{val:.6f}",
                              "val_coherence": f"{coh:.4f}",
                              "lr": cfg.lr, "wall_s": f"{wall:.1f}", "cpu_s": f"{cpu:.1f}"})
-                _write_curve(out / CURVE_CSV, rows)
+                write_curve(out / CURVE_CSV, rows)
                 _atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
                               "samples": step * cfg.batch * world, "wall_s": wall, "cpu_s": cpu, "best_val": best_val,
                               "val_loss": val, "best_model": best_state, "config": asdict(cfg),

@@ -16,7 +16,6 @@ with nothing but the GPU machine's own PyTorch. On a CPU it runs the same path (
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import os
@@ -29,6 +28,7 @@ import torch
 
 from models.data import TRAIN_SEED0, VAL_SEED0, params_to_dict, sim_distribution
 from models.loss import normalise_intensity, wca_per_sample
+from models.train import write_curve
 from models.unet import build_unet, count_parameters
 from physics.simulate_torch import TorchOps, simulate_batch
 from physics.coherence import coherence_torch
@@ -129,15 +129,6 @@ def _training_pairs(seeds, sim, ops) -> tuple[torch.Tensor, torch.Tensor]:
     b = simulate_batch(seeds, sim, ops=ops)
     x = normalise_intensity(b["intensity"])[:, None]
     return x.half(), b["phase"][:, None].half()
-
-
-def _write_curve(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=CURVE_FIELDS)
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(tmp, path)
 
 
 @torch.no_grad()
@@ -243,7 +234,7 @@ def run_segment(args) -> dict:
         rows.append({"step": step, "samples": samples, "train_loss": f"{np.mean(run_losses) if run_losses else float('nan'):.6f}",
                      "val_loss": f"{val:.6f}", "val_coherence": f"{coh:.4f}", "lr": args.lr, "wall_s": f"{wall:.1f}",
                      "samples_per_s": f"{rate:.1f}"})
-        _write_curve(out / CURVE, rows)
+        write_curve(out / CURVE, rows, CURVE_FIELDS)
         state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "arch_config": arch, "step": step,
                  "samples": samples, "pool_next": pool_next, "wall_s": wall, "rows": rows, "sim": params_to_dict(sim)}
         tmp = state_path.with_name(STATE + ".tmp")
