@@ -133,13 +133,13 @@ def plot_curve(rows: list[dict], path: Path, title: str = "") -> None:
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     coh = [(int(r["samples"]), float(r["val_coherence"])) for r in rows if r.get("val_coherence")]
+    handles = ax.get_lines()
     if coh:  # the network's judge (physics.coherence), on its own axis
         ax2 = ax.twinx()
-        ax2.plot(*zip(*coh), "s-", ms=3, color="tab:green", label="validation phase coherence")
+        handles += ax2.plot(*zip(*coh), "s-", ms=3, color="tab:green", label="validation phase coherence")
         ax2.set_ylabel("median phase coherence (1 = perfect)")
         ax2.set_ylim(0, 1)
-        ax2.legend(loc="lower right")
-    ax.legend(loc="lower left")
+    ax.legend(handles=handles, loc="center left", fontsize=8)  # one legend, in the empty middle band
     ax.set_title(title or "phase UNet learning curve")
     fig.tight_layout()
     tmp = path.with_name(path.name + ".tmp.png")
