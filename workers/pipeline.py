@@ -113,7 +113,7 @@ def reconstruct(intensity: np.ndarray, mask: np.ndarray | None, predict: Callabl
 
     t = time.perf_counter()
     progress("ifft", 0.0)
-    cdi = CDI(i_crop, mask=m_crop, obj=obj, device=resolve_device(options.device))
+    cdi = CDI(i_crop, mask=m_crop, obj=obj, device=options.device)  # CDI resolves "auto" itself
     cdi.llk_scale = fe.photon_scale  # Poisson LLK on photon-equivalent intensities (stated in llk["llk_scale"])
     if free_mask is None:
         cdi = InitFreePixels(ratio=options.free_ratio, seed=options.seed) * cdi
@@ -266,6 +266,7 @@ def _model(device: str, path: str | None = None):
     """The CNN, loaded once per (weights, device) and kept across jobs."""
     from models.predict import load_model
 
+    device = str(resolve_device(device))  # "auto" and "cpu" on a CPU host are one cache entry
     key = (path, device)
     if key not in _MODELS:
         _MODELS[key] = load_model(path, device=device)
@@ -274,7 +275,7 @@ def _model(device: str, path: str | None = None):
 
 def warm_up(device: str | None = None) -> None:
     """Load the model before the first job (the worker calls this once at start)."""
-    _model(str(resolve_device(device or "auto")))
+    _model(device or "auto")
 
 
 def job_options(spec: dict) -> ReconOptions:
