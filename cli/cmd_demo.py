@@ -10,6 +10,7 @@ import json
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -24,14 +25,15 @@ REST gateway and one worker, each as a supervised subprocess on a loopback port.
 a rocking scan (plan bcdi_rocking_scan) in which an ophyd simulated Maxipix detector sees the Bragg peak of a
 highly strained crystal (phase range --phase-range π inside it). The demo's data writer saves the scan as an
 ID01 BLISS file and registers it in Tiled; the RunEngine callback trigger (service.triggers.BcdiTrigger) posts
-the scan to the gateway when the run stops with success; a worker reconstructs it (CNN + border-restricted ER)
-and publishes the result to Tiled. The command prints the Tiled browser URLs of the result and of the raw scan,
-with timings, then keeps everything running until Ctrl-C (or exits at once with --exit). Ctrl-C stops the
+the scan to the gateway when the run stops with success; a worker reconstructs it (--method, by default
+adaptive: the CNN path first, standard runs only if it fails the data-only quality gate) and publishes the result
+to Tiled. The command prints the quality gate's verdict and figures, the result's phase RMSE and support IoU
+against the simulated truth, the Tiled browser URLs of the result and of the raw scan and timings, then keeps everything running until Ctrl-C (or exits at once with --exit). Ctrl-C stops the
 worker, gateway, Tiled and Redis in that order; no process is left behind.
 
---offline: the pipeline alone, no services: simulates the crystal, reconstructs it with the shipped CNN + ER and,
-for comparison, one run of the standard recipe; writes crystal.npz, cnn_er.cxi, standard.cxi, *.png and
-summary.json into --out."""
+--offline: the pipeline alone, no services: simulates the crystal, reconstructs it with --method (as
+`reconstruct` does) and, for comparison, one run of the standard recipe; writes crystal.npz, result.cxi,
+standard.cxi, *.png and summary.json into --out."""
 
 DETECTOR = "mpx1x4"
 FRAME_SHAPE = (516, 516)
@@ -54,6 +56,10 @@ def register(subparsers) -> None:
                                                         "logs; emptied at start if an earlier demo made it "
                                                         "(default %(default)s)")
     p.add_argument("--exit", action="store_true", help="stop the stack once the result is published")
+    from contract.options import METHODS, ReconOptions
+
+    p.add_argument("--method", choices=METHODS, default=ReconOptions().method,
+                   help="reconstruction strategy, as for `reconstruct` (default %(default)s)")
     p.add_argument("--er-cycles", type=int, default=400, help="ER refinement cycles after the CNN "
                                                              "(default %(default)s)")
     p.add_argument("--screenshot", metavar="DIR", help="save headless-Chromium screenshots of the result and raw "
@@ -279,6 +285,34 @@ def follow_job(gateway_url: str, read_key: str, job_id: str, timeout: float, say
         time.sleep(0.5)
 
 
+def result_lines(rec: dict, client, sample: dict) -> list[str]:
+    """What the demo says about the result: the quality gate's verdict and figures (from the job record), and the
+    object in Tiled against the simulated truth (aligned: twin, shift, phase offset and ramp removed)."""
+    from physics.errors import InputError
+    from physics.metrics import compare_to_truth
+
+    r = rec.get("result") or {}
+    lines = [f"quality gate: {r.get('status')} (method {r.get('method')}, winner {r.get('winner')}, "
+             f"{r.get('nb_candidates')} candidate(s), {float(r.get('seconds') or 0):.1f} s; free LLK "
+             f"{float(r.get('llk_poisson_free') or float('nan')):.3g}, obj2_out {float(r.get('obj2_out') or float('nan')):.3g}, "
+             f"{r.get('support_size')} support voxels)"]
+    if r.get("status") != "ok":
+        lines.append(f"warning: the result is uncertain: {r.get('hint')}")
+    try:
+        node = client[r["tiled_path"]]
+        obj, support = node["object"].read(), node["support"].read().astype(bool)
+        if obj.shape == sample["object"].shape:
+            m = compare_to_truth(obj, sample["object"], truth_support=sample["support"], recon_support=support,
+                                 remove_ramp=True)
+            ok = m["phase_rmse"] <= 0.5 and m["iou"] >= 0.7
+            lines.append(f"against the simulated truth: phase RMSE {m['phase_rmse']:.2f} rad, support IoU "
+                         f"{m['iou']:.2f} ({'a success' if ok else 'a failure'}: success is RMSE <= 0.5 rad and "
+                         f"IoU >= 0.7)")
+    except (KeyError, InputError) as exc:
+        lines.append(f"(no comparison with the truth: {exc})")
+    return lines
+
+
 def run_stack(args) -> int:
     from bluesky import RunEngine
 
@@ -306,7 +340,8 @@ def run_stack(args) -> int:
                        "dataset": dataset},
               "sample": sample_name, "phase_range_pi": round(float(sample["phase_range"]) / 3.141592653589793, 3)}
         writer = id01_file_writer(stack.raw_dir, stack.tiled.client())
-        selector = BcdiSelector(plan_names=(PLAN_NAME,), options={"er_cycles": args.er_cycles,
+        selector = BcdiSelector(plan_names=(PLAN_NAME,), options={"method": args.method,
+                                                                  "er_cycles": args.er_cycles,
                                                                   "crop_size": [64, 64, 64]})
         # the gateway checks the scan in Tiled before it answers (a few seconds on a busy machine)
         submitter = GatewaySubmitter(stack.gateway_url, stack.submit_key, timeout=15.0)
@@ -340,6 +375,8 @@ def run_stack(args) -> int:
         keys_file = write_keys_file(base, stack)
         stages = ", ".join(f"{k} {v:.1f} s" for k, v in (rec.get("timings") or {}).items())
         say("")
+        for line in result_lines(rec, stack.tiled.client(), sample):
+            say(line)
         say(f"result (Tiled browser): {result_url}")
         say(f"raw scan (Tiled browser): {raw_url}")
         say(f"gateway job: {stack.gateway_url}/api/v1/reconstructions/{job_id}")
@@ -391,7 +428,8 @@ def run_stack(args) -> int:
 # the offline demo
 
 def run_offline(args) -> int:
-    """The offline pipeline demo (no services): simulate, reconstruct with CNN+ER and the standard recipe."""
+    """The offline pipeline demo (no services): simulate, reconstruct with --method (the CLI's pipeline), and one
+    run of the standard recipe for comparison; both judged against the simulated truth."""
     import math
 
 
@@ -402,7 +440,9 @@ def run_offline(args) -> int:
     from workers.io.cxi import write_cxi
     from workers.io.previews import intensity_preview, save_png, write_previews
     from workers.io.samples import save_sample_npz
-    from workers.pipeline import ReconOptions, reconstruct
+    from cli.cmd_reconstruct import write_result_cxi
+    from physics.phasing import device_name
+    from workers.pipeline import ReconOptions, run_pipeline
 
     if not 0 < args.phase_range <= 8:
         raise InputError(f"--phase-range must be in (0, 8] (units of π), got {args.phase_range}")
@@ -418,24 +458,29 @@ def run_offline(args) -> int:
 
     summary = {"seed": args.seed, "phase_range_pi": float(sample["phase_range"]) / math.pi}
     t = time.perf_counter()
+    opts = ReconOptions(method=args.method, er_cycles=args.er_cycles, device=args.device)
     model = load_model(device=args.device)
-    res = reconstruct(sample["intensity"], sample["mask"], model.predict_phase,
-                      ReconOptions(er_cycles=400, device=args.device))
+    done = run_pipeline(sample["intensity"], sample["mask"], model.predict_phase, opts,
+                        title=f"demo: {args.method}")
+    res = done.result
     wall = time.perf_counter() - t
     m = compare_to_truth(res.obj, sample["object"], truth_support=sample["support"], recon_support=res.support)
-    write_cxi(out / "cnn_er.cxi", res.obj, res.support, iobs=res.intensity_crop, mask=res.mask_crop,
-              process={"pipeline": "cnn+er", "model": model.name, "model_sha256": model.sha256,
-                       "recipe": res.recipe, "support_update_border_n": 2},
-              results={**{k: v for k, v in res.llk.items() if isinstance(v, float)}, "wall_s": wall},
-              free_mask=res.free_mask, crop_offsets=res.crop_offsets)
-    write_previews(out, iobs=res.intensity_crop, obj=res.obj, support=res.support, stem="cnn_er",
-                   title="CNN + 400 ER")
-    save_png(intensity_preview(res.intensity_cnn, res.phase_cnn, title="CNN input and predicted reciprocal phase"),
-             out / "cnn_er_cnn_phase.png")
-    summary["cnn_er"] = {"phase_rmse": m["phase_rmse"], "iou": m["iou"], "llk": res.llk.get("llk_poisson"),
-                         "llk_free": res.llk.get("llk_poisson_free"), "wall_s": wall}
-    say(f"CNN + ER: phase RMSE {m['phase_rmse']:.2f} rad, IoU {m['iou']:.2f}, "
-        f"LLK {res.llk.get('llk_poisson', float('nan')):.3g}, {wall:.1f} s -> {out / 'cnn_er.cxi'}")
+    write_result_cxi(out / "result.cxi", done, opts, model, device_name(args.device), done.timings,
+                     command="bcdi-recon " + " ".join(sys.argv[1:]), source={"input": str(out / "crystal.npz")})
+    write_previews(out, iobs=res.intensity_crop, obj=res.obj, support=res.support, stem="result",
+                   title=f"{args.method}: {done.confidence.get('winner')}")
+    if res.phase_cnn is not None:
+        save_png(intensity_preview(res.intensity_cnn, res.phase_cnn,
+                                   title="CNN input and predicted reciprocal phase"), out / "result_cnn_phase.png")
+    summary["result"] = {"method": args.method, "phase_rmse": m["phase_rmse"], "iou": m["iou"],
+                         "llk": res.llk.get("llk_poisson"), "llk_free": res.llk.get("llk_poisson_free"),
+                         "wall_s": wall, "confidence": done.confidence}
+    say(done.summary)
+    say(f"against the simulated truth: phase RMSE {m['phase_rmse']:.2f} rad, support IoU {m['iou']:.2f} "
+        f"(success is RMSE <= 0.5 rad and IoU >= 0.7); LLK {res.llk.get('llk_poisson', float('nan')):.3g}, "
+        f"free LLK {res.llk.get('llk_poisson_free', float('nan')):.3g}; {wall:.1f} s -> {out / 'result.cxi'}")
+    if done.confidence.get("status") != "ok":
+        say(f"warning: the result is uncertain: {done.confidence.get('hint')}")
 
     if args.standard_recipe:
         from physics.phasing import PhaseConfig, phase_runs

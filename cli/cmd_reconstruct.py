@@ -6,7 +6,8 @@ import dataclasses
 import sys
 import time
 
-HELP = "reconstruct a highly strained crystal: CNN reciprocal phase + ER refinement -> CXI (+ PNG previews)"
+HELP = ("reconstruct a highly strained crystal: CNN reciprocal phase + ER refinement, standard runs if the quality "
+        "gate refuses it -> CXI (+ PNG previews)")
 
 DESCRIPTION = """\
 The pipeline of Masto et al. (2025), for crystals whose phase range exceeds 2π, where iterative phase
@@ -28,6 +29,13 @@ retrieval from random starts often fails:
   8. displacement and strain along G are computed from the phase (ramp and offset removed).
      --pre-recipe RAAR**200 runs 200 RAAR cycles (same support rule) before them: from a weak CNN start
      it escapes ER's stagnation (see docs/benchmarks.md, method b+); the default is the paper's ER only.
+
+--method chooses the strategy. adaptive (the default) runs steps 1-8 with RAAR**200 first (method b+) as the
+first candidate and judges it by a quality gate computed from the data alone (free LLK, obj2_out, mean_to_max,
+support size against the autocorrelation's); if the gate refuses it, standard runs (HIO**400,RAAR**1000,ER**300,
+cohere-style shrink-wrap, seeded from the CNN's object, the autocorrelation or the CNN's support) follow one at a
+time until one passes or --max-runs / --max-seconds are spent. cnn-er is the paper's path alone, cnn-raar-er b+
+alone, standard the multi-run recipe. Every result says ok or uncertain (with what to try next).
 
 INPUT is a centred 3D intensity (.npy, .npz[:KEY], .tif, .cxi/.h5[:/dataset], as for `phase`), or an ID01
 BLISS dataset file with --scan (frames, masks and metadata read from the file; detector auto-detected).
@@ -93,8 +101,10 @@ def add_option_flags(parser) -> None:
             kw["type"] = scalar_type(f)
             if kw["type"] is not str:
                 kw["metavar"] = kw["metavar"] or ("N" if kw["type"] is int else "X")
-        if f.name == "engine":
-            kw["choices"] = ("builtin", "torch", "pynx")
+        if f.name in ("engine", "method"):
+            from contract.options import METHODS
+
+            kw["choices"] = METHODS if f.name == "method" else ("builtin", "torch", "pynx")
             kw.pop("metavar")
         shown = " (default %(default)s)"
         if f.default in (None, ""):
@@ -151,7 +161,6 @@ def run(args) -> int:
 
     from models.predict import load_model
     from workers.pipeline import run_pipeline
-    from workers.strategy import flat_confidence
 
     opts = dataclasses.replace(opts, device=device)  # "auto" resolved once; recorded as it ran
     from cli.cmd_info import frontend_options
@@ -176,7 +185,9 @@ def run(args) -> int:
             bar.n = int(base[key] + weights[key] * fraction)
         bar.set_description_str(f"reconstruct ({stage})", refresh=True)
 
-    title = f"{out.name}: CNN ({model.name}) + {opts.recipe()}"
+    title = (f"{out.name}: CNN ({model.name}) + {opts.recipe()}" if opts.method in ("cnn-er", "cnn-raar-er")
+             else f"{out.name}: {opts.method} (CNN {model.name} first)" if opts.method == "adaptive"
+             else f"{out.name}: {opts.method}")
     try:
         done = run_pipeline(iobs, mask, model.predict_phase, opts, scan_meta=meta if args.scan else None,
                             previews=bool(args.previews), title=title, progress=progress,
@@ -185,26 +196,10 @@ def run(args) -> int:
         bar.close()
     result = done.result
 
-    from workers.io.cxi import write_cxi
-
     timings = {"read_s": t_read, "model_load_s": t_model, **{f"{k}_s": v for k, v in done.timings.items()}}
-    process = {"pipeline": opts.method, "recipe": result.recipe,
-               "model": model.name, "model_sha256": model.sha256, "input": args.input,
-               "scan": args.scan or "", "detector": meta.get("detector", args.detector or ""),
-               "crop_offsets": list(result.crop_offsets), "input_shape": list(result.input_shape),
-               "device_used": device_label,
-               **{f"confidence_{k}": v for k, v in flat_confidence(done.confidence).items()},
-               **{k: v for k, v in result.options.items() if v is not None},
-               "strain_units": done.strain_meta.get("strain_units", ""),
-               "displacement_units": done.strain_meta.get("displacement_units", ""),
-               "frontend": result.frontend.metadata()}
-    results = {**{k: v for k, v in result.llk.items() if isinstance(v, (int, float))}, "timings": timings,
-               "support_size": int(result.support.sum())}
-    write_cxi(out, result.obj, result.support, iobs=result.intensity_crop, mask=result.mask_crop,
-              process=process, results=results, free_mask=result.free_mask, crop_offsets=result.crop_offsets,
-              command="bcdi-recon " + " ".join(sys.argv[1:]),
-              derived={"displacement": (done.arrays["displacement"], done.strain_meta.get("displacement_units", "")),
-                       "strain": (done.arrays["strain"], done.strain_meta.get("strain_units", ""))})
+    write_result_cxi(out, done, opts, model, device_label, timings, command="bcdi-recon " + " ".join(sys.argv[1:]),
+                     source={"input": args.input, "scan": args.scan or "",
+                             "detector": meta.get("detector", args.detector or "")})
     written = {}
     if args.previews:
         from pathlib import Path
@@ -236,3 +231,28 @@ def run(args) -> int:
               f"{done.confidence.get('hint') or 'more runs, a mask or a crop may help'}"
               + ("; or try --method adaptive" if opts.method != "adaptive" else ""), file=sys.stderr)
     return 0
+
+
+def write_result_cxi(out, done, opts, model, device_label: str, timings: dict, *, command: str, source: dict) -> None:
+    """The CXI of one pipeline result (workers.pipeline.run_pipeline), as `reconstruct` and the offline demo write
+    it: object, support, crop, mask, free mask, displacement, strain, options, recipe, confidence, front end."""
+    from workers.io.cxi import write_cxi
+    from workers.strategy import flat_confidence
+
+    result = done.result
+    process = {"pipeline": opts.method, "recipe": result.recipe,
+               "model": model.name, "model_sha256": model.sha256, **source,
+               "crop_offsets": list(result.crop_offsets), "input_shape": list(result.input_shape),
+               "device_used": device_label,
+               **{f"confidence_{k}": v for k, v in flat_confidence(done.confidence).items()},
+               **{k: v for k, v in result.options.items() if v is not None},
+               "strain_units": done.strain_meta.get("strain_units", ""),
+               "displacement_units": done.strain_meta.get("displacement_units", ""),
+               "frontend": result.frontend.metadata()}
+    results = {**{k: v for k, v in result.llk.items() if isinstance(v, (int, float))}, "timings": timings,
+               "support_size": int(result.support.sum())}
+    write_cxi(out, result.obj, result.support, iobs=result.intensity_crop, mask=result.mask_crop,
+              process=process, results=results, free_mask=result.free_mask, crop_offsets=result.crop_offsets,
+              command=command,
+              derived={"displacement": (done.arrays["displacement"], done.strain_meta.get("displacement_units", "")),
+                       "strain": (done.arrays["strain"], done.strain_meta.get("strain_units", ""))})

@@ -35,9 +35,10 @@ def _opt(default, help: str, *, ge=None, gt=None, le=None, lt=None, rest: bool =
 class ReconOptions:
     """Options of one reconstruction; validated on construction (OptionsError names the field)."""
 
-    method: str = _opt("cnn-er", "strategy: cnn-er (the paper's CNN + border-only ER), cnn-raar-er (RAAR**200 "
-                                 "first), standard (multi-run recipe), adaptive (CNN first, standard runs until one "
-                                 "passes the quality gate); every method reports ok/uncertain")
+    method: str = _opt("adaptive", "strategy: adaptive (CNN first, then standard runs until one passes the "
+                                   "quality gate), cnn-er (the paper's CNN + border-only ER), cnn-raar-er "
+                                   "(RAAR**200 first), standard (multi-run recipe); every method reports "
+                                   "ok/uncertain")
     max_runs: int = _opt(6, "adaptive: at most this many fallback standard runs", ge=0, le=100)
     max_seconds: float = _opt(600.0, "adaptive: time budget of the fallback runs, seconds", gt=0.0, le=86_400.0)
     crop_size: int | tuple[int, int, int] | None = _opt(

@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     # --- worker ----------------------------------------------------------------------------------------------
     runner: str = Field("workers.pipeline:run_job", description="module:function that runs one job")
     device: str = Field("auto", description="'auto' (CUDA when present, else CPU), 'cpu', 'cuda:0', ...")
+    cpu_threads: int = Field(1, ge=0, description="torch CPU threads per worker (0: torch's default, one per "
+                                                  "core); 1 by default: run one worker per core, as torch's "
+                                                  "OpenMP threads stall on cores shared with other processes")
     block_ms: int = Field(1000, ge=10, description="longest wait for a new job before re-checking shutdown")
     shutdown_grace_s: float = Field(0.0, ge=0, description="on SIGTERM, let the current job run this long "
                                                           "before it is stopped and re-queued")

@@ -73,7 +73,7 @@ def test_fetch_by_job_id_writes_the_reconstruct_layout(published, tmp_path):
     # the same layout as `reconstruct` (a reference written by the real command on a small input)
     np.save(tmp_path / "i.npy", sample["intensity"].astype(np.float32))
     ref = tmp_path / "reconstructed.cxi"
-    r2 = _cli("reconstruct", tmp_path / "i.npy", "--out", ref, "--refine", "2", "--quiet", "--crop-size", "32")
+    r2 = _cli("reconstruct", tmp_path / "i.npy", "--out", ref, "--method", "cnn-er", "--refine", "2", "--quiet", "--crop-size", "32")
     assert r2.returncode == 0, r2.stderr
     ours, theirs = _tree(out), _tree(ref)
     layout = {n for n in theirs if not n.startswith("entry_1/image_1/process_1/configuration/")

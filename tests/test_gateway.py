@@ -145,7 +145,7 @@ def test_events_stream_progress_until_success_and_metrics(qsettings):
     with TestClient(create_app(s)) as api:
         # Tiled is up here, so the gateway checks the reference: name a scan the shared server really has
         real = {"tiled_path": "raw/PtNP/PtNP_0001", "scan": "1.1", "detector": "mpx1x4"}
-        job = api.post(API, json={**BODY, "scan": real, "options": {"er_cycles": 60, "crop_size": [16, 16, 16]}},
+        job = api.post(API, json={**BODY, "scan": real, "options": {"method": "cnn-er", "er_cycles": 60, "crop_size": [16, 16, 16]}},
                        headers=SUB).json()["id"]
         events = []
         with ExitStack() as stack:

@@ -29,9 +29,9 @@ def crystal_npz(tmp_path_factory):
 
 
 def test_64_cube_cnn_only_and_refined(crystal_npz, tmp_path):
-    r = cli("reconstruct", crystal_npz, "--out", tmp_path / "cnn.cxi", "--er-cycles", "0", "--quiet")
+    r = cli("reconstruct", crystal_npz, "--out", tmp_path / "cnn.cxi", "--er-cycles", "0", "--method", "cnn-er", "--quiet")
     assert r.returncode == 0, r.stderr
-    r = cli("reconstruct", crystal_npz, "--out", tmp_path / "er.cxi", "--refine", "40", "--previews", tmp_path / "png")
+    r = cli("reconstruct", crystal_npz, "--out", tmp_path / "er.cxi", "--method", "cnn-er", "--refine", "40", "--previews", tmp_path / "png")
     assert r.returncode == 0, r.stderr
     assert "wrote" in r.stdout and "LLK" in r.stdout
     for name in ("cnn.cxi", "er.cxi"):
@@ -54,7 +54,7 @@ def test_64_cube_cnn_only_and_refined(crystal_npz, tmp_path):
 
 
 def test_pre_recipe_is_run_and_recorded(crystal_npz, tmp_path):
-    r = cli("reconstruct", crystal_npz, "--out", tmp_path / "bp.cxi", "--er-cycles", "20", "--pre-recipe", "RAAR**10",
+    r = cli("reconstruct", crystal_npz, "--out", tmp_path / "bp.cxi", "--method", "cnn-er", "--er-cycles", "20", "--pre-recipe", "RAAR**10",
             "--support-threshold", "0.3", "--quiet")
     assert r.returncode == 0, r.stderr
     d = read_cxi(tmp_path / "bp.cxi")
@@ -65,7 +65,7 @@ def test_pre_recipe_is_run_and_recorded(crystal_npz, tmp_path):
 def test_id01_scan_is_read_cropped_and_offsets_recorded(tmp_path):
     frames, _ = synthetic_frames()
     h5 = write_bliss_scan(tmp_path / "raw", "PtNP", "0001", frames, scan=1)
-    r = cli("reconstruct", h5, "--scan", "1.1", "--out", tmp_path / "scan.cxi", "--refine", "20",
+    r = cli("reconstruct", h5, "--scan", "1.1", "--out", tmp_path / "scan.cxi", "--method", "cnn-er", "--refine", "20",
             "--crop-size", "32")
     assert r.returncode == 0, r.stderr
     d = read_cxi(tmp_path / "scan.cxi")
@@ -127,8 +127,24 @@ def test_info_prints_oversampling_peak_photons_and_the_crop(crystal_npz):
 def test_reconstruct_records_and_prints_the_front_end_for_normalised_data(crystal_npz, tmp_path):
     norm = tmp_path / "norm.npz"
     np.savez(norm, intensity=np.load(crystal_npz)["intensity"] / 100.0)  # e.g. monitor-normalised
-    r = cli("reconstruct", norm, "--out", tmp_path / "n.cxi", "--refine", "10")
+    r = cli("reconstruct", norm, "--out", tmp_path / "n.cxi", "--method", "cnn-er", "--refine", "10")
     assert r.returncode == 0, r.stderr
     assert "front end: oversampling" in r.stdout and "photon scale 100" in r.stdout
     d = read_cxi(tmp_path / "n.cxi")
     assert float(d["results"]["llk_scale"]) == pytest.approx(100.0, rel=0.01)
+
+
+def test_offline_demo_runs_the_cli_pipeline_and_prints_the_verdict_and_the_truth(tmp_path):
+    """`demo --offline` goes through the same pipeline and CXI writer as `reconstruct` (here the quick cnn-er path,
+    20 ER cycles, no comparison run), and says the gate's verdict and the truth metrics."""
+    import json
+
+    r = cli("demo", "--offline", "--out", tmp_path, "--method", "cnn-er", "--er-cycles", "20", "--standard-recipe", "")
+    assert r.returncode == 0, r.stderr
+    assert "cnn-er: " in r.stdout and "against the simulated truth: phase RMSE" in r.stdout
+    d = read_cxi(tmp_path / "result.cxi")
+    assert d["process"]["pipeline"] == "cnn-er" and d["process"]["recipe"] == "ER**20"
+    assert d["process"]["confidence_status"] in ("ok", "uncertain") and d["derived"]["strain"].shape == d["obj"].shape
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["result"]["confidence"]["method"] == "cnn-er" and 0 <= summary["result"]["iou"] <= 1
+    assert (tmp_path / "result_object.png").exists() and not (tmp_path / "standard.cxi").exists()

@@ -11,7 +11,7 @@ REF = {"tiled_path": "raw/PtNP/PtNP_0001", "scan": "1.1", "detector": "mpx1x4"}
 
 
 def _spec(env, job_id, **options):
-    return {"job_id": job_id, "scan": REF, "options": {"er_cycles": 40, "crop_size": [32, 32, 32], **options},
+    return {"job_id": job_id, "scan": REF, "options": {"method": "cnn-er", "er_cycles": 40, "crop_size": [32, 32, 32], **options},
             "device": "cpu", "tiled": {"url": env["server"].uri, "api_key": env["server"].api_key}}
 
 

@@ -67,7 +67,7 @@ def _cmdline(pid: int) -> str:
 @pytest.mark.slow
 def test_demo_reconstructs_a_scan_heals_a_worker_and_ctrl_c_leaves_no_process(tmp_path):
     stack_id = uuid.uuid4().hex
-    demo = Demo(["--dir", str(tmp_path / "stack"), "--er-cycles", "20"], stack_id)
+    demo = Demo(["--dir", str(tmp_path / "stack")], stack_id)  # the README's defaults: method adaptive
     try:
         demo.wait_line(r"press Ctrl-C", 360)
         out = demo.output()
@@ -76,6 +76,11 @@ def test_demo_reconstructs_a_scan_heals_a_worker_and_ctrl_c_leaves_no_process(tm
         assert "/ui/browse/reconstructions/StrainedNP/StrainedNP_0001/" in result_url
         assert raw_url.split("?")[0].endswith("/ui/browse/raw/StrainedNP/StrainedNP_0001/StrainedNP_0001/1.1")
         assert re.search(r"timings: stack_start [\d.]+ s, .*reconstruction [\d.]+ s, total [\d.]+ s", out)
+        # the quality gate's verdict and the truth comparison are printed (the demo knows the simulated crystal)
+        gate = re.search(r"^quality gate: (ok|uncertain) \(method adaptive, winner (\S+), (\d+) candidate", out, re.M)
+        assert gate, out[-2000:]
+        truth = re.search(r"against the simulated truth: phase RMSE ([\d.]+) rad, support IoU ([\d.]+)", out)
+        assert truth and 0 <= float(truth.group(1)) < 4 and 0 <= float(truth.group(2)) <= 1
 
         summary = json.loads((tmp_path / "stack" / "demo_summary.json").read_text())
         tiled = summary["stack"]["tiled"]
@@ -89,7 +94,11 @@ def test_demo_reconstructs_a_scan_heals_a_worker_and_ctrl_c_leaves_no_process(tm
         assert json.loads(submitted.stdout)["state"] in ("queued", "running", "succeeded"), submitted
         meta = httpx.get(f"{tiled}/api/v1/metadata/{summary['result_path']}", params={"api_key": key},
                          timeout=10).json()["data"]["attributes"]["metadata"]
-        assert meta["recipe"] == "ER**20" and meta["metrics"]["support_size"] > 0
+        assert meta["confidence"]["method"] == "adaptive" and meta["confidence"]["status"] == gate.group(1)
+        assert meta["confidence"]["winner"] == gate.group(2) and meta["metrics"]["support_size"] > 0
+        # the recipe recorded is the winner's: (b+)'s RAAR + ER, or the fallback's standard recipe
+        expected = "HIO**400,RAAR**1000,ER**300" if gate.group(2).startswith("standard-run") else "RAAR**200,ER**400"
+        assert expected in meta["recipe"], meta["recipe"]
         raw_path = raw_url.split("/ui/browse/")[1].split("?")[0]
         frames = httpx.get(f"{tiled}/api/v1/metadata/{raw_path}/measurement/mpx1x4", params={"api_key": key},
                            timeout=10).json()["data"]["attributes"]["structure"]

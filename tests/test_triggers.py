@@ -85,7 +85,7 @@ def bcdi_scan(**md):
 # ---- RunEngine callback ------------------------------------------------------------------------------------------
 def test_successful_bcdi_run_posts_exactly_one_job(fresh_gateway):
     submitter = GatewaySubmitter(fresh_gateway.url, SUBMIT_KEY, timeout=5)
-    trigger = BcdiTrigger(submitter, BcdiSelector(plan_names=(PLAN,), options={"er_cycles": 50}))
+    trigger = BcdiTrigger(submitter, BcdiSelector(plan_names=(PLAN,), options={"method": "cnn-er", "er_cycles": 50}))
     RE = RunEngine({}, context_managers=[])
     RE.subscribe(trigger)
     (uid,) = RE(bcdi_scan())

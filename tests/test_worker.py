@@ -39,7 +39,7 @@ def env(tiled):  # noqa: F811
 
 def submit(q, scan: int, cycles: int, size: int = 32, **kw) -> str:
     r = ReconRequest(scan={"tiled_path": "raw/sample", "scan": scan},
-                     options={"er_cycles": cycles, "crop_size": [size] * 3}, **kw)
+                     options={"method": "cnn-er", "er_cycles": cycles, "crop_size": [size] * 3}, **kw)
     return q.submit(r)[0]
 
 
@@ -56,7 +56,7 @@ def test_kill9_worker_mid_job_another_worker_finishes_exactly_one_result_in_tile
     q = both_sides(client, s)
     q.ensure_groups()
     try:
-        job = q.submit(ReconRequest(scan=ID01_REF, options={"er_cycles": 200, "crop_size": [32, 32, 32]}))[0]
+        job = q.submit(ReconRequest(scan=ID01_REF, options={"method": "cnn-er", "er_cycles": 200, "crop_size": [32, 32, 32]}))[0]
         with worker_processes(s, "victim") as [victim]:
             # mid-job: past reading the scan (CNN, ER refinement, strain or publishing), not finished
             wait_for(lambda: q.get(job)["stage"] in MID_JOB_STAGES, 180, what="the victim to be mid-job")
@@ -134,7 +134,7 @@ def test_tiled_down_retries_with_backoff_then_fails_clearly_gateway_stays_up(cap
     try:
         with TestClient(create_app(s)) as api:
             r = api.post("/api/v1/reconstructions", headers={"X-API-Key": SUBMIT_KEY},
-                         json={"scan": {"tiled_path": "raw/sample", "scan": 5}, "options": {"er_cycles": 5}})
+                         json={"scan": {"tiled_path": "raw/sample", "scan": 5}, "options": {"method": "cnn-er", "er_cycles": 5}})
             assert r.status_code == 202
             job = r.json()["id"]
             with caplog.at_level(logging.WARNING, logger="bcdi.worker"), worker_thread(s, "no-tiled"):
@@ -180,7 +180,7 @@ def test_job_delivered_again_after_success_leaves_one_result(env, tiled):  # noq
     c = tiled.client()
     c["results"].create_container(key="partial0job", metadata={"job_id": "partial0job", "complete": False})
     spec = {"job_id": "partial0job", "scan": {"tiled_path": "raw/x", "scan": 1},
-            "options": {"er_cycles": 3, "crop_size": [16, 16, 16]}, "tiled": {"url": tiled.url,
+            "options": {"method": "cnn-er", "er_cycles": 3, "crop_size": [16, 16, 16]}, "tiled": {"url": tiled.url,
                                                                               "api_key": tiled.api_key}}
     out = simulated_scan_job(spec, lambda stage, f: None, lambda: False)
     assert out["tiled_path"] == "results/partial0job" and not out.get("reused")

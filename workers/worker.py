@@ -201,7 +201,11 @@ class Worker:
         configure_tiled_client_retries(self.settings.tiled_client_retry_attempts,
                                        self.settings.tiled_client_retry_timeout_s)
         self.device = detect_device(self.settings.device)
-        self._log(logging.INFO, "worker started", device=self.device, redis=self.settings.redis_url,
+        if self.settings.cpu_threads:
+            import torch
+
+            torch.set_num_threads(self.settings.cpu_threads)
+        self._log(logging.INFO, "worker started", device=self.device, cpu_threads=self.settings.cpu_threads, redis=self.settings.redis_url,
                   prefix=self.settings.key_prefix)
         _ = self.runner
         self._hb_thread = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
