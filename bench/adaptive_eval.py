@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
-from bench.cnn_eval import (BINS, RESULTS, _append, _jsonl, _shard, _success, _truth_metrics, free_mask_for,
-                            test_crystals)
+from bench.cnn_eval import BINS, RESULTS, _append, _jsonl, _shard, _success, run_strategy, test_crystals
 
 SECTION = "Adaptive reconstruction on the held-out crystals"
 
@@ -30,7 +28,7 @@ def run(args) -> None:
 
     from models.predict import load_model
     from physics.simulate import simulate_sample
-    from workers.strategy import StrategyOptions, run_method
+    from workers.strategy import StrategyOptions
 
     torch.set_num_threads(args.threads)
     model = load_model(args.model)
@@ -43,22 +41,12 @@ def run(args) -> None:
         if seed in done:
             continue
         sample = simulate_sample(seed, params)
-        t = time.perf_counter()
-        res = run_method(args.method, sample["intensity"], sample["mask"], model.predict_phase, opts,
-                         free_mask=free_mask_for(sample, seed))
-        wall = time.perf_counter() - t
-        c = res.confidence
         rec = {"seed": seed, "phase_range": float(sample["phase_range"]), "shape": str(sample["shape_kind"]),
-               "field": str(sample["field_kind"]), **_truth_metrics(res.result.obj, res.result.support, sample),
-               "llk": res.result.llk.get("llk_poisson"), "llk_free": res.result.llk.get("llk_poisson_free"),
-               "r_factor": res.result.llk.get("r_factor"), "wall_s": wall, "model": tag, "method": args.method,
-               "status": c["status"], "winner": c["winner"], "nb_candidates": c["nb_candidates"],
-               "fallback_ran": c["fallback_ran"], "budget_exhausted": c["budget_exhausted"],
-               "gate": c["gate"], "candidates": [{k2: v for k2, v in x.items() if k2 != "reasons"}
-                                                 for x in res.candidates]}
+               "field": str(sample["field_kind"]), **run_strategy(sample, seed, model, args.method, opts),
+               "model": tag}
         _append(path, rec)
-        print(f"seed {seed} range {rec['phase_range']:.1f}: {c['status']} winner {c['winner']} "
-              f"success {_success(rec)} {wall:.1f} s", flush=True)
+        print(f"seed {seed} range {rec['phase_range']:.1f}: {rec['status']} winner {rec['winner']} "
+              f"success {_success(rec)} {rec['wall_s']:.1f} s", flush=True)
 
 
 def report_lines(recs: list[dict], label: str) -> list[str]:

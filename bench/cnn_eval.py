@@ -4,6 +4,9 @@
 updates (`reconstruct --pre-recipe RAAR**200`); from a weak CNN start, ER alone stagnates.
 (b*) replaces the CNN by the true reciprocal phase (a perfect CNN) and runs (b)'s refinement: the upper bound
 of (b), which separates what the network misses from what the refinement misses.
+adaptive (workers/strategy.py, the default method) runs (b+), judges it by the data-only quality gate and falls
+back to standard runs one at a time until one passes; its records also hold the verdict (ok / uncertain), the
+number of candidates and whether the fallback ran (bench/adaptive_eval.py reports those per bin).
 
 Held-out simulated crystals (test seeds, never used in training or validation) are reconstructed by each
 method; every result is compared with the truth after twin / sub-voxel shift / phase alignment. Results are
@@ -36,7 +39,7 @@ SUCCESS = {"phase_rmse": 0.5, "iou": 0.7}
 PRE_RECIPE = "RAAR**200"  # (b+): cycles run from the CNN object before the ER refinement
 CNN_METHODS = ("cnn", "cnn_er", "cnn_raar_er")
 TIMING = "timing_same_load.txt"  # lines written by `timing`
-METHODS = (*CNN_METHODS, "oracle_er", "standard")
+METHODS = (*CNN_METHODS, "oracle_er", "standard", "adaptive")
 
 
 class TruePhase:
@@ -148,6 +151,24 @@ def run_standard(sample: dict, seed: int, nb_run: int, nb_keep: int, recipe: str
             "first_mode_weight": res.first_mode_weight, "nb_kept": len(res.kept)}
 
 
+def run_strategy(sample: dict, seed: int, model, method: str = "adaptive", opts=None) -> dict:
+    """One gated strategy of workers/strategy.py (adaptive by default) on one crystal: the truth metrics, as for
+    the other methods, plus its confidence record (verdict, winner, candidates, fallback, gate values)."""
+    from workers.strategy import StrategyOptions, run_method
+
+    t = time.perf_counter()
+    res = run_method(method, sample["intensity"], sample["mask"], model.predict_phase, opts or StrategyOptions(),
+                     free_mask=free_mask_for(sample, seed))
+    wall = time.perf_counter() - t
+    c = res.confidence
+    return {**_truth_metrics(res.result.obj, res.result.support, sample),
+            "llk": res.result.llk.get("llk_poisson"), "llk_free": res.result.llk.get("llk_poisson_free"),
+            "r_factor": res.result.llk.get("r_factor"), "wall_s": wall, "method": method,
+            "status": c["status"], "winner": c["winner"], "nb_candidates": c["nb_candidates"],
+            "fallback_ran": c["fallback_ran"], "budget_exhausted": c["budget_exhausted"], "gate": c["gate"],
+            "candidates": [{k: v for k, v in x.items() if k != "reasons"} for x in res.candidates]}
+
+
 def run(args) -> None:
     """Compute every missing (crystal, method) result; append as it goes."""
     import torch
@@ -156,12 +177,13 @@ def run(args) -> None:
     from physics.simulate import simulate_sample
 
     torch.set_num_threads(args.threads)
-    model = load_model(args.model) if set(CNN_METHODS) & set(args.methods) else None
+    model = load_model(args.model) if {*CNN_METHODS, "adaptive"} & set(args.methods) else None
     tag = f"{model.name}-{model.sha256[:8]}" if model else ""
     std_tag = f"standard-{args.nb_run}x{args.nb_keep}-{STANDARD if args.recipe is None else args.recipe}"
     files = {"cnn": RESULTS / f"eval_cnn_{tag}.jsonl", "cnn_er": RESULTS / f"eval_cnn_er_{tag}.jsonl",
              "cnn_raar_er": RESULTS / f"eval_cnn_raar_er_{tag}.jsonl", "oracle_er": RESULTS / "eval_oracle_er.jsonl",
-             "standard": RESULTS / f"eval_{std_tag.replace('*', '').replace(',', '_')}.jsonl"}
+             "standard": RESULTS / f"eval_{std_tag.replace('*', '').replace(',', '_')}.jsonl",
+             "adaptive": RESULTS / f"eval_adaptive_{tag}.jsonl"}
     done = {m: _jsonl(files[m]) for m in args.methods}
     crystals = test_crystals(args.n_high, args.n_low)
     k, n = args.shard
@@ -180,9 +202,11 @@ def run(args) -> None:
                 rec = run_cnn(sample, seed, model, method_options(m, args.refine))
             elif m == "oracle_er":
                 rec = run_cnn(sample, seed, TruePhase(sample), method_options(m, args.refine))
+            elif m == "adaptive":
+                rec = run_strategy(sample, seed, model)
             else:
                 rec = run_standard(sample, seed, args.nb_run, args.nb_keep, args.recipe or STANDARD)
-            _append(files[m], {**base, **rec, "model": tag if m in CNN_METHODS else None})
+            _append(files[m], {**base, **rec, "model": tag if m in (*CNN_METHODS, "adaptive") else None})
 
 
 def _success(rec: dict) -> bool:
@@ -263,6 +287,11 @@ def target_lines(model_tag: str | None = None) -> list[str]:
                 return ["Targets: not checked (need both the CNN + ER and the standard-recipe results)."]
             continue
         out += _method_against_standard(_jsonl(files[-1]), _jsonl(std_files[-1]), label, files[-1], std_files[-1])
+    ad_files = sorted(RESULTS.glob("eval_adaptive_*.jsonl"))
+    if model_tag:
+        ad_files = [f for f in ad_files if model_tag in f.stem]
+    if ad_files and std_files:
+        out += adaptive_target_lines(_jsonl(ad_files[-1]), _jsonl(std_files[-1]), ad_files[-1], std_files[-1])
     oracle = _jsonl(RESULTS / "eval_oracle_er.jsonl")
     if oracle:
         out += ["**Upper bound (b\\*)**: (b)'s refinement started from the true reciprocal phase (a perfect CNN):", ""]
@@ -308,8 +337,40 @@ def _method_against_standard(b_all: dict, c_all: dict, label: str, b_file: Path,
     return out
 
 
+def adaptive_target_lines(a_all: dict, c_all: dict, a_file: Path, c_file: Path) -> list[str]:
+    """The adaptive issue's targets against (c), on the crystals both have: success, time ratio, and that every
+    failure is marked uncertain (its wall times come from other runs than (c)'s: the ratios are indicative)."""
+    out = [f"**The adaptive method against the same targets** ({a_file.stem.removeprefix('eval_')} against "
+           f"{c_file.stem.removeprefix('eval_')}, on the crystals both have; wall times from different runs, "
+           "under different machine loads):", ""]
+    goals = {"< π": (97, 20), "2π–5π": (90, 10)}
+    for name, lo, hi in BINS:
+        seeds = [s for s, r in a_all.items() if s in c_all and lo <= r["phase_range"] < hi]
+        if not seeds or name not in goals:
+            continue
+        a, c = [a_all[s] for s in seeds], [c_all[s] for s in seeds]
+        sa, sc = 100 * np.mean([_success(r) for r in a]), 100 * np.mean([_success(r) for r in c])
+        wa, wc = np.median([r["wall_s"] for r in a]), np.median([r["wall_s"] for r in c])
+        silent = [r["seed"] for r in a if r.get("status") == "ok" and not _success(r)]
+        fallback = sum(bool(r.get("fallback_ran")) for r in a)
+        goal, ratio = goals[name]
+        met_s = sa >= goal and (sa >= sc or lo < math.pi)
+        out.append(f"- {name} ({len(seeds)} crystals): adaptive succeeds on {sa:.0f} %, (c) on {sc:.0f} %; "
+                   f"median wall {wa:.1f} s vs {wc:.1f} s, (c)/adaptive = {wc / wa:.1f}x; fallback ran on "
+                   f"{fallback}/{len(seeds)}; marked ok but wrong: {len(silent)}"
+                   + (f" (seeds {', '.join(map(str, silent))})" if silent else "") + ".")
+        out.append(f"  - success ≥ {goal} %" + (" and ≥ (c)'s" if lo >= math.pi else "")
+                   + f": **{'met' if met_s else 'missed'}** ({sa:.0f} % vs (c) {sc:.0f} %).")
+        out.append(f"  - median wall time ≤ 1/{ratio} of (c)'s: **{'met' if wc / wa >= ratio else 'missed'}** "
+                   f"(1/{wc / wa:.1f}).")
+        out.append(f"  - every failure marked uncertain: **{'met' if not silent else 'missed'}** "
+                   f"({len(silent)} silent failure(s)).")
+    out.append("")
+    return out
+
+
 def timing(args) -> str:
-    """(b), (b+) and (c) back to back on the same crystals in one process, so that their wall times share the same
+    """(b), (b+), adaptive and (c) back to back on the same crystals in one process, so that their wall times share the same
     machine load (the full evaluation computes (c) once, at another time); prints and returns a markdown line."""
     import torch
 
@@ -319,16 +380,18 @@ def timing(args) -> str:
     torch.set_num_threads(args.threads)
     model = load_model(args.model)
     crystals = test_crystals(100, 30)[args.shard[0]::args.shard[1]][:args.n]
-    t = {"b": [], "b+": [], "c": []}
+    t = {"b": [], "b+": [], "adaptive": [], "c": []}
     for seed, params in crystals:
         sample = simulate_sample(seed, params)
         t["b"].append(run_cnn(sample, seed, model, method_options("cnn_er"))["wall_s"])
         t["b+"].append(run_cnn(sample, seed, model, method_options("cnn_raar_er"))["wall_s"])
+        t["adaptive"].append(run_strategy(sample, seed, model)["wall_s"])
         t["c"].append(run_standard(sample, seed, 20, 5, STANDARD)["wall_s"])
     med = {k: float(np.median(v)) for k, v in t.items()}
     line = (f"shard {args.shard[0]}/{args.shard[1]}, {len(crystals)} crystals, {args.threads} thread(s): median wall "
-            f"(b) {med['b']:.2f} s, (b+) {med['b+']:.2f} s, (c) {med['c']:.1f} s; (c)/(b) = {med['c'] / med['b']:.0f}x, "
-            f"(c)/(b+) = {med['c'] / med['b+']:.0f}x")
+            f"(b) {med['b']:.2f} s, (b+) {med['b+']:.2f} s, adaptive {med['adaptive']:.1f} s, (c) {med['c']:.1f} s; "
+            f"(c)/(b) = {med['c'] / med['b']:.0f}x, (c)/(b+) = {med['c'] / med['b+']:.0f}x, "
+            f"(c)/adaptive = {med['c'] / med['adaptive']:.1f}x")
     print(line, flush=True)
     with open(RESULTS / TIMING, "a") as f:  # one line per shard; the report quotes them
         f.write(f"{time.strftime('%Y-%m-%d %H:%M')} {line}\n")
@@ -363,7 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--shard", type=_shard, default=(0, 1), metavar="K/N",
                    help="process only crystals K, K+N, K+2N, ... (run N processes with K=0..N-1 on N cores)")
     sub.add_parser("report", help="write the docs/benchmarks.md section")
-    tm = sub.add_parser("timing", help="(b), (b+), (c) back to back on N crystals under the same load")
+    tm = sub.add_parser("timing", help="(b), (b+), adaptive, (c) back to back on N crystals under the same load")
     tm.add_argument("--n", type=int, default=2)
     tm.add_argument("--model", default=None)
     tm.add_argument("--threads", type=int, default=1)

@@ -3,14 +3,16 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "compare CNN-only, CNN+ER and the standard multi-run recipe on held-out simulated crystals"
+HELP = "compare CNN-only, CNN+ER, adaptive and the standard multi-run recipe on held-out simulated crystals"
 
 DESCRIPTION = """\
 Reconstructs held-out simulated crystals (test seeds never used in training or validation) with
   (a) the CNN alone, (b) CNN + 400 ER with border-restricted support updates,
   (b+) CNN + RAAR**200 + the same 400 ER (our variant: ER alone stagnates from a weak CNN start),
   (b*) the true reciprocal phase + (b)'s refinement (a perfect CNN: the upper bound of (b)), and
-  (c) the standard recipe HIO**400,RAAR**1000,ER**300, 20 runs, best 5 by free LLK, first mode,
+  (c) the standard recipe HIO**400,RAAR**1000,ER**300, 20 runs, best 5 by free LLK, first mode, and
+  adaptive, the default method of `reconstruct` and the service ((b+) judged by the data-only quality gate,
+  then standard runs one at a time until one passes; its records also hold ok / uncertain),
 compares each with the truth (twin / sub-voxel shift / phase aligned: phase RMSE, support IoU) and with the
 data (LLK, free LLK on the same withheld voxels), and reports per phase-range bin (< π, π-2π, 2π-5π): success
 rate (phase RMSE <= 0.5 rad and IoU >= 0.7), medians and wall time per crystal.
@@ -23,6 +25,7 @@ project's 2-core CPU, so run one process per core with --shard 0/2 and --shard 1
 EPILOG = """\
 examples:
   bcdi-recon evaluate --n-high 10 --n-low 5 --methods cnn cnn_er     # a quick look, CNN methods only
+  bcdi-recon evaluate --n-high 20 --n-low 10 --methods adaptive      # the default method, gate included
   bcdi-recon evaluate --shard 0/2 & bcdi-recon evaluate --shard 1/2  # the full comparison, one process per core
   bcdi-recon evaluate --report                                       # table into docs/benchmarks.md"""
 

@@ -42,3 +42,26 @@ def test_run_is_resumable_and_reports_targets_for_b_and_b_plus(results):
     assert "Upper bound" in text
     oracle = [json.loads(line) for line in (results / "eval_oracle_er.jsonl").read_text().splitlines()]
     assert all(r["phase_rmse"] < 0.2 and r["iou"] > 0.7 for r in oracle)  # a perfect CNN: (b) recovers the crystal
+
+
+def test_adaptive_target_lines_check_success_time_and_silent_failures(tmp_path):
+    """The adaptive issue's targets from records: success against (c), the time ratio, and a failure marked ok
+    (silent) counted and named by seed."""
+    import math
+
+    def rec(seed, rng, rmse, wall, status="ok", fallback=False):
+        return {"seed": seed, "phase_range": rng, "phase_rmse": rmse, "iou": 0.9, "wall_s": wall, "status": status,
+                "fallback_ran": fallback}
+
+    hi, lo = 3 * math.pi, 1.0
+    adaptive = {1: rec(1, hi, 0.1, 5.0), 2: rec(2, hi, 0.1, 20.0, fallback=True), 3: rec(3, hi, 0.9, 30.0),
+                4: rec(4, lo, 0.05, 2.0)}
+    standard = {s: rec(s, r["phase_range"], 0.1 if s != 3 else 1.0, 100.0) for s, r in adaptive.items()}
+    text = "\n".join(cnn_eval.adaptive_target_lines(adaptive, standard, tmp_path / "eval_adaptive_x.jsonl",
+                                                    tmp_path / "eval_standard_y.jsonl"))
+    assert "2π–5π (3 crystals): adaptive succeeds on 67 %, (c) on 67 %" in text
+    assert "success ≥ 90 % and ≥ (c)'s: **missed**" in text  # 67 % < 90 %
+    assert "median wall time ≤ 1/10 of (c)'s: **missed** (1/5.0)" in text  # median 20 s vs 100 s
+    assert "fallback ran on 1/3; marked ok but wrong: 1 (seeds 3)" in text
+    assert "every failure marked uncertain: **missed** (1 silent" in text
+    assert "< π (1 crystals): adaptive succeeds on 100 %" in text and "1/20 of (c)'s: **met** (1/50.0)" in text
