@@ -97,3 +97,21 @@ def test_every_refused_write_is_refused(policy_server):
     assert dict(admin[raw_entry].metadata) == raw_meta
     assert "viewer-job" not in admin["reconstructions"]
     assert admin["reconstructions/kept"].metadata["v"] == 1 and "x" in admin["reconstructions/kept"]
+
+
+def test_a_read_key_opened_once_in_the_ui_keeps_the_browser_logged_in(policy_server):
+    """What the demo tells a user (open /ui/?api_key=KEY once; the job's browser_url carries no key): Tiled moves
+    the key into its cookie on the UI page, and the API calls the UI then makes from that browser succeed with
+    the cookie alone, while a browser without it is refused."""
+    import httpx
+
+    server, keys = policy_server
+    base = server.uri.rstrip("/").removesuffix("/api/v1")
+    with httpx.Client(base_url=base, follow_redirects=True, timeout=10) as browser:
+        assert browser.get("/api/v1/metadata/raw").status_code == 401  # not logged in yet
+        assert browser.get("/ui/", params={"api_key": keys["viewer_key"]}).status_code == 200
+        assert browser.cookies.get("tiled_api_key") == keys["viewer_key"]
+        assert browser.get("/api/v1/metadata/raw").status_code == 200
+        assert browser.get("/api/v1/search/raw/PtNP").status_code == 200  # what the UI lists a container with
+    with httpx.Client(base_url=base, timeout=10) as other:
+        assert other.get("/api/v1/metadata/raw").status_code == 401
