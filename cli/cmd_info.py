@@ -32,33 +32,12 @@ def register(subparsers) -> None:
     p.add_argument("--detector", help="ID01 detector (default: auto-detected)")
     p.add_argument("--mask", help="mask file[:dataset] (nonzero = masked), for plain intensity inputs (default: INPUT's companion mask, if any)")
     p.add_argument("--model", help="weights file whose training range sets the crop (default: the shipped model)")
-    p.add_argument("--crop-size", type=int, nargs="+", metavar="N", help="crop override (1 or 3 values; default: chosen from the measured oversampling)")
-    add_frontend_arguments(p)
+    from cli.cmd_reconstruct import add_option_flags
+    from contract.options import FRONTEND_FIELDS
+
+    add_option_flags(p, FRONTEND_FIELDS)  # --crop-size, --background, ...: the options schema's, as `reconstruct`
     p.add_argument("--json", action="store_true", help="print the front end's decisions as JSON (default: a readable summary)")
     p.set_defaults(func=run)
-
-
-def add_frontend_arguments(p) -> None:
-    """Options of the front end shared by `info` and `reconstruct`."""
-    p.add_argument("--background", type=float, default=0.0,
-                   help="constant background per voxel subtracted from the data (default none)")
-    p.add_argument("--photon-threshold", type=float, default=0.0,
-                   help="values below it (after the background) are set to 0 (default none)")
-    p.add_argument("--negative", choices=("error", "clip", "mask"), default="error",
-                   help="negative values (e.g. after --background): refuse, clip to 0, or leave out of the fit "
-                        "(default %(default)s)")
-    p.add_argument("--photon-scale", type=float,
-                   help="photons per intensity unit (default: 1 for integer counts, else estimated)")
-
-
-def frontend_options(args, refine_binned: bool = False):
-    from physics.preprocess import FrontEndOptions
-
-    crop = getattr(args, "crop_size", None)
-    if isinstance(crop, list):
-        crop = crop[0] if len(crop) == 1 else tuple(crop)
-    return FrontEndOptions(crop_size=crop, refine_binned=refine_binned, photon_scale=args.photon_scale,
-                           background=args.background, threshold=args.photon_threshold, negative=args.negative)
 
 
 def run(args) -> int:
@@ -66,12 +45,13 @@ def run(args) -> int:
 
     import numpy as np
 
-    from cli.cmd_reconstruct import _read_input
-    from physics.preprocess import prepare
+    from cli.cmd_reconstruct import _read_input, options_from_args
+    from contract.options import FRONTEND_FIELDS
+    from physics.preprocess import FrontEndOptions, prepare
     from workers.frontend import training_oversampling
 
-    iobs, mask, meta = _read_input(args, allow_negative=args.negative != "error")
-    opts = frontend_options(args)
+    opts = FrontEndOptions.from_options(options_from_args(args, FRONTEND_FIELDS))  # bad options: before reading
+    iobs, mask, meta = _read_input(args, allow_negative=opts.negative != "error")
     if args.model:
         from models.predict import load_model
 

@@ -65,12 +65,6 @@ def register(subparsers) -> None:
     p.add_argument("--mask", help="mask file[:dataset] (nonzero = masked), for plain intensity inputs "
                                    "(default: INPUT's companion mask, if any)")
     add_option_flags(p)
-    p.add_argument("--refine-binned", action="store_true",
-                   help="refine on the binned 64³ grid instead of the crop at full resolution (needs integer binning; "
-                        "default: full resolution)")
-    from cli.cmd_info import add_frontend_arguments
-
-    add_frontend_arguments(p)
     p.add_argument("--previews", metavar="DIR", help="also write PNG previews into DIR (default: none)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary (default: both shown)")
     p.set_defaults(func=run)
@@ -87,13 +81,21 @@ def _crop_size(text: str):
     return dims[0] if len(dims) == 1 else dims
 
 
-def add_option_flags(parser) -> None:
-    """One flag per field of the options schema (contract.options), with its default and help; aliases kept."""
-    from contract.options import scalar_type, schema_fields
+def add_option_flags(parser, only: tuple[str, ...] | None = None) -> None:
+    """One flag per field of the options schema (contract.options), with its default and help; aliases kept.
+
+    ``only``: just these fields (e.g. `info` takes the front end's, contract.options.FRONTEND_FIELDS)."""
+    from contract.options import NEGATIVES, scalar_type, schema_fields
 
     for f in schema_fields():
+        if only is not None and f.name not in only:
+            continue
         m = f.metadata
         flags = ("--" + f.name.replace("_", "-"), *m["aliases"])
+        if scalar_type(f) is bool:  # a switch: off by default, the flag turns it on
+            parser.add_argument(*flags, dest=f.name, action="store_true", default=f.default,
+                                help=m["help"].replace("%", "%%"))
+            continue
         kw = dict(dest=f.name, default=f.default, metavar=m["metavar"])
         if f.name == "crop_size":
             kw["type"] = _crop_size
@@ -101,10 +103,10 @@ def add_option_flags(parser) -> None:
             kw["type"] = scalar_type(f)
             if kw["type"] is not str:
                 kw["metavar"] = kw["metavar"] or ("N" if kw["type"] is int else "X")
-        if f.name in ("engine", "method"):
+        if f.name in ("engine", "method", "negative"):
             from contract.options import METHODS
 
-            kw["choices"] = METHODS if f.name == "method" else ("builtin", "torch", "pynx")
+            kw["choices"] = {"method": METHODS, "negative": NEGATIVES}.get(f.name, ("builtin", "torch", "pynx"))
             kw.pop("metavar")
         shown = " (default %(default)s)"
         if f.default in (None, ""):
@@ -112,11 +114,12 @@ def add_option_flags(parser) -> None:
         parser.add_argument(*flags, help=m["help"].replace("%", "%%") + shown, **kw)
 
 
-def options_from_args(args):
-    """The options schema filled from the parsed flags (validated: OptionsError names the field)."""
+def options_from_args(args, only: tuple[str, ...] | None = None):
+    """The options schema filled from the parsed flags (validated: OptionsError names the field); with ``only``,
+    just those fields from the flags and the schema's defaults for the others."""
     from contract.options import ReconOptions, names
 
-    return ReconOptions(**{name: getattr(args, name) for name in names()})
+    return ReconOptions(**{name: getattr(args, name) for name in (names() if only is None else only)})
 
 
 def _read_input(args, allow_negative: bool = False):
@@ -156,16 +159,13 @@ def run(args) -> int:
     device = str(resolve_device(args.device))  # before any reading: --device tpu is a one-line error
     device_label = device_name(device)
     t0 = time.perf_counter()
-    iobs, mask, meta = _read_input(args, allow_negative=args.negative != "error")
+    iobs, mask, meta = _read_input(args, allow_negative=opts.negative != "error")
     t_read = time.perf_counter() - t0
 
     from models.predict import load_model
     from workers.pipeline import run_pipeline
 
     opts = dataclasses.replace(opts, device=device)  # "auto" resolved once; recorded as it ran
-    from cli.cmd_info import frontend_options
-
-    fe_opts = frontend_options(args, refine_binned=args.refine_binned)
     t = time.perf_counter()
     model = load_model(opts.model, device=device)
     t_model = time.perf_counter() - t
@@ -190,8 +190,7 @@ def run(args) -> int:
              else f"{out.name}: {opts.method}")
     try:
         done = run_pipeline(iobs, mask, model.predict_phase, opts, scan_meta=meta if args.scan else None,
-                            previews=bool(args.previews), title=title, progress=progress,
-                            frontend=fe_opts)
+                            previews=bool(args.previews), title=title, progress=progress)
     finally:
         bar.close()
     result = done.result

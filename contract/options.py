@@ -1,7 +1,8 @@
 """The one options schema of a reconstruction (CNN + refinement), with one set of names, defaults and bounds.
 
-The REST request model (service/models.py), the `reconstruct` CLI flags (cli/cmd_reconstruct.py), the job
-runner (workers/pipeline.run_job) and the evaluation (bench/cnn_eval.py) are all built from `ReconOptions`,
+The REST request model (service/models.py), the `reconstruct` and `info` CLI flags (cli/cmd_reconstruct.py), the
+job runner (workers/pipeline.run_job), the front end (physics.preprocess.FrontEndOptions.from_options) and the
+evaluation (bench/cnn_eval.py) are all built from `ReconOptions`,
 and `ReconOptions.recipe()` is the one recipe string that is both run and recorded. Standard library only,
 so the gateway imports it without numpy or torch.
 """
@@ -21,6 +22,7 @@ PRE_RECIPE_PATTERN = re.compile(r"^(ER|HIO|RAAR)\*\*\d{1,5}(,(ER|HIO|RAAR)\*\*\d
 PRE_RECIPE_MAX_LENGTH = 80
 CROP_MIN, CROP_MAX = 16, 2048
 METHODS = ("cnn-er", "cnn-raar-er", "standard", "adaptive")  # workers/strategy.py runs them
+NEGATIVES = ("error", "clip", "mask")  # what the front end does with negative values (physics.preprocess)
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d{1,2})?)$")
 
 
@@ -43,8 +45,16 @@ class ReconOptions:
     max_seconds: float = _opt(600.0, "adaptive: time budget of the fallback runs, seconds", gt=0.0, le=86_400.0)
     crop_size: int | tuple[int, int, int] | None = _opt(
         None, "(z, y, x) crop box around the Bragg peak (one size for all axes, or three); "
-              "null/absent: 64³ inputs are not cropped, others get the largest centred box",
+              "default (null/absent): chosen from the measured oversampling (a 64³ input is used as it is)",
         ge=CROP_MIN, le=CROP_MAX, metavar="N|Z,Y,X")
+    refine_binned: bool = _opt(False, "refine on the binned 64³ grid instead of the crop at full resolution "
+                                      "(needs integer binning on every axis)")
+    photon_scale: float | None = _opt(None, "photons per intensity unit; default (null/absent): 1 for "
+                                            "integer counts, else estimated from the lowest values", gt=0.0)
+    background: float = _opt(0.0, "constant background per voxel subtracted from the data; 0 = none", ge=0.0)
+    photon_threshold: float = _opt(0.0, "values below it (after the background) are set to 0; 0 = none", ge=0.0)
+    negative: str = _opt("error", "negative values (e.g. after the background): error (refuse), clip (to 0) or "
+                                  "mask (leave them out of the fit)")
     er_cycles: int = _opt(400, "ER refinement cycles after the CNN; 0 = the CNN-only object", ge=0, le=100_000,
                           flags=("--refine",))
     pre_recipe: str = _opt("", "HIO/RAAR cycles run before the ER cycles, with the same border-only support "
@@ -113,9 +123,16 @@ def rest_fields() -> list[dataclasses.Field]:
 
 
 def scalar_type(f: dataclasses.Field) -> type:
-    """int or float for a numeric field, str otherwise (crop_size aside): what the CLI parses and pydantic checks."""
+    """int, float or bool (an optional `X | None` field: X), str otherwise (crop_size aside): what the CLI parses
+    and pydantic checks."""
     name = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
-    return {"int": int, "float": float}.get(name, str)
+    name = name.removesuffix(" | None")
+    return {"int": int, "float": float, "bool": bool}.get(name, str)
+
+
+def optional(f: dataclasses.Field) -> bool:
+    """Whether None is a value of the field (null/absent in REST, flag not given on the CLI)."""
+    return (f.type if isinstance(f.type, str) else str(f.type)).endswith("| None")
 
 
 def check_pre_recipe(value: str) -> str:
@@ -160,6 +177,9 @@ def _check_field(f: dataclasses.Field, value) -> None:
     elif name == "method":
         if value not in METHODS:
             raise OptionsError(f"unknown method {value!r}: use one of {', '.join(METHODS)}")
+    elif name == "negative":
+        if value not in NEGATIVES:
+            raise OptionsError(f"negative must be one of {', '.join(NEGATIVES)}, got {value!r}")
     elif name == "engine":
         if value not in ENGINES:
             raise OptionsError(f"unknown engine {value!r}: use builtin (alias torch) or pynx")
@@ -171,10 +191,18 @@ def _check_field(f: dataclasses.Field, value) -> None:
             raise OptionsError(f"model must be a weights file path, got {value!r}")
     elif name == "pre_recipe":
         return  # checked by check_pre_recipe
+    elif value is None and optional(f):
+        return
+    elif scalar_type(f) is bool:
+        if not isinstance(value, bool):
+            raise OptionsError(f"{name} must be true or false, got {value!r}")
     elif scalar_type(f) is int:
         _check_number(name, what, value, m, int)
     elif scalar_type(f) is float:
         _check_number(name, what, value, m, (int, float))
 
+
+# The front end's fields (physics.preprocess.FrontEndOptions.from_options reads them; `info` takes their flags).
+FRONTEND_FIELDS = ("crop_size", "refine_binned", "photon_scale", "background", "photon_threshold", "negative")
 
 DEFAULTS = ReconOptions()

@@ -23,7 +23,7 @@ the crop edges is clipped at 0. The 64³ object maps back to the crop grid by a 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 import scipy.fft as sfft
@@ -354,15 +354,25 @@ def subtract_background(intensity: np.ndarray, mask: np.ndarray | None = None, b
 
 @dataclass(frozen=True)
 class FrontEndOptions:
-    """What a user may choose about the front end (everything else follows from the data and the model)."""
+    """What a user may choose about the front end (everything else follows from the data and the model).
+
+    The user-facing fields are those of the options schema (contract/options.py, same names and defaults), read
+    from it by `from_options`; tolerance is the front end's own constant.
+    """
 
     crop_size: tuple | int | None = None  # override of the crop box; the oversampling checks become warnings
     refine_binned: bool = False  # refine on the binned 64³ grid instead of the crop at full resolution
     photon_scale: float | None = None  # photons per intensity unit; None: 1 for integer counts, else estimated
     background: float = 0.0  # constant background subtracted per voxel
-    threshold: float = 0.0  # values below it are set to 0 (after the background)
+    photon_threshold: float = 0.0  # values below it are set to 0 (after the background)
     negative: str = "error"  # negative values after that: error, clip or mask
     tolerance: float = 0.10  # how far beyond the training range an oversampling is accepted with a warning
+
+    @classmethod
+    def from_options(cls, options) -> "FrontEndOptions":
+        """The front end's part of a reconstruction's options (contract.options.ReconOptions, read by field name:
+        physics/ imports nothing of the project)."""
+        return cls(**{f.name: getattr(options, f.name) for f in fields(cls) if f.name != "tolerance"})
 
 
 @dataclass
@@ -526,7 +536,8 @@ def prepare(intensity: np.ndarray, mask: np.ndarray | None, training_range: Sequ
         scale, scale_source = float(options.photon_scale), "given"
     else:
         scale, scale_source = photon_scale(data, mask)
-    data, mask, bg = subtract_background(data, mask, options.background, options.threshold, options.negative)
+    data, mask, bg = subtract_background(data, mask, options.background, options.photon_threshold,
+                                       options.negative)
     peak = find_peak(data, mask)
     as_is = options.crop_size is None and data.shape == (cnn_size,) * 3
     if not as_is:

@@ -28,6 +28,11 @@ def _options_field(f):
         return (list[dim] | None, Field(f.default, min_length=3, max_length=3, description=m["help"]))
     if f.name == "method":
         return (Literal[options_schema.METHODS], Field(f.default, description=m["help"]))
+    if f.name == "negative":
+        return (Literal[options_schema.NEGATIVES], Field(f.default, description=m["help"]))
+    if options_schema.optional(f):  # e.g. photon_scale: null or a bounded number
+        kind = Annotated[options_schema.scalar_type(f), Field(**bounds)]
+        return (kind | None, Field(f.default, description=m["help"]))
     if f.name == "engine":
         engines = Literal[tuple(options_schema.ENGINES) + tuple(options_schema.ENGINE_ALIASES)]
         return (engines, Field(f.default, description=m["help"]))

@@ -98,6 +98,24 @@ def test_non_integer_intensities_give_the_same_reconstruction_and_llk_as_counts(
     assert a.llk["llk_scale"] == 1.0 and a.frontend.photon_scale_source == "integer counts"
 
 
+def test_the_options_schema_carries_the_front_end_into_the_pipeline():
+    """photon scale, background and negative handling are ReconOptions fields: the CLI, the API and the strategies
+    reach the front end through them (FrontEndOptions.from_options), with no second carrier."""
+    from workers.pipeline import ReconOptions, crop_for_cnn, reconstruct
+
+    s = simulate_sample(2_000_105)
+    truth = lambda i: s["phase"]  # noqa: E731
+    r = reconstruct(s["intensity"], None, truth, ReconOptions(er_cycles=0, photon_scale=4.0, background=1.0,
+                                                              negative="mask"))
+    assert r.frontend.photon_scale == 4.0 and r.frontend.photon_scale_source == "given" and r.llk["llk_scale"] == 4.0
+    bg = r.frontend.background
+    assert bg["background"] == 1.0 and bg["negative"] == "mask" and bg["negative_voxels"] > 0  # the empty voxels
+    assert r.mask_crop.any()  # below the background: left out of the fit
+    assert r.options["negative"] == "mask" and r.options["photon_scale"] == 4.0  # recorded with the other options
+    with pytest.raises(InputError, match="--negative clip"):
+        crop_for_cnn(s["intensity"] - 1.0, None, ReconOptions(background=1.0))  # default negative: error
+
+
 def test_background_subtraction_hints_clip_or_mask_for_negative_values():
     s = simulate_sample(2_000_106)
     data = s["intensity"] + 2.0

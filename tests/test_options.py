@@ -70,11 +70,12 @@ def test_rest_model_matches_the_schema_field_by_field():
         m, p = f.metadata, props[f.name]
         assert getattr(made, f.name) == f.default, f.name
         assert p["description"] == m["help"], f.name
-        where = p["anyOf"][0]["items"] if f.name == "crop_size" else p
+        where = p["anyOf"][0]["items"] if f.name == "crop_size" else p["anyOf"][0] if schema.optional(f) else p
         for ours, theirs in (("ge", "minimum"), ("gt", "exclusiveMinimum"), ("le", "maximum"),
                              ("lt", "exclusiveMaximum")):
             assert where.get(theirs) == m[ours], (f.name, ours)
     assert set(props["engine"]["enum"]) == {"builtin", "pynx", "torch"}
+    assert props["negative"]["enum"] == list(schema.NEGATIVES) and props["refine_binned"]["type"] == "boolean"
     assert props["pre_recipe"]["maxLength"] == schema.PRE_RECIPE_MAX_LENGTH
 
 
@@ -90,6 +91,51 @@ def test_cli_flags_match_the_schema():
         assert sub.get_default(f.name) == f.default, f.name
     assert {"--refine", "--er-cycles"} <= by_dest["er_cycles"] and {"--threshold", "--support-threshold"} <= \
         by_dest["support_threshold"]
+
+
+def test_front_end_options_through_rest_cli_and_info_give_the_same_options():
+    body = {"refine_binned": True, "photon_scale": 2.5, "background": 0.5, "photon_threshold": 1.0,
+            "negative": "mask", "crop_size": [128, 128, 128]}
+    flags = ("--refine-binned", "--photon-scale", "2.5", "--background", "0.5", "--photon-threshold", "1",
+             "--negative", "mask", "--crop-size", "128")
+    rest, cli = rest_job_options(body), cli_options(*flags)
+    assert rest == dataclasses.replace(cli, crop_size=(128, 128, 128))  # one size on the CLI, three in REST
+    assert (rest.refine_binned, rest.photon_scale, rest.background, rest.photon_threshold, rest.negative) == \
+        (True, 2.5, 0.5, 1.0, "mask")
+    assert cli.support_threshold == DEFAULTS.support_threshold  # --photon-threshold is not --threshold
+    # `info` takes the same schema-generated flags for the front end's fields and builds the same front end
+    info = options_from_args(build_parser().parse_args(["info", "crystal.npz", *flags]), schema.FRONTEND_FIELDS)
+    assert info == dataclasses.replace(DEFAULTS, **{k: getattr(cli, k) for k in schema.FRONTEND_FIELDS})
+    from physics.preprocess import FrontEndOptions
+
+    fe = FrontEndOptions.from_options(rest)
+    assert (fe.refine_binned, fe.photon_scale, fe.background, fe.photon_threshold, fe.negative, fe.crop_size) == \
+        (True, 2.5, 0.5, 1.0, "mask", (128, 128, 128))
+    # the schema's front-end fields are exactly the user-facing fields of FrontEndOptions
+    assert set(schema.FRONTEND_FIELDS) == {f.name for f in dataclasses.fields(FrontEndOptions)} - {"tolerance"}
+    assert FrontEndOptions.from_options(DEFAULTS) == FrontEndOptions()  # same defaults
+
+
+@pytest.mark.parametrize("body", [{"negative": "ignore"}, {"photon_scale": 0}, {"background": -1.0},
+                                  {"photon_threshold": -0.5}, {"refine_binned": "perhaps"}])
+def test_bad_front_end_options_are_a_422_in_the_api_and_an_options_error_in_the_schema(body):
+    (name, value), = body.items()
+    with pytest.raises(ValidationError) as err:
+        ReconRequest(scan=SCAN, options=body)
+    assert err.value.errors()[0]["loc"] == ("options", name)
+    with pytest.raises(OptionsError, match=name):
+        ReconOptions(**body)
+
+
+def test_bad_negative_or_background_on_the_cli_exit_2_before_reading(tmp_path, capsys):
+    missing = str(tmp_path / "absent.npz")  # never read: the options fail first
+    for cmd in (["reconstruct", missing, "--out", str(tmp_path / "o.cxi")], ["info", missing]):
+        with pytest.raises(SystemExit) as ex:
+            main([*cmd, "--negative", "ignore"])
+        assert ex.value.code == 2 and "--negative: invalid choice: 'ignore'" in capsys.readouterr().err
+        assert main([*cmd, "--background", "-1"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("bcdi-recon: error: background") and ">= 0.0, got -1.0" in err
 
 
 @pytest.mark.parametrize("bad, field", [

@@ -120,7 +120,8 @@ def test_pre_recipe_escapes_er_stagnation_and_keeps_the_border_rule(crystal):
 def test_run_pipeline_adds_strain_and_previews_to_the_reconstruction(crystal):
     """The one path of the CLI and the service: reconstruct -> displacement and strain -> arrays -> previews."""
     stages = []
-    out = run_pipeline(crystal["intensity"], crystal["mask"], lambda i: crystal["phase"], ReconOptions(er_cycles=20),
+    out = run_pipeline(crystal["intensity"], crystal["mask"], lambda i: crystal["phase"],
+                       ReconOptions(method="cnn-er", er_cycles=20),  # the CNN path's stages (adaptive adds its own)
                        title="t", progress=lambda stage, f: stages.append(stage))
     res, a = out.result, out.arrays
     assert stages[-1] == "strain" and "refine" in stages
@@ -133,6 +134,5 @@ def test_run_pipeline_adds_strain_and_previews_to_the_reconstruction(crystal):
     assert np.abs(a["strain"][res.support]).max() > 0 and not out.strain_meta["geometry_used"]
     assert set(out.previews) == {"preview_object", "preview_strain", "preview_reciprocal"}
     assert all(p.dtype == np.uint8 and p.ndim == 3 and p.shape[2] == 3 for p in out.previews.values())
-    bare = run_pipeline(crystal["intensity"], crystal["mask"], lambda i: crystal["phase"], ReconOptions(er_cycles=0),
-                        previews=False)
+    bare = run_pipeline(crystal["intensity"], crystal["mask"], lambda i: crystal["phase"], ReconOptions(method="cnn-er", er_cycles=0), previews=False)
     assert bare.previews == {} and bare.result.recipe == "ER**0"

@@ -9,7 +9,7 @@ adapters (CXI, Tiled) only write what it returns.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -50,19 +50,18 @@ def _noop(stage: str, fraction: float) -> None:
     return None
 
 
-def crop_for_cnn(intensity: np.ndarray, mask: np.ndarray | None, crop_size: int | tuple | None = None, *,
-                 frontend: FrontEndOptions | None = None, predict=None):
+def crop_for_cnn(intensity: np.ndarray, mask: np.ndarray | None, options: ReconOptions = ReconOptions(), *,
+                 predict=None):
     """The front end (physics.preprocess.prepare): photon scale, background, peak, oversampling, crop by physics.
 
     Returns (refinement-grid intensity, its mask, crop offsets, FrontEnd decisions). The crop is chosen so that the
     CNN sees an oversampling inside the model's training range (read from the model behind ``predict``);
-    ``crop_size`` overrides it. A 64³ input without crop_size is kept as it is.
+    ``options.crop_size`` overrides it. A 64³ input without crop_size is kept as it is. The front end's choices
+    (background, photon scale, ...) are the options' own fields (FrontEndOptions.from_options).
     """
-    options = frontend or FrontEndOptions()
-    if crop_size is not None:
-        options = replace(options, crop_size=crop_size)
     rng, source = training_oversampling(predict)
-    prep = prepare(intensity, mask, rng, options, training_range_source=source, cnn_size=CNN_SIZE)
+    prep = prepare(intensity, mask, rng, FrontEndOptions.from_options(options), training_range_source=source,
+                   cnn_size=CNN_SIZE)
     fe = prep.frontend
     return prep.intensity, prep.mask, fe.crop_offsets, fe
 
@@ -90,8 +89,7 @@ def cnn_object(intensity_crop: np.ndarray, mask_crop: np.ndarray, predict: Calla
 
 def reconstruct(intensity: np.ndarray, mask: np.ndarray | None, predict: Callable[[np.ndarray], np.ndarray],
                 options: ReconOptions = ReconOptions(), progress: Progress = _noop,
-                should_cancel: Callable[[], bool] | None = None, free_mask: np.ndarray | None = None,
-                frontend: FrontEndOptions | None = None) -> ReconResult:
+                should_cancel: Callable[[], bool] | None = None, free_mask: np.ndarray | None = None) -> ReconResult:
     """Run the whole pipeline on a centred 3D intensity; predict(i64) -> 64³ phase is the CNN (or any predictor).
 
     free_mask (crop grid): voxels withheld for free LLK, e.g. the same ones as a compared standard run; by
@@ -103,7 +101,7 @@ def reconstruct(intensity: np.ndarray, mask: np.ndarray | None, predict: Callabl
     t = time.perf_counter()
     progress("preprocess", 0.0)
     intensity = np.asarray(intensity, dtype=np.float32)
-    i_crop, m_crop, offsets, fe = crop_for_cnn(intensity, mask, options.crop_size, frontend=frontend, predict=predict)
+    i_crop, m_crop, offsets, fe = crop_for_cnn(intensity, mask, options, predict=predict)
     timings["preprocess"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -222,7 +220,7 @@ def run_pipeline(intensity: np.ndarray, mask: np.ndarray | None, predict: Callab
                  options: ReconOptions = ReconOptions(), *, scan_meta: dict | None = None,
                  previews: bool = True, title: str | None = None, progress: Progress = _noop,
                  should_cancel: Callable[[], bool] | None = None,
-                 free_mask: np.ndarray | None = None, frontend: FrontEndOptions | None = None) -> PipelineOutput:
+                 free_mask: np.ndarray | None = None) -> PipelineOutput:
     """reconstruct -> displacement and strain -> result arrays -> previews: the one path of the CLI and the service.
 
     scan_meta: the scan's metadata (geometry for the strain along G; without it, strain in rad/voxel).
@@ -230,8 +228,7 @@ def run_pipeline(intensity: np.ndarray, mask: np.ndarray | None, predict: Callab
     from workers.strategy import StrategyOptions, run_method, summary_line as strat_summary
 
     strat = run_method(options.method, intensity, mask, predict,
-                       StrategyOptions(recon=options, max_runs=options.max_runs, max_seconds=options.max_seconds,
-                                       frontend=frontend),
+                       StrategyOptions(recon=options, max_runs=options.max_runs, max_seconds=options.max_seconds),
                        progress=progress, should_cancel=should_cancel, free_mask=free_mask)
     res = strat.result
     timings = dict(res.timings)

@@ -31,7 +31,7 @@ def _noop(stage: str, fraction: float) -> None:
 
 @dataclass
 class StrategyOptions:
-    """What a strategy may spend and how it judges. recon: the CNN path's options (device, crop, border_n, ...).
+    """What a strategy may spend and how it judges. recon: the options (device, crop and front end, border_n, ...).
 
     Fallback (adaptive): runs of `fallback_style` ("cohere" or "pynx", physics/phasing/single_run.py) with
     `fallback_recipe`, seeded in turn as `seedings` says, at most `max_runs` runs and `max_seconds` in all (a run
@@ -52,7 +52,6 @@ class StrategyOptions:
     nb_keep: int = 5
     standard_recipe: str = STANDARD_RECIPE
     thresholds: GateThresholds = field(default_factory=GateThresholds)
-    frontend: object = None  # physics.preprocess.FrontEndOptions for the crop (background, photon scale, ...)
 
     def __post_init__(self):
         if self.max_runs < 0:
@@ -185,7 +184,7 @@ def _cnn_candidate(name: str, intensity, mask, predict, opts: StrategyOptions, p
     ro = replace(opts.recon, pre_recipe=pre)
     t = time.perf_counter()
     r = reconstruct(intensity, mask, predict, ro, progress=progress,  # the pipeline's own stage names
-                    should_cancel=should_cancel, free_mask=free_mask, frontend=opts.frontend)
+                    should_cancel=should_cancel, free_mask=free_mask)
     return r, time.perf_counter() - t
 
 
@@ -289,8 +288,7 @@ def standard(intensity, mask, opts: StrategyOptions = StrategyOptions(), progres
 
     t0 = time.perf_counter()
     ro = opts.recon
-    i_crop, m_crop, offsets, fe = crop_for_cnn(np.asarray(intensity, np.float32), mask, ro.crop_size,
-                                               frontend=opts.frontend)
+    i_crop, m_crop, offsets, fe = crop_for_cnn(np.asarray(intensity, np.float32), mask, ro)
     if free_mask is None:
         free_mask = free_pixel_mask(i_crop.shape, ratio=ro.free_ratio, mask=m_crop, seed=ro.seed)
     from physics.phasing import PhaseConfig, resolve_device
