@@ -42,7 +42,7 @@ BLISS dataset file with --scan (frames, masks and metadata read from the file; d
 The CXI holds the object on the crop grid with the crop offsets, the support, the cropped intensity and
 mask, the displacement and strain, the options and the recipe that ran, LLK / free LLK / obj2_out and the
 per-stage timings and the device used (the CNN's 64³ phase is not stored; --previews DIR draws it, and the
-service's Tiled result holds it). --er-cycles 0 gives the CNN-only object. The options, their names and defaults are the
+service's Tiled result holds it). --method cnn-er --er-cycles 0 gives the CNN-only object. The options, their names and defaults are the
 service's (contract/options.py); --refine and --threshold are the older names of --er-cycles and
 --support-threshold. The shipped model is models/weights/unet_w0125.pt (see its model card)."""
 
@@ -50,7 +50,7 @@ EPILOG = """\
 examples:
   bcdi-recon reconstruct crystal.npz --out crystal.cxi --previews png/
   bcdi-recon reconstruct PtNP_0001.h5 --scan 1.1 --detector mpx1x4 --out scan1.cxi
-  bcdi-recon reconstruct data.tif --out cnn_only.cxi --er-cycles 0
+  bcdi-recon reconstruct data.tif --out cnn_only.cxi --method cnn-er --er-cycles 0
   bcdi-recon reconstruct crystal.npz --out bplus.cxi --pre-recipe RAAR**200"""
 
 

@@ -85,6 +85,7 @@ def test_id01_scan_is_read_cropped_and_offsets_recorded(tmp_path):
     (["{npz}", "--device", "cuda"], "CUDA"),
     (["{npz}", "--model", "nope.pt"], "not found"),
     (["{npz}", "--crop-size", "96"], "larger than the array"),
+    (["{npz}", "--er-cycles", "0"], "is for method cnn-er"),  # the default adaptive refines
     (["{neg}"], "--negative clip"),
     (["{neg}", "--negative", "clip", "--refine-binned", "--crop-size", "60"], "integer binning"),
 ])

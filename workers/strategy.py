@@ -336,6 +336,9 @@ def run_method(method: str, intensity, mask, predict, opts: StrategyOptions | No
         return standard(intensity, mask, opts, progress, should_cancel, free_mask)
     if predict is None:
         raise InputError(f"method {method} needs the CNN (a phase predictor)")
+    if method in ("adaptive", "cnn-raar-er") and opts.recon.er_cycles == 0:
+        raise InputError(f"er_cycles 0 (the CNN-only object) is for method cnn-er; {method} refines the CNN's "
+                         "object with RAAR and ER cycles: give er_cycles > 0 or method cnn-er")
     if method == "adaptive":
         return adaptive(intensity, mask, predict, opts, progress, should_cancel, free_mask)
     return cnn_only(method, intensity, mask, predict, opts, progress, should_cancel, free_mask)
