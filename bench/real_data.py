@@ -309,7 +309,7 @@ def _row(r: dict, has_truth: bool) -> str:
     m = r["method"]
     label = LABELS[m]
     if m.startswith("standard"):
-        label += f", {r['nb_run']} runs, kept {r['nb_kept']}" + ("" if m.endswith("_best") else
+        label += f", {r['nb_run']} run{'s' if r['nb_run'] != 1 else ''}, kept {r['nb_kept']}" + ("" if m.endswith("_best") else
                                                                    f", weight {r['first_mode_weight']:.2f}")
         if r.get("failed"):
             label += f", {r['failed']} failed"
