@@ -309,8 +309,9 @@ def _row(r: dict, has_truth: bool) -> str:
     m = r["method"]
     label = LABELS[m]
     if m.startswith("standard"):
-        label += f", {r['nb_run']} run{'s' if r['nb_run'] != 1 else ''}, kept {r['nb_kept']}" + ("" if m.endswith("_best") else
-                                                                   f", weight {r['first_mode_weight']:.2f}")
+        label += f", {r['nb_run']} run{'s' if r['nb_run'] != 1 else ''}, kept {r['nb_kept']}"
+        if not m.endswith("_best"):
+            label += f", weight {r['first_mode_weight']:.2f}"
         if r.get("failed"):
             label += f", {r['failed']} failed"
     if m == "adaptive":
