@@ -90,7 +90,7 @@ def test_size_128_runs_the_front_end_and_checks_against_64(results):
     assert f64.with_name(f64.stem + "_128.jsonl") == f128
     text = cnn_eval.size_report()
     assert "| 128 | cnn_er_unet_" in text and "size 128 vs 64³ on the same crystals, cnn_er_" in text
-    assert "(1 crystals): success" in text and "within 10 points: **" in text
+    assert "(1 crystals, one is 100.0 points): success" in text and "within 10 points: **" in text
     assert "_128" not in "\n".join(cnn_eval.target_lines())  # the 64³ targets read the 64³ files only
 
     with pytest.raises(InputError, match="oracle_er"):
