@@ -14,8 +14,17 @@ appended per crystal to JSON-lines files under bench/results/, so an interrupted
 and (c), which does not depend on the model, is computed once and reused across model versions.
 The same free voxels are withheld from (b) and (c), so their free LLKs are comparable.
 
+`run --size 128` (or 128x256x256) runs the same crystals as a detector writes them (physics.detector_sim: that
+array size, oversampling 3-6), so the front end (measured oversampling -> crop -> 64³ CNN grid, chosen by physics
+in workers.pipeline / workers.strategy) is measured with the network; each result is compared with the truth on
+its own crop's grid (physics.detector_sim.truth_on_crop), and records carry the front end's decisions. Those
+results go to files named with the size (eval_<method>_<tag>_128.jsonl), and the report checks each against the
+64³ file of the same method on the same crystals. There the crop is the front end's choice, so each method draws
+its own free voxels on it; (b*) needs the true phase on the CNN grid and runs at 64³ only.
+
     python -m bench.cnn_eval run --n-high 100 --n-low 30            # compute (resumable)
-    python -m bench.cnn_eval report                                # write the docs/benchmarks.md section
+    python -m bench.cnn_eval run --n-high 8 --n-low 0 --size 128 --methods cnn_er adaptive
+    python -m bench.cnn_eval report                                # write the docs/benchmarks.md sections
 """
 from __future__ import annotations
 
@@ -23,6 +32,7 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -40,6 +50,43 @@ PRE_RECIPE = "RAAR**200"  # (b+): cycles run from the CNN object before the ER r
 CNN_METHODS = ("cnn", "cnn_er", "cnn_raar_er")
 TIMING = "timing_same_load.txt"  # lines written by `timing`
 METHODS = (*CNN_METHODS, "oracle_er", "standard", "adaptive")
+SIZE_SECTION = "Front end on larger simulated patterns (128³, 128×256×256 at oversampling 3–6)"
+DETECTOR_OVERSAMPLING = (3.0, 6.0)  # the per-axis oversampling range of the detector-sized patterns
+_SIZE_SUFFIX = re.compile(r"_(\d+(?:x\d+x\d+)?)$")  # eval_<method>_<tag>_<size>.jsonl; none for 64³
+
+
+def parse_size(text: str) -> tuple[int, int, int]:
+    """The pattern shape of `--size`: "64" (the CNN's own grid), "128" (cubic) or "128x256x256" (per axis)."""
+    try:
+        shape = tuple(int(v) for v in str(text).split("x"))
+    except ValueError:
+        shape = ()
+    if len(shape) == 1:
+        shape = shape * 3
+    if len(shape) != 3 or min(shape) < 64:
+        from physics.errors import InputError
+
+        raise InputError(f"--size {text!r}: expected N or AxBxC with every size >= 64, e.g. 128 or 128x256x256")
+    return shape
+
+
+def size_of(path: Path) -> str:
+    """The pattern size a results file holds ("64" for the files without a size suffix)."""
+    m = _SIZE_SUFFIX.search(path.stem)
+    return m.group(1) if m else "64"
+
+
+def sample_for(seed: int, params, size: str = "64") -> dict:
+    """The held-out crystal of `seed`: simulate_sample's 64³ pattern, or the same crystal as a detector writes it
+    at `size` (physics.detector_sim.detector_sample, oversampling DETECTOR_OVERSAMPLING)."""
+    from physics.simulate import simulate_sample
+
+    shape = parse_size(size)
+    if shape == (64, 64, 64):
+        return simulate_sample(seed, params)
+    from physics.detector_sim import detector_sample
+
+    return detector_sample(seed, shape, DETECTOR_OVERSAMPLING, params)
 
 
 class TruePhase:
@@ -88,17 +135,28 @@ def _append(path: Path, rec: dict) -> None:
         os.fsync(f.fileno())
 
 
-def _truth_metrics(obj, support, sample) -> dict:
+def _truth_metrics(obj, support, sample, frontend=None) -> dict:
+    """Truth metrics of a result on its own grid: the sample's, or the front end's crop of a larger pattern."""
     from physics.metrics import compare_to_truth
 
-    m = compare_to_truth(obj, sample["object"], truth_support=sample["support"], recon_support=support)
+    truth, truth_support = sample["object"], sample["support"]
+    if np.shape(obj) != np.shape(truth):
+        if frontend is None:
+            raise ValueError(f"result {np.shape(obj)} and truth {np.shape(truth)} differ and no crop is known")
+        from physics.detector_sim import truth_on_crop
+
+        truth, truth_support = truth_on_crop(sample, frontend.crop_offsets, frontend.crop_shape)
+    m = compare_to_truth(obj, truth, truth_support=truth_support, recon_support=support)
     return {k: m[k] for k in ("phase_rmse", "phase_rmse_weighted", "iou", "complex_error", "twin")}
 
 
 def free_mask_for(sample: dict, seed: int) -> np.ndarray:
-    """The free voxels of a crystal, shared by every method."""
+    """The free voxels of a 64³ crystal, shared by every method; None for a larger pattern, whose crop is the
+    front end's choice (each method then draws its own on that crop)."""
     from physics.phasing import free_pixel_mask
 
+    if sample["intensity"].shape != (64, 64, 64):
+        return None
     return free_pixel_mask(sample["intensity"].shape, mask=sample["mask"], seed=seed)
 
 
@@ -125,9 +183,9 @@ def run_cnn(sample: dict, seed: int, model, options) -> dict:
     r = reconstruct(sample["intensity"], sample["mask"], model.predict_phase, options,
                     free_mask=free_mask_for(sample, seed))
     wall = time.perf_counter() - t
-    rec = {**_truth_metrics(r.obj, r.support, sample), "llk": r.llk.get("llk_poisson"),
+    rec = {**_truth_metrics(r.obj, r.support, sample, r.frontend), "llk": r.llk.get("llk_poisson"),
            "llk_free": r.llk.get("llk_poisson_free"), "r_factor": r.llk.get("r_factor"), "wall_s": wall,
-           "timings": r.timings, "recipe": r.recipe}
+           "timings": r.timings, "recipe": r.recipe, "frontend": r.frontend.metadata()}
     if r.phase_cnn.shape == sample["phase"].shape:  # the network's own figure, beside the WCA loss
         from physics.coherence import phase_coherence
 
@@ -136,8 +194,15 @@ def run_cnn(sample: dict, seed: int, model, options) -> dict:
 
 
 def run_standard(sample: dict, seed: int, nb_run: int, nb_keep: int, recipe: str) -> dict:
-    """(c) nb_run random starts of the recipe, best nb_keep by free LLK, first mode."""
+    """(c) nb_run random starts of the recipe, best nb_keep by free LLK, first mode; on a larger pattern, on the
+    front end's crop (workers.strategy.standard)."""
     from physics.metrics import data_metrics
+
+    if sample["intensity"].shape != (64, 64, 64):
+        from workers.strategy import StrategyOptions
+
+        opts = StrategyOptions(nb_run=nb_run, nb_keep=nb_keep, standard_recipe=recipe)
+        return run_strategy(sample, seed, None, "standard", opts)
     from physics.phasing import PhaseConfig, phase_runs
 
     free = free_mask_for(sample, seed)
@@ -157,11 +222,13 @@ def run_strategy(sample: dict, seed: int, model, method: str = "adaptive", opts=
     from workers.strategy import StrategyOptions, run_method
 
     t = time.perf_counter()
-    res = run_method(method, sample["intensity"], sample["mask"], model.predict_phase, opts or StrategyOptions(),
-                     free_mask=free_mask_for(sample, seed))
+    res = run_method(method, sample["intensity"], sample["mask"], model.predict_phase if model else None,
+                     opts or StrategyOptions(), free_mask=free_mask_for(sample, seed))
     wall = time.perf_counter() - t
     c = res.confidence
-    return {**_truth_metrics(res.result.obj, res.result.support, sample),
+    fe = res.result.frontend
+    return {**_truth_metrics(res.result.obj, res.result.support, sample, fe),
+            **({"frontend": fe.metadata()} if fe is not None else {}),
             "llk": res.result.llk.get("llk_poisson"), "llk_free": res.result.llk.get("llk_poisson_free"),
             "r_factor": res.result.llk.get("r_factor"), "wall_s": wall, "method": method,
             "status": c["status"], "winner": c["winner"], "nb_candidates": c["nb_candidates"],
@@ -174,29 +241,39 @@ def run(args) -> None:
     import torch
 
     from models.predict import load_model
-    from physics.simulate import simulate_sample
+    from physics.errors import InputError
 
+    shape = parse_size(args.size)
+    size = "64" if shape == (64, 64, 64) else (str(shape[0]) if len(set(shape)) == 1 else "x".join(map(str, shape)))
+    methods = list(METHODS if args.methods is None else args.methods)
+    if size != "64" and "oracle_er" in methods:
+        if args.methods is not None:
+            raise InputError("oracle_er needs the true phase on the CNN's 64³ grid: it runs at --size 64 only")
+        methods.remove("oracle_er")
     torch.set_num_threads(args.threads)
-    model = load_model(args.model) if {*CNN_METHODS, "adaptive"} & set(args.methods) else None
+    model = load_model(args.model) if {*CNN_METHODS, "adaptive"} & set(methods) else None
     tag = f"{model.name}-{model.sha256[:8]}" if model else ""
     std_tag = f"standard-{args.nb_run}x{args.nb_keep}-{STANDARD if args.recipe is None else args.recipe}"
-    files = {"cnn": RESULTS / f"eval_cnn_{tag}.jsonl", "cnn_er": RESULTS / f"eval_cnn_er_{tag}.jsonl",
-             "cnn_raar_er": RESULTS / f"eval_cnn_raar_er_{tag}.jsonl", "oracle_er": RESULTS / "eval_oracle_er.jsonl",
-             "standard": RESULTS / f"eval_{std_tag.replace('*', '').replace(',', '_')}.jsonl",
-             "adaptive": RESULTS / f"eval_adaptive_{tag}.jsonl"}
-    done = {m: _jsonl(files[m]) for m in args.methods}
+    sfx = "" if size == "64" else f"_{size}"
+    files = {"cnn": f"eval_cnn_{tag}", "cnn_er": f"eval_cnn_er_{tag}", "cnn_raar_er": f"eval_cnn_raar_er_{tag}",
+             "oracle_er": "eval_oracle_er", "standard": f"eval_{std_tag.replace('*', '').replace(',', '_')}",
+             "adaptive": f"eval_adaptive_{tag}"}
+    files = {m: RESULTS / f"{stem}{sfx}.jsonl" for m, stem in files.items()}
+    done = {m: _jsonl(files[m]) for m in methods}
     crystals = test_crystals(args.n_high, args.n_low)
     k, n = args.shard
     crystals = crystals[k::n]  # shard k of n: several processes split the crystals (appends are line-atomic)
     from tqdm import tqdm
 
     for seed, params in tqdm(crystals, desc="crystals", unit="crystal"):
-        todo = [m for m in args.methods if seed not in done[m]]
+        todo = [m for m in methods if seed not in done[m]]
         if not todo:
             continue
-        sample = simulate_sample(seed, params)
+        sample = sample_for(seed, params, size)
         base = {"seed": seed, "phase_range": float(sample["phase_range"]), "shape": str(sample["shape_kind"]),
                 "field": str(sample["field_kind"])}
+        if size != "64":
+            base |= {"size": size, "true_oversampling": [float(v) for v in sample["oversampling"]]}
         for m in todo:
             if m in CNN_METHODS:
                 rec = run_cnn(sample, seed, model, method_options(m, args.refine))
@@ -221,7 +298,9 @@ def _bin_rows(recs: list[dict]) -> list[tuple]:
         if not sel:
             continue
         ok = [_success(r) for r in sel]
-        med = lambda k: float(np.median([r[k] for r in sel if r.get(k) is not None]))  # noqa: E731
+        def med(k):
+            vals = [r[k] for r in sel if r.get(k) is not None]
+            return float(np.median(vals)) if vals else float("nan")  # e.g. no free LLK in converted records
         coh = [r["coherence"] for r in sel if r.get("coherence") is not None]
         rows.append((name, len(sel), 100 * np.mean(ok), med("phase_rmse"), med("iou"), med("llk_free"),
                      med("wall_s"), float(np.median(coh)) if coh else None))
@@ -243,7 +322,7 @@ def report(args) -> str:
              "network's reciprocal phase with the truth: 1 perfect, about 0.6 for a smooth 1 rad rms error, about "
              "0.05-0.08 for a constant phase; it is recorded wherever the network ran on the 64³ truth grid.",
              ""]
-    for f in sorted(RESULTS.glob("eval_*.jsonl")):
+    for f in sorted(f for f in RESULTS.glob("eval_*.jsonl") if size_of(f) == "64"):
         recs = list(_jsonl(f).values())
         if not recs:
             continue
@@ -273,13 +352,79 @@ def report(args) -> str:
     return "\n".join(lines)
 
 
+def _files64(pattern: str) -> list[Path]:
+    """The 64³ results files matching a glob pattern (sorted), without the larger sizes' files."""
+    return sorted(f for f in RESULTS.glob(pattern) if size_of(f) == "64")
+
+
+def size_report(model_tag: str | None = None) -> str:
+    """The larger sizes' section: per size and method, the success table on the crystals run, and the target
+    line against the 64³ results of the same method on the same crystals (within 10 points)."""
+    from bench.common import machine
+
+    files = sorted((f for f in RESULTS.glob("eval_*.jsonl") if size_of(f) != "64"
+                    and (model_tag is None or model_tag in f.stem or f.stem.startswith("eval_standard"))),
+                   key=lambda f: (parse_size(size_of(f)), f.stem))
+    rows, targets = [], []
+    for f in files:
+        size, recs = size_of(f), _jsonl(f)
+        ref_file = f.with_name(f.stem.removesuffix(f"_{size}") + ".jsonl")
+        ref = _jsonl(ref_file)
+        name = f.stem.removeprefix("eval_").removesuffix(f"_{size}")
+        if any(r.get("source") for r in recs.values()):
+            name += " †"  # records converted from an earlier harness (bench/frontend_eval.py)
+        crops = [r["frontend"]["crop_shape"] for r in recs.values() if r.get("frontend")]
+        binned = sum(max(r["frontend"]["cnn_binning"]) > 1 or any(r["frontend"]["cnn_resampled"])
+                     for r in recs.values() if r.get("frontend"))
+        med = lambda k, rs: float(np.median([r[k] for r in rs]))  # noqa: E731
+        rs = list(recs.values())
+        rows.append(f"| {size} | {name} | {len(rs)} | {100 * np.mean([_success(r) for r in rs]):.0f} | "
+                    f"{med('phase_rmse', rs):.2f} | {med('iou', rs):.2f} | {med('wall_s', rs):.0f} | "
+                    f"{binned}/{len(crops)} | " + (", ".join("×".join(map(str, c)) for c in crops[:3])
+                                                   + (", ..." if len(crops) > 3 else "")) + " |")
+        seeds = [s for s in recs if s in ref]
+        if not seeds:
+            targets.append(f"- size {size}, {name}: no 64³ result on the same crystals ({ref_file.name}): not checked.")
+            continue
+        sx = 100 * np.mean([_success(recs[s]) for s in seeds])
+        sy = 100 * np.mean([_success(ref[s]) for s in seeds])
+        only_big = [s for s in seeds if _success(recs[s]) and not _success(ref[s])]
+        only_64 = [s for s in seeds if _success(ref[s]) and not _success(recs[s])]
+        targets.append(f"- size {size} vs 64³ on the same crystals, {name} ({len(seeds)} crystals, one is "
+                       f"{100 / len(seeds):.1f} points): success {sx:.0f} % vs {sy:.0f} %, within 10 points: "
+                       f"**{'met' if sx >= sy - 10 else 'missed'}** (only at {size}: "
+                       f"{', '.join(map(str, only_big)) or 'none'}; only at 64³: {', '.join(map(str, only_64)) or 'none'}).")
+    head = ("Held-out crystals (bench.cnn_eval test seeds) as a detector writes them (physics.detector_sim: the "
+            f"size's array, per-axis oversampling {DETECTOR_OVERSAMPLING[0]:g}–{DETECTOR_OVERSAMPLING[1]:g}; "
+            "128×256×256 is the centred crop of the 256³ pattern, a short rocking curve), through the real front "
+            "end (measured oversampling -> crop -> 64³ CNN grid by binning or Fourier resampling; "
+            "workers.pipeline.reconstruct, workers.strategy), each method as in the 64³ section above. Success: "
+            f"phase RMSE ≤ {SUCCESS['phase_rmse']} rad and support IoU ≥ {SUCCESS['iou']} against the truth on "
+            "the crop's grid (physics.detector_sim.truth_on_crop). Counts are the crystals actually run; the "
+            "target compares each with the 64³ results of the same method on the same crystals "
+            "(met: at most 10 points below).\n\n"
+            f"Command: `.venv/bin/python -m bench.cnn_eval run --size SIZE ...`, then `... report`; machine at "
+            f"report time: {machine()}. Per-crystal lines (with the front end's decisions: crop, binning, "
+            "resampling, measured oversampling per axis) in bench/results/eval_<method>_<tag>_<size>.jsonl.\n\n")
+    table = ["| size | method | crystals | success % | median phase RMSE (rad) | median IoU | median wall s "
+             "| CNN input binned or resampled | crops |", "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    if not rows:
+        return head + "No larger-size results yet."
+    note = ("\n\n† Records computed by the former bench/frontend_eval.py (commit 985b714: the same crystals, "
+            "front end, model and truth comparison, without free voxels; its standard runs: one run of "
+            f"{STANDARD}), converted to these files; each record names its source."
+            if any("†" in r for r in rows) else "")
+    return head + "\n".join(table + rows) + "\n\n" + "\n".join(targets) + note
+
+
 def target_lines(model_tag: str | None = None) -> list[str]:
     """The issue's targets, checked on the crystals that both (b) and (c) have (nothing extrapolated);
     the same figures for our variant (b+), where it has been run."""
-    std_files = sorted(RESULTS.glob("eval_standard-*.jsonl"))
+    std_files = _files64("eval_standard-*.jsonl")
+    std_files.sort(key=lambda f: len(_jsonl(f)))  # (c) is the standard file with the most crystals
     out = []
     for method, label in (("cnn_er", "(b)"), ("cnn_raar_er", "(b+)")):
-        files = sorted(RESULTS.glob(f"eval_{method}_*.jsonl"))
+        files = _files64(f"eval_{method}_*.jsonl")
         if model_tag:
             files = [f for f in files if model_tag in f.stem]
         if not files or not std_files:
@@ -287,7 +432,7 @@ def target_lines(model_tag: str | None = None) -> list[str]:
                 return ["Targets: not checked (need both the CNN + ER and the standard-recipe results)."]
             continue
         out += _method_against_standard(_jsonl(files[-1]), _jsonl(std_files[-1]), label, files[-1], std_files[-1])
-    ad_files = sorted(RESULTS.glob("eval_adaptive_*.jsonl"))
+    ad_files = _files64("eval_adaptive_*.jsonl")
     if model_tag:
         ad_files = [f for f in ad_files if model_tag in f.stem]
     if ad_files and std_files:
@@ -416,7 +561,10 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="compute missing results (resumable)")
     r.add_argument("--n-high", type=int, default=100)
     r.add_argument("--n-low", type=int, default=30)
-    r.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    r.add_argument("--methods", nargs="+", default=None, choices=METHODS,
+                   help="default: all (all but oracle_er at a --size other than 64)")
+    r.add_argument("--size", default="64", help="pattern size: 64 (default), N (N³) or AxBxC, e.g. 128 or "
+                   "128x256x256, as a detector writes it (oversampling 3-6) and cropped by the front end")
     r.add_argument("--model", default=None, help="weights (default: shipped model)")
     r.add_argument("--refine", type=int, default=None, help="ER cycles (default: the options schema's, 400)")
     r.add_argument("--nb-run", type=int, default=20)
@@ -443,8 +591,11 @@ def main(argv=None) -> int:
     else:
         from bench.common import write_section
 
+        from models.predict import DEFAULT_WEIGHTS, file_sha256
+
         write_section(SECTION, report(args))
-        print(f"wrote section '{SECTION}' of docs/benchmarks.md")
+        write_section(SIZE_SECTION, size_report(file_sha256(DEFAULT_WEIGHTS)[:8]))
+        print(f"wrote sections '{SECTION}' and '{SIZE_SECTION}' of docs/benchmarks.md")
     return 0
 
 

@@ -12,12 +12,14 @@ from bench.cnn_eval import METHODS
 __all__ = ["METHODS", "run_evaluation"]
 
 
-def run_evaluation(*, n_high: int = 100, n_low: int = 30, methods=METHODS, model: str | None = None,
+def run_evaluation(*, n_high: int = 100, n_low: int = 30, methods=None, model: str | None = None,
                    nb_run: int = 20, nb_keep: int = 5, threads: int = 1, shard: str = "0/1",
-                   report_only: bool = False) -> int:
-    """Run the missing per-crystal results of `methods` (resumable), then write the docs/benchmarks.md section.
+                   report_only: bool = False, size: str = "64") -> int:
+    """Run the missing per-crystal results of `methods` (default all) (resumable), then write the
+    docs/benchmarks.md sections.
 
-    shard "K/N": only crystals K, K+N, ... (N processes use N cores). report_only: only write the section.
+    shard "K/N": only crystals K, K+N, ... (N processes use N cores). size: "64", N or AxBxC, the same crystals
+    as a detector writes them, through the front end (bench.cnn_eval). report_only: only write the sections.
     Bad arguments raise InputError with one line.
     """
     from bench import cnn_eval
@@ -27,7 +29,8 @@ def run_evaluation(*, n_high: int = 100, n_low: int = 30, methods=METHODS, model
         return cnn_eval.main(["report"])
     if n_high < 0 or n_low < 0 or nb_run < 1 or not 1 <= nb_keep <= nb_run:
         raise InputError("--n-high/--n-low must be >= 0 and 1 <= --nb-keep <= --nb-run")
-    unknown = sorted(set(methods) - set(METHODS))
+    cnn_eval.parse_size(size)
+    unknown = sorted(set(methods or ()) - set(METHODS))
     if unknown:
         raise InputError(f"unknown method(s) {', '.join(unknown)}: choose from {', '.join(METHODS)}")
     try:
@@ -35,7 +38,9 @@ def run_evaluation(*, n_high: int = 100, n_low: int = 30, methods=METHODS, model
     except argparse.ArgumentTypeError as exc:
         raise InputError(f"--shard: {exc}") from None
     argv = ["run", "--n-high", str(n_high), "--n-low", str(n_low), "--nb-run", str(nb_run), "--nb-keep",
-            str(nb_keep), "--threads", str(threads), "--shard", shard, "--methods", *methods]
+            str(nb_keep), "--threads", str(threads), "--shard", shard, "--size", str(size)]
+    if methods:
+        argv += ["--methods", *methods]
     if model:
         argv += ["--model", model]
     cnn_eval.main(argv)

@@ -39,7 +39,7 @@ def main(argv=None) -> int:
     import numpy as np
     import torch
 
-    from bench.cnn_eval import RESULTS, _bin_rows, _jsonl
+    from bench.cnn_eval import RESULTS, _bin_rows, _files64, _jsonl
     from models.predict import file_sha256
     from models.unet import build_unet, count_parameters
 
@@ -115,7 +115,7 @@ def main(argv=None) -> int:
     lines += ["## Evaluation on held-out simulated crystals", "",
               "Success = phase RMSE ≤ 0.5 rad and IoU ≥ 0.7 after alignment (bench/cnn_eval.py; full table and "
               "commands in docs/benchmarks.md).", ""]
-    for f in sorted(RESULTS.glob(f"eval_*{sha[:8]}*.jsonl")) + sorted(RESULTS.glob("eval_standard*.jsonl")):
+    for f in _files64(f"eval_*{sha[:8]}*.jsonl") + _files64("eval_standard*.jsonl"):
         recs = list(_jsonl(f).values())
         if recs:
             lines += [f"**{f.stem.removeprefix('eval_')}** ({len(recs)} crystals)", "",
@@ -156,7 +156,7 @@ def main(argv=None) -> int:
             f"{scaled(FINAL_FILTERS, 1)} at w = 1; widening only those "
             "layers (the issue allows it) is untested here. " if wd < 1 else "")
     coh_line = ""
-    a_recs = [r for f in RESULTS.glob(f"eval_cnn_unet*{sha[:8]}*.jsonl") for r in _jsonl(f).values()
+    a_recs = [r for f in _files64(f"eval_cnn_unet*{sha[:8]}*.jsonl") for r in _jsonl(f).values()
               if r.get("coherence") is not None and r["phase_range"] >= 2 * 3.14159265]
     if a_recs:
         med = float(np.median([r["coherence"] for r in a_recs]))

@@ -17,7 +17,10 @@ compares each with the truth (twin / sub-voxel shift / phase aligned: phase RMSE
 data (LLK, free LLK on the same withheld voxels), and reports per phase-range bin (< π, π-2π, 2π-5π): success
 rate (phase RMSE <= 0.5 rad and IoU >= 0.7), medians and wall time per crystal.
 Results are appended per crystal to bench/results/*.jsonl, so the command resumes where it stopped; (c) does
-not depend on the model and is reused. --report writes the table into docs/benchmarks.md.
+not depend on the model and is reused. --report writes the tables into docs/benchmarks.md.
+--size 128 (or 128x256x256) runs the same crystals as a detector writes them (that size, oversampling 3-6)
+through the front end (crop and binning chosen by physics), compared with the truth on each crop's grid;
+those results go to files named with the size, and the report checks them against the 64³ ones.
 (c) costs ~20 x 1700 ER/HIO/RAAR cycles per crystal: about 2 minutes per crystal on one core of the
 project's 2-core CPU, so run one process per core with --shard 0/2 and --shard 1/2."""
 
@@ -27,7 +30,8 @@ examples:
   bcdi-recon evaluate --n-high 10 --n-low 5 --methods cnn cnn_er     # a quick look, CNN methods only
   bcdi-recon evaluate --n-high 20 --n-low 10 --methods adaptive      # the default method, gate included
   bcdi-recon evaluate --shard 0/2 & bcdi-recon evaluate --shard 1/2  # the full comparison, one process per core
-  bcdi-recon evaluate --report                                       # table into docs/benchmarks.md"""
+  bcdi-recon evaluate --n-high 8 --n-low 0 --size 128 --methods cnn_er adaptive  # the front end too
+  bcdi-recon evaluate --report                                       # tables into docs/benchmarks.md"""
 
 
 def register(subparsers) -> None:
@@ -37,8 +41,11 @@ def register(subparsers) -> None:
     p.add_argument("--n-low", type=int, default=30, help="crystals with phase range under π (default %(default)s)")
     from bench.evaluation import METHODS  # one list of methods for the CLI and the bench (numpy only, no torch)
 
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS,
-                   help="which methods to run (default: all)")
+    p.add_argument("--methods", nargs="+", default=None, choices=METHODS,
+                   help="which methods to run (default: all; all but oracle_er at a --size other than 64)")
+    p.add_argument("--size", default="64",
+                   help="pattern size: 64 (default), N (N³) or AxBxC (e.g. 128 or 128x256x256): the same crystals "
+                        "as a detector writes them (oversampling 3-6), cropped by the front end; oracle_er: 64 only")
     p.add_argument("--model", help="weights file (default: the shipped model)")
     p.add_argument("--nb-run", type=int, default=20, help="standard recipe: runs per crystal (default %(default)s)")
     p.add_argument("--nb-keep", type=int, default=5, help="standard recipe: runs kept (default %(default)s)")
@@ -54,4 +61,4 @@ def run(args) -> int:
 
     return run_evaluation(n_high=args.n_high, n_low=args.n_low, methods=args.methods, model=args.model,
                           nb_run=args.nb_run, nb_keep=args.nb_keep, threads=args.threads, shard=args.shard,
-                          report_only=args.report)
+                          report_only=args.report, size=args.size)

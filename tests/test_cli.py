@@ -89,6 +89,8 @@ def test_no_command_and_usage_error():
     assert r.returncode == 2 and "a <= b" in _one_line_error(r.stderr)
     r = _cli("evaluate", "--shard", "3/2")  # rejected before any model is loaded or crystal computed
     assert r.returncode == 2 and "--shard" in _one_line_error(r.stderr)
+    r = _cli("evaluate", "--size", "32")  # smaller than the CNN's grid
+    assert r.returncode == 2 and "--size" in _one_line_error(r.stderr)
 
 
 def test_simulate_one_sample(tmp_path, capsys):

@@ -65,3 +65,35 @@ def test_adaptive_target_lines_check_success_time_and_silent_failures(tmp_path):
     assert "fallback ran on 1/3; marked ok but wrong: 1 (seeds 3)" in text
     assert "every failure marked uncertain: **missed** (1 silent" in text
     assert "< π (1 crystals): adaptive succeeds on 100 %" in text and "1/20 of (c)'s: **met** (1/50.0)" in text
+
+
+def test_size_128_runs_the_front_end_and_checks_against_64(results):
+    """--size 128: the same crystal as a detector writes it goes through the front end's crop; its record carries
+    the front end's decisions, its file is named with the size (64³ files untouched), and the report compares it
+    with the 64³ result of the same method on the same crystal."""
+    from physics.errors import InputError
+
+    argv = ["run", "--n-high", "1", "--n-low", "0", "--refine", "20", "--methods", "cnn_er"]
+    assert cnn_eval.main([*argv, "--size", "128"]) == 0
+    (f128,) = results.glob("eval_cnn_er_*.jsonl")
+    assert f128.stem.endswith("_128") and cnn_eval.size_of(f128) == "128"
+    (rec,) = [json.loads(line) for line in f128.read_text().splitlines()]
+    fe = rec["frontend"]
+    assert rec["size"] == "128" and fe["input_shape"] == [128, 128, 128] and len(rec["true_oversampling"]) == 3
+    assert all(3.0 <= o <= 6.0 for o in rec["true_oversampling"])  # the detector's oversampling range
+    assert fe["crop_shape"] != [128, 128, 128] or max(fe["cnn_binning"]) > 1  # the front end cropped or binned
+    assert 0 <= rec["iou"] <= 1 and rec["phase_rmse"] >= 0
+
+    assert "not checked" in cnn_eval.size_report()  # no 64³ result of that crystal yet
+    assert cnn_eval.main(argv) == 0  # the 64³ run of the same crystal goes to the file without a suffix
+    (f64,) = [f for f in results.glob("eval_cnn_er_*.jsonl") if cnn_eval.size_of(f) == "64"]
+    assert f64.with_name(f64.stem + "_128.jsonl") == f128
+    text = cnn_eval.size_report()
+    assert "| 128 | cnn_er_unet_" in text and "size 128 vs 64³ on the same crystals, cnn_er_" in text
+    assert "(1 crystals, one is 100.0 points): success" in text and "within 10 points: **" in text
+    assert "_128" not in "\n".join(cnn_eval.target_lines())  # the 64³ targets read the 64³ files only
+
+    with pytest.raises(InputError, match="oracle_er"):
+        cnn_eval.main(["run", "--n-high", "1", "--n-low", "0", "--methods", "oracle_er", "--size", "128"])
+    with pytest.raises(InputError, match="--size"):
+        cnn_eval.parse_size("32")
