@@ -263,7 +263,13 @@ def test_phase_ctrl_c_leaves_nothing(crystal, tmp_path):
     cmd = [str(BIN)] if BIN.exists() else [sys.executable, "-m", "cli.main"]
     proc = subprocess.Popen(cmd + ["phase", str(path), "--out", str(tmp_path / "r.cxi"), "--recipe", "ER**1000000"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
-    time.sleep(8)  # past the torch import, into the iterations
+    # past the torch import, into the iterations: wait for torch to be mapped (a loaded machine can take far
+    # longer than usual to import it), then a few seconds more
+    maps = Path(f"/proc/{proc.pid}/maps")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None and "libtorch_cpu" not in maps.read_text():
+        time.sleep(0.5)
+    time.sleep(5)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err

@@ -120,7 +120,7 @@ def test_demo_reconstructs_a_scan_heals_a_worker_and_ctrl_c_leaves_no_process(tm
                           and p != worker], 30, interval=0.3, what="the restarted worker")
 
         demo.proc.send_signal(signal.SIGINT)  # Ctrl-C
-        assert demo.proc.wait(90) == 0, demo.output()[-2000:]
+        assert demo.proc.wait(180) == 0, demo.output()[-2000:]  # each component may take up to 20 s to stop
         demo.reader.join(5)
         assert "stopped; no process left" in demo.output()
         assert processes_with_tag(stack_id) == []
