@@ -14,8 +14,11 @@ BUDGET="${BUDGET_S:-450}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-"$PY" -c "import torch, numpy; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'numpy', numpy.__version__)"
+INFO=$("$PY" -c "import torch, numpy; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'numpy', numpy.__version__)")
+echo "$INFO"
 # the adaptive issue's batched random starts on CUDA (item 4), at most 45 s, before the training segment
-timeout 45 "$PY" bench/batch_starts.py --device cuda --size 64 --nb-run 8 --batches 1,8 --rounds 2 --no-doc \
-  > "$OUT/batch_starts_cuda.txt" 2>&1 || echo "batch_starts: did not finish (see $OUT/batch_starts_cuda.txt)"
+if [[ "$INFO" == *"cuda True"* ]]; then
+  timeout 45 "$PY" bench/batch_starts.py --device cuda --size 64 --nb-run 8 --batches 1,8 --rounds 2 --no-doc \
+    > "$OUT/batch_starts_cuda.txt" 2>&1 || echo "batch_starts: did not finish (see $OUT/batch_starts_cuda.txt)"
+fi
 exec "$PY" -m models.train_gpu --out "$OUT" --budget-s "$BUDGET" "$@"
