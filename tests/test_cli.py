@@ -271,7 +271,12 @@ def test_phase_ctrl_c_leaves_nothing(crystal, tmp_path):
         time.sleep(0.5)
     time.sleep(5)
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
+    try:
+        out, err = proc.communicate(timeout=60)
+    finally:  # a run that ignored the signal must not outlive the test (ER**1000000 runs for hours)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
     assert proc.returncode == 130, err
     lines = [ln for ln in err.splitlines() if ln.strip() and "using the mask" not in ln]
     assert lines == ["bcdi-recon: interrupted"], err
