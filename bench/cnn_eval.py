@@ -39,13 +39,14 @@ from pathlib import Path
 
 import numpy as np
 
+from physics.success import SUCCESS, is_success  # the one success criterion
+
 RESULTS = Path(__file__).parent / "results"
 SECTION = "CNN + ER against the standard recipe (simulated, held-out crystals)"
 REAL = Path(__file__).parents[2] / "shared" / "data" / "aps_34idc_crystal_64" / "ft_crop_64.tif"
 STANDARD = "HIO**400,RAAR**1000,ER**300"
 LOW_SEED0 = 500_000  # offset of the low-strain test seeds inside the test seed range
 BINS = (("< π", 0.0, math.pi), ("π–2π", math.pi, 2 * math.pi), ("2π–5π", 2 * math.pi, 5 * math.pi + 1e-3))
-SUCCESS = {"phase_rmse": 0.5, "iou": 0.7}
 PRE_RECIPE = "RAAR**200"  # (b+): cycles run from the CNN object before the ER refinement
 CNN_METHODS = ("cnn", "cnn_er", "cnn_raar_er")
 TIMING = "timing_same_load.txt"  # lines written by `timing`
@@ -288,7 +289,7 @@ def run(args) -> None:
 
 def _success(rec: dict) -> bool:
     """The issue's success criterion for one reconstruction: phase RMSE and support IoU both within bounds."""
-    return rec["phase_rmse"] <= SUCCESS["phase_rmse"] and rec["iou"] >= SUCCESS["iou"]
+    return is_success(rec)
 
 
 def _bin_rows(recs: list[dict]) -> list[tuple]:

@@ -289,7 +289,7 @@ def result_lines(rec: dict, client, sample: dict) -> list[str]:
     """What the demo says about the result: the quality gate's verdict and figures (from the job record), and the
     object in Tiled against the simulated truth (aligned: twin, shift, phase offset and ramp removed)."""
     from physics.errors import InputError
-    from physics.metrics import compare_to_truth
+    from physics.metrics import SUCCESS, compare_to_truth, is_success
 
     r = rec.get("result") or {}
     lines = [f"quality gate: {r.get('status')} (method {r.get('method')}, winner {r.get('winner')}, "
@@ -304,10 +304,9 @@ def result_lines(rec: dict, client, sample: dict) -> list[str]:
         if obj.shape == sample["object"].shape:
             m = compare_to_truth(obj, sample["object"], truth_support=sample["support"], recon_support=support,
                                  remove_ramp=True)
-            ok = m["phase_rmse"] <= 0.5 and m["iou"] >= 0.7
             lines.append(f"against the simulated truth: phase RMSE {m['phase_rmse']:.2f} rad, support IoU "
-                         f"{m['iou']:.2f} ({'a success' if ok else 'a failure'}: success is RMSE <= 0.5 rad and "
-                         f"IoU >= 0.7)")
+                         f"{m['iou']:.2f} ({'a success' if is_success(m) else 'a failure'}: success is RMSE <= "
+                         f"{SUCCESS['phase_rmse']} rad and IoU >= {SUCCESS['iou']})")
     except (KeyError, InputError) as exc:
         lines.append(f"(no comparison with the truth: {exc})")
     return lines
@@ -435,7 +434,7 @@ def run_offline(args) -> int:
 
     from models.predict import load_model
     from physics.errors import InputError
-    from physics.metrics import compare_to_truth
+    from physics.metrics import SUCCESS, compare_to_truth
     from physics.simulate import SimParams, simulate_sample
     from workers.io.cxi import write_cxi
     from workers.io.previews import intensity_preview, save_png, write_previews
@@ -477,7 +476,7 @@ def run_offline(args) -> int:
                          "wall_s": wall, "confidence": done.confidence}
     say(done.summary)
     say(f"against the simulated truth: phase RMSE {m['phase_rmse']:.2f} rad, support IoU {m['iou']:.2f} "
-        f"(success is RMSE <= 0.5 rad and IoU >= 0.7); LLK {res.llk.get('llk_poisson', float('nan')):.3g}, "
+        f"(success is RMSE <= {SUCCESS['phase_rmse']} rad and IoU >= {SUCCESS['iou']}); LLK {res.llk.get('llk_poisson', float('nan')):.3g}, "
         f"free LLK {res.llk.get('llk_poisson_free', float('nan')):.3g}; {wall:.1f} s -> {out / 'result.cxi'}")
     if done.confidence.get("status") != "ok":
         say(f"warning: the result is uncertain: {done.confidence.get('hint')}")

@@ -8,6 +8,7 @@ import numpy as np
 from physics.align import align, fourier_shift, twin
 from physics.errors import InputError
 from physics.phase import phase_ramp, ramp_plane, wrap_phase
+from physics.success import SUCCESS, is_success  # noqa: F401  (re-exported beside compare_to_truth)
 
 
 def support_iou(a: np.ndarray, b: np.ndarray) -> float:
