@@ -5,6 +5,10 @@ what only a gated method has: its ok / uncertain verdict, how many candidates ra
 
     python -m bench.adaptive_eval run --n-high 100 --n-low 30 [--shard K/N]     # compute (resumable)
     python -m bench.adaptive_eval report                                        # docs/benchmarks.md section
+
+Choosing the fallback's recipes is done on the gate's calibration crystals (bench/calibrate_gate.py's seeds,
+never the evaluation's): `run --crystals calibration --label NAME --seeded-recipe R` writes
+calib_adaptive_NAME_<model>.jsonl, and `calib-report` tables every label side by side.
 """
 from __future__ import annotations
 
@@ -17,33 +21,50 @@ import numpy as np
 from bench.cnn_eval import BINS, RESULTS, _append, _jsonl, _shard, _success, run_strategy, test_crystals
 
 SECTION = "Adaptive reconstruction on the held-out crystals"
+CALIB_SECTION = "Adaptive fallback: the recipe of the CNN-seeded run (calibration crystals)"
 
 
-def _file(out: Path, method: str, tag: str) -> Path:
+def _file(out: Path, method: str, tag: str, label: str | None = None) -> Path:
+    if label:  # a recipe variant on the calibration crystals: kept apart from the evaluation's files
+        return out / f"calib_{method.replace('-', '_')}_{label}_{tag}.jsonl"
     return out / f"eval_{method.replace('-', '_')}_{tag}.jsonl"
+
+
+def strategy_options(args):
+    """StrategyOptions from the command line (the defaults are the shipped strategy's)."""
+    from workers.strategy import StrategyOptions
+
+    extra = {k: v for k, v in (("seeded_recipe", args.seeded_recipe), ("fallback_recipe", args.fallback_recipe))
+             if v is not None}
+    return StrategyOptions(max_runs=args.max_runs, max_seconds=args.max_seconds, fallback_style=args.fallback_style,
+                           **extra)
 
 
 def run(args) -> None:
     import torch
 
     from models.predict import load_model
+    from bench.calibrate_gate import crystals as calibration_crystals
     from physics.simulate import simulate_sample
-    from workers.strategy import StrategyOptions
 
     torch.set_num_threads(args.threads)
     model = load_model(args.model)
     tag = f"{model.name}-{model.sha256[:8]}"
-    path = _file(Path(args.out), args.method, tag)
+    calib = args.crystals == "calibration"
+    if calib and not args.label:
+        raise SystemExit("--crystals calibration needs --label (the variant's name in the file and the table)")
+    path = _file(Path(args.out), args.method, tag, args.label if calib else None)
     done = _jsonl(path)
-    opts = StrategyOptions(max_runs=args.max_runs, max_seconds=args.max_seconds, fallback_style=args.fallback_style)
+    opts = strategy_options(args)
     k, n = args.shard
-    for seed, params in test_crystals(args.n_high, args.n_low)[k::n]:
+    pick = calibration_crystals if calib else test_crystals
+    for seed, params in pick(args.n_high, args.n_low)[k::n]:
         if seed in done:
             continue
         sample = simulate_sample(seed, params)
         rec = {"seed": seed, "phase_range": float(sample["phase_range"]), "shape": str(sample["shape_kind"]),
                "field": str(sample["field_kind"]), **run_strategy(sample, seed, model, args.method, opts),
-               "model": tag}
+               "model": tag, "seeded_recipe": opts.seeded_recipe, "fallback_recipe": opts.fallback_recipe}
         _append(path, rec)
         print(f"seed {seed} range {rec['phase_range']:.1f}: {rec['status']} winner {rec['winner']} "
               f"success {_success(rec)} {rec['wall_s']:.1f} s", flush=True)
@@ -100,6 +121,49 @@ def report(args) -> str:
     return "\n".join(lines)
 
 
+def calib_report(args) -> str:
+    """The recipe variants on the calibration crystals, side by side on the crystals every variant has."""
+    files = sorted(Path(args.out).glob("calib_adaptive_*.jsonl"))
+    runs = {f.stem.removeprefix("calib_adaptive_"): _jsonl(f) for f in files}
+    if not runs:
+        return "No calibration variants yet."
+    common = set.intersection(*(set(r) for r in runs.values()))
+    from bench.common import machine
+
+    lines = ["Command, per variant: `nice -n 10 .venv/bin/python -m bench.adaptive_eval run --crystals calibration "
+             "--label NAME --seeded-recipe RECIPE --n-high 40 --n-low 0`, then `.venv/bin/python -m "
+             f"bench.adaptive_eval calib-report`; machine: {machine()}, 1 torch thread, run one variant after the "
+             "other beside a training job at nice 19. The whole adaptive strategy runs on each crystal; only the "
+             "recipe of the fallback run started from the CNN's object (the first fallback run) changes. "
+             f"{len(common)} calibration crystals common to every variant (seeds of bench/calibrate_gate.py, never "
+             "the evaluation's).", "",
+             "| variant | seeded recipe | other runs' recipe | bin | n | success % | median s | mean s | median CPU s | "
+             "p90 s | fallback ran | CNN-seeded run passed | ok but wrong | uncertain but right |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for label, recs in runs.items():
+        for name, lo, hi in BINS:
+            sel = [recs[s] for s in sorted(common) if lo <= recs[s]["phase_range"] < hi]
+            if not sel:
+                continue
+            ok = [_success(r) for r in sel]
+            cpu = [r.get("cpu_s", float("nan")) for r in sel]
+            wall = [r["wall_s"] for r in sel]
+            seeded = [c for r in sel for c in r["candidates"] if c.get("seeding") == "cnn_object"]
+            lines.append(
+                f"| {label} | {sel[0].get('seeded_recipe')} | {sel[0].get('fallback_recipe')} | {name} | {len(sel)} | "
+                f"{100 * np.mean(ok):.0f} | {np.median(wall):.1f} | {np.mean(wall):.1f} | {np.median(cpu):.1f} | "
+                f"{np.percentile(wall, 90):.1f} | {sum(r['fallback_ran'] for r in sel)} | "
+                f"{sum(c['status'] == 'ok' for c in seeded)}/{len(seeded)} | "
+                f"{sum(r['status'] == 'ok' and not s for r, s in zip(sel, ok))} | "
+                f"{sum(r['status'] != 'ok' and s for r, s in zip(sel, ok))} |")
+    from workers.strategy import SEEDED_RECIPE
+
+    lines += ["", f"The strategy ships `seeded_recipe = {SEEDED_RECIPE}` (workers/strategy.py): the variant with the "
+              "most successes, the fewest silent failures and the lowest mean time; ties are broken by time. "
+              "Success is judged on the truth, the verdicts by the gate, as in the evaluation."]
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     from workers.strategy import METHODS
 
@@ -113,18 +177,31 @@ def main(argv=None) -> int:
     r.add_argument("--max-runs", type=int, default=6)
     r.add_argument("--max-seconds", type=float, default=600.0)
     r.add_argument("--fallback-style", default="cohere", choices=("pynx", "cohere"))
+    r.add_argument("--seeded-recipe", default=None, help="recipe of fallback runs seeded from the CNN's object "
+                                                          "(default: the strategy's)")
+    r.add_argument("--fallback-recipe", default=None, help="recipe of the other fallback runs (default: the "
+                                                            "strategy's)")
+    r.add_argument("--crystals", default="held-out", choices=("held-out", "calibration"),
+                   help="held-out: the evaluation's; calibration: bench/calibrate_gate.py's, for choosing recipes")
+    r.add_argument("--label", default=None, help="name of a calibration variant (its file and table row)")
     r.add_argument("--threads", type=int, default=1)
     r.add_argument("--shard", type=_shard, default=(0, 1), metavar="K/N")
     r.add_argument("--out", default=str(RESULTS))
     p = sub.add_parser("report")
     p.add_argument("--out", default=str(RESULTS))
     p.add_argument("--print", action="store_true")
+    c = sub.add_parser("calib-report", help="table the recipe variants run on the calibration crystals")
+    c.add_argument("--out", default=str(RESULTS))
+    c.add_argument("--print", action="store_true")
     args = ap.parse_args(argv)
     if args.cmd == "run":
         run(args)
         return 0
     from bench.common import print_or_write_section
 
+    if args.cmd == "calib-report":
+        print_or_write_section(CALIB_SECTION, calib_report(args), args.print)
+        return 0
     print_or_write_section(SECTION, report(args), args.print)
     return 0
 

@@ -222,16 +222,16 @@ def run_strategy(sample: dict, seed: int, model, method: str = "adaptive", opts=
     the other methods, plus its confidence record (verdict, winner, candidates, fallback, gate values)."""
     from workers.strategy import StrategyOptions, run_method
 
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     res = run_method(method, sample["intensity"], sample["mask"], model.predict_phase if model else None,
                      opts or StrategyOptions(), free_mask=free_mask_for(sample, seed))
-    wall = time.perf_counter() - t
+    wall, cpu = time.perf_counter() - t, time.process_time() - cpu
     c = res.confidence
     fe = res.result.frontend
     return {**_truth_metrics(res.result.obj, res.result.support, sample, fe),
             **({"frontend": fe.metadata()} if fe is not None else {}),
             "llk": res.result.llk.get("llk_poisson"), "llk_free": res.result.llk.get("llk_poisson_free"),
-            "r_factor": res.result.llk.get("r_factor"), "wall_s": wall, "method": method,
+            "r_factor": res.result.llk.get("r_factor"), "wall_s": wall, "cpu_s": cpu, "method": method,
             "status": c["status"], "winner": c["winner"], "nb_candidates": c["nb_candidates"],
             "fallback_ran": c["fallback_ran"], "budget_exhausted": c["budget_exhausted"], "gate": c["gate"],
             "candidates": [{k: v for k, v in x.items() if k != "reasons"} for x in res.candidates]}
@@ -517,7 +517,8 @@ def adaptive_target_lines(a_all: dict, c_all: dict, a_file: Path, c_file: Path) 
 
 def timing(args) -> str:
     """(b), (b+), adaptive and (c) back to back on the same crystals in one process, so that their wall times share the same
-    machine load (the full evaluation computes (c) once, at another time); prints and returns a markdown line."""
+    machine load (the full evaluation computes (c) once, at another time); prints and returns a markdown line, and
+    appends one JSON line per crystal to timing_same_run.jsonl (the pairs behind the medians)."""
     import torch
 
     from models.predict import load_model
@@ -525,18 +526,26 @@ def timing(args) -> str:
 
     torch.set_num_threads(args.threads)
     model = load_model(args.model)
-    crystals = test_crystals(100, 30)[args.shard[0]::args.shard[1]][:args.n]
+    pool = test_crystals(100, 0) if args.bin == "2pi-5pi" else test_crystals(100, 30)
+    crystals = pool[args.shard[0]::args.shard[1]][:args.n]
     t = {"b": [], "b+": [], "adaptive": [], "c": []}
     for seed, params in crystals:
         sample = simulate_sample(seed, params)
         t["b"].append(run_cnn(sample, seed, model, method_options("cnn_er"))["wall_s"])
         t["b+"].append(run_cnn(sample, seed, model, method_options("cnn_raar_er"))["wall_s"])
-        t["adaptive"].append(run_strategy(sample, seed, model)["wall_s"])
-        t["c"].append(run_standard(sample, seed, 20, 5, STANDARD)["wall_s"])
+        ad = run_strategy(sample, seed, model)
+        t["adaptive"].append(ad["wall_s"])
+        c = run_standard(sample, seed, 20, 5, STANDARD)
+        t["c"].append(c["wall_s"])
+        _append(RESULTS / "timing_same_run.jsonl",
+                {"seed": seed, "phase_range": float(sample["phase_range"]), "model": f"{model.name}-{model.sha256[:8]}",
+                 **{f"{k}_s": v[-1] for k, v in t.items()}, "adaptive_status": ad["status"],
+                 "adaptive_success": _success(ad), "c_success": _success(c), "when": time.strftime("%Y-%m-%d %H:%M")})
+        print(f"seed {seed}: adaptive {t['adaptive'][-1]:.1f} s, (c) {t['c'][-1]:.1f} s", flush=True)
     med = {k: float(np.median(v)) for k, v in t.items()}
-    line = (f"shard {args.shard[0]}/{args.shard[1]}, {len(crystals)} crystals, {args.threads} thread(s): median wall "
-            f"(b) {med['b']:.2f} s, (b+) {med['b+']:.2f} s, adaptive {med['adaptive']:.1f} s, (c) {med['c']:.1f} s; "
-            f"(c)/(b) = {med['c'] / med['b']:.0f}x, (c)/(b+) = {med['c'] / med['b+']:.0f}x, "
+    line = (f"shard {args.shard[0]}/{args.shard[1]}, {len(crystals)} crystals ({args.bin}), {args.threads} thread(s): "
+            f"median wall (b) {med['b']:.2f} s, (b+) {med['b+']:.2f} s, adaptive {med['adaptive']:.1f} s, (c) "
+            f"{med['c']:.1f} s; (c)/(b) = {med['c'] / med['b']:.0f}x, (c)/(b+) = {med['c'] / med['b+']:.0f}x, "
             f"(c)/adaptive = {med['c'] / med['adaptive']:.1f}x")
     print(line, flush=True)
     with open(RESULTS / TIMING, "a") as f:  # one line per shard; the report quotes them
@@ -580,6 +589,8 @@ def build_parser() -> argparse.ArgumentParser:
     tm.add_argument("--model", default=None)
     tm.add_argument("--threads", type=int, default=1)
     tm.add_argument("--shard", type=_shard, default=(0, 1), metavar="K/N")
+    tm.add_argument("--bin", default="all", choices=("all", "2pi-5pi"),
+                    help="all: the held-out order (both bins interleaved); 2pi-5pi: the high-strain crystals only")
     return ap
 
 

@@ -13,7 +13,8 @@ from physics.simulate import SimParams, simulate_sample
 from workers.pipeline import ReconOptions
 from workers.strategy import METHODS, StrategyOptions, run_method, summary_line
 
-FAST = dict(recon=ReconOptions(er_cycles=100), pre_recipe="RAAR**50", fallback_recipe="HIO**100,RAAR**200,ER**100")
+FAST = dict(recon=ReconOptions(er_cycles=100), pre_recipe="RAAR**50", fallback_recipe="HIO**100,RAAR**200,ER**100",
+            seeded_recipe="RAAR**150,ER**100")
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +68,10 @@ def test_adaptive_falls_back_when_the_cnn_fails(easy, one_torch_thread):
     assert res.candidates[-1]["status"] == "ok"
     assert all(x["status"] == "uncertain" for x in res.candidates[:-1])
     assert [x["seeding"] for x in res.candidates[1:]] == list(opts.seedings[:len(names) - 1])
+    # a run from the CNN's object uses the shorter seeded recipe, the others the full one
+    for x in res.candidates[1:]:
+        want = opts.seeded_recipe if x["seeding"] == "cnn_object" else opts.fallback_recipe
+        assert x["recipe"] == f"cohere-style {want}", x
 
 
 def test_budget_is_honoured_and_nothing_passing_is_uncertain(easy, one_torch_thread):
@@ -104,3 +109,5 @@ def test_run_method_dispatch(easy, one_torch_thread):
         run_method("adaptive", easy["intensity"], easy["mask"], None)
     with pytest.raises(InputError):
         StrategyOptions(max_runs=-1)
+    with pytest.raises(InputError, match="recipe"):
+        StrategyOptions(seeded_recipe="")

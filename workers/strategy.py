@@ -21,6 +21,10 @@ from workers.pipeline import ReconOptions, ReconResult, crop_for_cnn, reconstruc
 from contract.options import METHODS  # noqa: E402  (the one list: the options schema validates `method`)
 PRE_RECIPE = "RAAR**200"  # (b+): RAAR cycles from the CNN object before the ER refinement
 STANDARD_RECIPE = "HIO**400,RAAR**1000,ER**300"
+# a run from the CNN's object: chosen on the calibration crystals (bench.adaptive_eval calib-report) among
+# RAAR**400,ER**200 (0/22 rescued: RAAR stays in the CNN's basin), HIO**100,RAAR**300,ER**100, this, and the full
+# recipe: the same successes as the full recipe (38/40) at half its median time
+SEEDED_RECIPE = "HIO**200,RAAR**300,ER**100"
 SEEDINGS = ("cnn_object", "autocorrelation", "cnn_support", "autocorrelation")
 Progress = Callable[[str, float], None]
 
@@ -33,8 +37,9 @@ def _noop(stage: str, fraction: float) -> None:
 class StrategyOptions:
     """What a strategy may spend and how it judges. recon: the options (device, crop and front end, border_n, ...).
 
-    Fallback (adaptive): runs of `fallback_style` ("cohere" or "pynx", physics/phasing/single_run.py) with
-    `fallback_recipe`, seeded in turn as `seedings` says, at most `max_runs` runs and `max_seconds` in all (a run
+    Fallback (adaptive): runs of `fallback_style` ("cohere" or "pynx", physics/phasing/single_run.py), seeded in
+    turn as `seedings` says, with `seeded_recipe` when a run starts from the CNN's object (it starts near an
+    answer, so a shorter recipe rescues it) and `fallback_recipe` otherwise, at most `max_runs` runs and `max_seconds` in all (a run
     is not started when the time spent plus the last run's duration would pass max_seconds).
     Standard method: phase_runs with nb_run random starts, nb_keep kept for the modes.
     """
@@ -45,6 +50,7 @@ class StrategyOptions:
     # both of the gate's false positives there
     fallback_style: str = "cohere"
     fallback_recipe: str = STANDARD_RECIPE
+    seeded_recipe: str = SEEDED_RECIPE
     seedings: tuple = SEEDINGS
     max_runs: int = 6
     max_seconds: float = 600.0
@@ -66,6 +72,10 @@ class StrategyOptions:
         bad = [s for s in self.seedings if s not in ("cnn_object", "cnn_support", "autocorrelation")]
         if bad or not self.seedings:
             raise InputError(f"seedings must be cnn_object, cnn_support or autocorrelation, got {self.seedings}")
+        from physics.phasing.recipe import parse_recipe
+
+        for recipe in (self.fallback_recipe, self.seeded_recipe, self.standard_recipe):
+            parse_recipe(recipe)  # a bad recipe is an InputError here, not after the CNN stage
         if self.nb_run < 1 or self.nb_keep < 1:
             raise InputError(f"nb_run and nb_keep must be >= 1, got {self.nb_run} and {self.nb_keep}")
 
@@ -246,9 +256,10 @@ def adaptive(intensity, mask, predict, opts: StrategyOptions = StrategyOptions()
                 break
             kind = opts.seedings[nb_runs % len(opts.seedings)]
             start_obj, start_sup, twin_at = _seed(kind, ref)
+            recipe = opts.seeded_recipe if start_obj is not None else opts.fallback_recipe
             t = time.perf_counter()
             run = single_run(base.intensity_crop, base.mask_crop, style=opts.fallback_style,
-                             recipe=opts.fallback_recipe, free_mask=base.free_mask, start_obj=start_obj,
+                             recipe=recipe, free_mask=base.free_mask, start_obj=start_obj,
                              start_support=start_sup, seed=opts.recon.seed + 1000 + nb_runs,
                              device=opts.recon.device, twin_at=twin_at,
                              progress=lambda d, n, k=nb_runs: progress(f"fallback run {k + 1}", d / n),
@@ -260,7 +271,7 @@ def adaptive(intensity, mask, predict, opts: StrategyOptions = StrategyOptions()
                                llk=run["llk"], ac_size=ac)
             cands.append(Candidate(f"standard-run-{nb_runs}", run["obj"], run["support"], dict(run["llk"]), vals,
                                    last, {"style": opts.fallback_style, "seeding": kind,
-                                          "recipe": f"{opts.fallback_style}-style {opts.fallback_recipe}",
+                                          "recipe": f"{opts.fallback_style}-style {recipe}",
                                           "threshold": run["threshold"], "restarts": run["restarts"]},
                                    group="cnn" if kind == "cnn_object" else f"run-{nb_runs}"))
             if _judge(cands, thr, cache):
