@@ -68,9 +68,9 @@ def test_adaptive_falls_back_when_the_cnn_fails(easy, one_torch_thread):
     assert res.candidates[-1]["status"] == "ok"
     assert all(x["status"] == "uncertain" for x in res.candidates[:-1])
     assert [x["seeding"] for x in res.candidates[1:]] == list(opts.seedings[:len(names) - 1])
-    # a run from the CNN's object uses the shorter seeded recipe, the others the full one
+    # the first run from the CNN's object uses the shorter seeded recipe, the others the full one
     for x in res.candidates[1:]:
-        want = opts.seeded_recipe if x["seeding"] == "cnn_object" else opts.fallback_recipe
+        want = opts.seeded_recipe if x["name"] == "standard-run-1" else opts.fallback_recipe
         assert x["recipe"] == f"cohere-style {want}", x
 
 
@@ -83,6 +83,17 @@ def test_budget_is_honoured_and_nothing_passing_is_uncertain(easy, one_torch_thr
     assert c["nb_candidates"] == 2 and c["fallback_ran"]
     assert c["hint"] and "more runs" in c["hint"] and res.result.warnings[-1] == c["hint"]
     assert res.result.obj.shape == easy["intensity"].shape  # the best candidate is still returned
+
+    # the rotation comes back to the CNN's object at run 5: that start has no random seed, so it runs the full
+    # recipe instead of repeating run 1
+    res = run_method("adaptive", easy["intensity"], easy["mask"], random_phase,
+                     StrategyOptions(**FAST, max_runs=5, thresholds=never))
+    runs = res.candidates[1:]
+    assert [x["seeding"] for x in runs] == ["cnn_object", "autocorrelation", "cnn_support", "autocorrelation",
+                                            "cnn_object"]
+    assert runs[0]["recipe"] == f"cohere-style {FAST['seeded_recipe']}"
+    assert all(x["recipe"] == f"cohere-style {FAST['fallback_recipe']}" for x in runs[1:])
+    assert runs[4]["llk_free"] != runs[0]["llk_free"]  # not the same run again
 
     res = run_method("adaptive", easy["intensity"], easy["mask"], random_phase,
                      StrategyOptions(**FAST, max_runs=5, max_seconds=1e-3, thresholds=never))

@@ -38,8 +38,9 @@ class StrategyOptions:
     """What a strategy may spend and how it judges. recon: the options (device, crop and front end, border_n, ...).
 
     Fallback (adaptive): runs of `fallback_style` ("cohere" or "pynx", physics/phasing/single_run.py), seeded in
-    turn as `seedings` says, with `seeded_recipe` when a run starts from the CNN's object (it starts near an
-    answer, so a shorter recipe rescues it) and `fallback_recipe` otherwise, at most `max_runs` runs and `max_seconds` in all (a run
+    turn as `seedings` says, with `seeded_recipe` for the first run from the CNN's object (it starts near an
+    answer, so a shorter recipe rescues it) and `fallback_recipe` for every other run (a second start from the
+    same object, which has no random seed, would repeat the first run), at most `max_runs` runs and `max_seconds` in all (a run
     is not started when the time spent plus the last run's duration would pass max_seconds).
     Standard method: phase_runs with nb_run random starts, nb_keep kept for the modes.
     """
@@ -256,7 +257,10 @@ def adaptive(intensity, mask, predict, opts: StrategyOptions = StrategyOptions()
                 break
             kind = opts.seedings[nb_runs % len(opts.seedings)]
             start_obj, start_sup, twin_at = _seed(kind, ref)
-            recipe = opts.seeded_recipe if start_obj is not None else opts.fallback_recipe
+            # the CNN's object is a fixed start (no random seed): the first run from it is the short seeded recipe,
+            # a later one in the rotation the full recipe, so the same deterministic run never repeats
+            first_from_obj = start_obj is not None and kind not in opts.seedings[:nb_runs]
+            recipe = opts.seeded_recipe if first_from_obj else opts.fallback_recipe
             t = time.perf_counter()
             run = single_run(base.intensity_crop, base.mask_crop, style=opts.fallback_style,
                              recipe=recipe, free_mask=base.free_mask, start_obj=start_obj,
