@@ -160,7 +160,9 @@ def calib_report(args) -> str:
 
     lines += ["", f"The strategy ships `seeded_recipe = {SEEDED_RECIPE}` (workers/strategy.py): the variant with the "
               "most successes, the fewest silent failures and the lowest mean time; ties are broken by time. "
-              "Success is judged on the truth, the verdicts by the gate, as in the evaluation."]
+              "Success is judged on the truth, the verdicts by the gate, as in the evaluation. These variants ran "
+              "before the rule that the rotation's second start from the CNN's object (run 5) runs the full recipe: "
+              "here run 5 used the variant's recipe too (for the full-recipe variant, nothing changes)."]
     return "\n".join(lines)
 
 

@@ -511,6 +511,17 @@ def adaptive_target_lines(a_all: dict, c_all: dict, a_file: Path, c_file: Path) 
                    f"(1/{wc / wa:.1f}).")
         out.append(f"  - every failure marked uncertain: **{'met' if not silent else 'missed'}** "
                    f"({len(silent)} silent failure(s)).")
+    pairs = [r for r in _jsonl(RESULTS / "timing_same_run.jsonl").values()
+             if r.get("model") == a_file.stem.removeprefix("eval_adaptive_") and r["phase_range"] >= 2 * math.pi]
+    if pairs:
+        wa, wc = np.median([r["adaptive_s"] for r in pairs]), np.median([r["c_s"] for r in pairs])
+        per = np.median([r["c_s"] / r["adaptive_s"] for r in pairs])
+        out.append(f"- Same machine, same run (`bench.cnn_eval timing --bin 2pi-5pi`, adaptive and (c) back to back on "
+                   f"each crystal, {len(pairs)} crystals at 2π–5π): median wall adaptive {wa:.1f} s, (c) {wc:.1f} s, "
+                   f"(c)/adaptive = {wc / wa:.1f}x (median of the per-crystal ratios {per:.1f}x); success there: "
+                   f"adaptive {sum(r['adaptive_success'] for r in pairs)}/{len(pairs)}, "
+                   f"(c) {sum(r['c_success'] for r in pairs)}/{len(pairs)}. Median time ≤ 1/10 of (c)'s in the same "
+                   f"run: **{'met' if wc / wa >= 10 else 'missed'}** on these crystals.")
     out.append("")
     return out
 

@@ -44,7 +44,7 @@ def test_run_is_resumable_and_reports_targets_for_b_and_b_plus(results):
     assert all(r["phase_rmse"] < 0.2 and r["iou"] > 0.7 for r in oracle)  # a perfect CNN: (b) recovers the crystal
 
 
-def test_adaptive_target_lines_check_success_time_and_silent_failures(tmp_path):
+def test_adaptive_target_lines_check_success_time_and_silent_failures(tmp_path, monkeypatch):
     """The adaptive issue's targets from records: success against (c), the time ratio, and a failure marked ok
     (silent) counted and named by seed."""
     import math
@@ -65,6 +65,19 @@ def test_adaptive_target_lines_check_success_time_and_silent_failures(tmp_path):
     assert "fallback ran on 1/3; marked ok but wrong: 1 (seeds 3)" in text
     assert "every failure marked uncertain: **missed** (1 silent" in text
     assert "< π (1 crystals): adaptive succeeds on 100 %" in text and "1/20 of (c)'s: **met** (1/50.0)" in text
+    assert "Same machine, same run" not in text  # no timed pairs for this model
+
+    # pairs timed back to back in one run (bench.cnn_eval timing) are reported with their own verdict
+    pairs = tmp_path / "timing_same_run.jsonl"
+    pairs.write_text("\n".join(json.dumps({"seed": s, "phase_range": hi, "model": "x", "adaptive_s": a, "c_s": c,
+                                            "adaptive_success": True, "c_success": s != 3})
+                                for s, a, c in ((1, 4.0, 100.0), (2, 20.0, 120.0), (3, 8.0, 110.0))))
+    monkeypatch.setattr(cnn_eval, "RESULTS", tmp_path)
+    text = "\n".join(cnn_eval.adaptive_target_lines(adaptive, standard, tmp_path / "eval_adaptive_x.jsonl",
+                                                    tmp_path / "eval_standard_y.jsonl"))
+    assert ("3 crystals at 2π–5π): median wall adaptive 8.0 s, (c) 110.0 s, (c)/adaptive = 13.8x (median of the "
+            "per-crystal ratios 13.8x); success there: adaptive 3/3, (c) 2/3") in text
+    assert "1/10 of (c)'s in the same run: **met**" in text
 
 
 def test_size_128_runs_the_front_end_and_checks_against_64(results):

@@ -96,8 +96,13 @@ def test_demo_reconstructs_a_scan_heals_a_worker_and_ctrl_c_leaves_no_process(tm
                          timeout=10).json()["data"]["attributes"]["metadata"]
         assert meta["confidence"]["method"] == "adaptive" and meta["confidence"]["status"] == gate.group(1)
         assert meta["confidence"]["winner"] == gate.group(2) and meta["metrics"]["support_size"] > 0
-        # the recipe recorded is the winner's: (b+)'s RAAR + ER, or the fallback's standard recipe
-        expected = "HIO**400,RAAR**1000,ER**300" if gate.group(2).startswith("standard-run") else "RAAR**200,ER**400"
+        # the recipe recorded is the winner's: (b+)'s RAAR + ER, the short recipe of the first fallback run (from
+        # the CNN's object), or the full standard recipe of the later runs
+        from workers.strategy import SEEDED_RECIPE, STANDARD_RECIPE
+
+        win = gate.group(2)
+        expected = (SEEDED_RECIPE if win == "standard-run-1" else STANDARD_RECIPE if win.startswith("standard-run")
+                    else "RAAR**200,ER**400")
         assert expected in meta["recipe"], meta["recipe"]
         raw_path = raw_url.split("/ui/browse/")[1].split("?")[0]
         frames = httpx.get(f"{tiled}/api/v1/metadata/{raw_path}/measurement/mpx1x4", params={"api_key": key},
