@@ -255,6 +255,19 @@ def fit_object_to(obj: np.ndarray, shape: Sequence[int]) -> np.ndarray:
 CNN_SIZE = 64
 EDGE_MIN = 8  # a peak closer than this to an array edge cannot be centred in a useful crop
 OVERSAMPLING_BOX = 256  # the oversampling is measured on at most this many voxels per axis around the peak
+
+
+def oversampling_box(shape: Sequence[int], peak: Sequence[int], bound: int = OVERSAMPLING_BOX) -> tuple[slice, ...]:
+    """Where the oversampling is measured: the whole axis up to `bound` voxels, else `bound` voxels around the peak,
+    clipped to the array. The autocorrelation's extent does not depend on where the peak sits (a shift of the
+    pattern only changes its phase), so the box need not be centred on the peak: a centred box would cut the
+    pattern of a peak off the array's centre (a strained crystal's strongest voxel often is) and read the
+    truncation's ringing as an extent filling the box, i.e. as undersampled data."""
+    out = []
+    for n, c in zip(shape, peak):
+        start = 0 if n <= bound else int(np.clip(int(c) - bound // 2, 0, n - bound))
+        out.append(slice(start, start + min(n, bound)))
+    return tuple(out)
 INNER = 1.08  # binning is preferred when it lands in [lo x INNER, hi / INNER], else Fourier resampling to the centre
 RESAMPLING = "fourier"  # how a non-multiple of 64 is brought to 64 (see the module docstring)
 
@@ -542,10 +555,7 @@ def prepare(intensity: np.ndarray, mask: np.ndarray | None, training_range: Sequ
     as_is = options.crop_size is None and data.shape == (cnn_size,) * 3
     if not as_is:
         check_peak_inside(data.shape, peak)
-    # the oversampling is the same on any crop (it depends on the q-step only): measure it on a bounded box
-    box = crop_box(data.shape, peak, tuple(min(n, OVERSAMPLING_BOX) for n in data.shape), min_size=8) \
-        if not as_is else tuple(slice(0, n) for n in data.shape)
-    os_ = estimate_oversampling(data[box], mask[box])
+    os_ = estimate_oversampling(*(a[oversampling_box(data.shape, peak)] for a in (data, mask)))
     if as_is:
         warnings = []
         for axis, (o, u) in enumerate(zip(os_.ratio, os_.undersampled)):

@@ -162,3 +162,19 @@ def test_128_pattern_through_the_front_end_and_true_phase_recovers_the_crystal()
     truth, sup = truth_on_crop(s, fe.crop_offsets, fe.crop_shape)
     m = compare_to_truth(r.obj, truth, truth_support=sup)  # zero phase: a poor object, but on the right grid
     assert r.obj.shape == tuple(fe.crop_shape) and np.isfinite(m["phase_rmse"])
+
+
+def test_oversampling_is_measured_on_the_whole_axis_when_the_peak_is_off_centre():
+    """A strained crystal's strongest voxel may sit off the array's centre (here at frame 74 of 128); a box
+    centred on it cut the pattern and read 1.98 on that axis (refused as undersampled). The whole axis is used."""
+    from bench.cnn_eval import sample_for, test_crystals
+    from physics.preprocess import find_peak, oversampling_box
+
+    seed, params = next(c for c in test_crystals(24, 0) if c[0] == 2_000_019)
+    s = sample_for(seed, params, "128")
+    peak = find_peak(s["intensity"], s["mask"])
+    assert abs(peak[0] - 64) >= 8  # the case this test is about
+    assert oversampling_box((128, 128, 128), peak) == (slice(0, 128),) * 3
+    assert oversampling_box((600, 128), (590, 3), bound=256) == (slice(344, 600), slice(0, 128))
+    est = prepare(s["intensity"], s["mask"], RANGE).metadata()["oversampling"]
+    assert np.all(np.abs(np.array(est) / s["oversampling"] - 1) < 0.10), (est, s["oversampling"])
