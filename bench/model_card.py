@@ -198,7 +198,10 @@ def main(argv=None) -> int:
         "trained on about 95,000 simulated patterns for 60 epochs at batch 16, i.e. about 5.7 million sample-steps "
         f"on GPUs. This model has {n_params:,} parameters ({100 * n_params / 143_759_937:.1f} % of it) and has seen "
         f"{samples:,} samples ({100 * samples / 5.7e6:.2f} % of the reference's sample-steps), because it was trained "
-        "on the 2-core CPU (about 0.3 s per sample). " + trend + "The first lever is more steps with the same code: "
+        "on the 2-core CPU (about 0.3 s per sample). " + trend + (
+            "More steps with the same code and learning rate no longer pay by the issue's flattening rule (above), "
+            "though resuming stays one command: " if "has flattened" in coh_line else
+            "The first lever is more steps with the same code: ") +
         "`bcdi-recon train --out runs/unet_w0125 --steps N` resumes from models/weights/train_state. "
         "The second is width: w = 0.25 (9.0 M parameters) costs about 2.3x more per step on this CPU, and "
         "w = 1 is practical only on a GPU (`--device cuda`, bf16, torchrun/DDP are implemented but were not run on "
