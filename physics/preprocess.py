@@ -255,6 +255,8 @@ def fit_object_to(obj: np.ndarray, shape: Sequence[int]) -> np.ndarray:
 CNN_SIZE = 64
 EDGE_MIN = 8  # a peak closer than this to an array edge cannot be centred in a useful crop
 OVERSAMPLING_BOX = 256  # the oversampling is measured on at most this many voxels per axis around the peak
+INNER = 1.08  # binning is preferred when it lands in [lo x INNER, hi / INNER], else Fourier resampling to the centre
+RESAMPLING = "fourier"  # how a non-multiple of 64 is brought to 64 (see the module docstring)
 
 
 def oversampling_box(shape: Sequence[int], peak: Sequence[int], bound: int = OVERSAMPLING_BOX) -> tuple[slice, ...]:
@@ -268,8 +270,6 @@ def oversampling_box(shape: Sequence[int], peak: Sequence[int], bound: int = OVE
         start = 0 if n <= bound else int(np.clip(int(c) - bound // 2, 0, n - bound))
         out.append(slice(start, start + min(n, bound)))
     return tuple(out)
-INNER = 1.08  # binning is preferred when it lands in [lo x INNER, hi / INNER], else Fourier resampling to the centre
-RESAMPLING = "fourier"  # how a non-multiple of 64 is brought to 64 (see the module docstring)
 
 
 def fourier_resample(array: np.ndarray, shape: Sequence[int]) -> np.ndarray:

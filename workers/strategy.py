@@ -40,8 +40,8 @@ class StrategyOptions:
     Fallback (adaptive): runs of `fallback_style` ("cohere" or "pynx", physics/phasing/single_run.py), seeded in
     turn as `seedings` says, with `seeded_recipe` for the first run from the CNN's object (it starts near an
     answer, so a shorter recipe rescues it) and `fallback_recipe` for every other run (a second start from the
-    same object, which has no random seed, would repeat the first run), at most `max_runs` runs and `max_seconds` in all (a run
-    is not started when the time spent plus the last run's duration would pass max_seconds).
+    same object, which has no random seed, would repeat the first run); at most `max_runs` runs and `max_seconds`
+    in all (a run is not started when the time spent plus the last run's duration would pass max_seconds).
     Standard method: phase_runs with nb_run random starts, nb_keep kept for the modes.
     """
 
