@@ -18,15 +18,17 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.cnn_eval import BINS, RESULTS, _append, _jsonl, _shard, _success, run_strategy, test_crystals
+from bench.cnn_eval import BINS, FRESH_FIRST, RESULTS, _append, _jsonl, _shard, _success, run_strategy, test_crystals
 
 SECTION = "Adaptive reconstruction on the held-out crystals"
 CALIB_SECTION = "Adaptive fallback: the recipe of the CNN-seeded run (calibration crystals)"
 
 
-def _file(out: Path, method: str, tag: str, label: str | None = None) -> Path:
+def _file(out: Path, method: str, tag: str, label: str | None = None, crystals: str = "held-out") -> Path:
     if label:  # a recipe variant on the calibration crystals: kept apart from the evaluation's files
         return out / f"calib_{method.replace('-', '_')}_{label}_{tag}.jsonl"
+    if crystals == "fresh":  # the second held-out set: not an eval_ file, so bench.cnn_eval's tables keep one set
+        return out / f"fresh_{method.replace('-', '_')}_{tag}.jsonl"
     return out / f"eval_{method.replace('-', '_')}_{tag}.jsonl"
 
 
@@ -53,12 +55,15 @@ def run(args) -> None:
     calib = args.crystals == "calibration"
     if calib and not args.label:
         raise SystemExit("--crystals calibration needs --label (the variant's name in the file and the table)")
-    path = _file(Path(args.out), args.method, tag, args.label if calib else None)
+    path = _file(Path(args.out), args.method, tag, args.label if calib else None, args.crystals)
     done = _jsonl(path)
     opts = strategy_options(args)
     k, n = args.shard
-    pick = calibration_crystals if calib else test_crystals
-    for seed, params in pick(args.n_high, args.n_low)[k::n]:
+    if calib:
+        chosen = calibration_crystals(args.n_high, args.n_low)
+    else:
+        chosen = test_crystals(args.n_high, args.n_low, FRESH_FIRST if args.crystals == "fresh" else 0)
+    for seed, params in chosen[k::n]:
         if seed in done:
             continue
         sample = simulate_sample(seed, params)
@@ -118,6 +123,10 @@ def report(args) -> str:
         return "\n".join(lines + ["No results yet."])
     for f in files:
         lines += report_lines(list(_jsonl(f).values()), f.stem.removeprefix("eval_"))
+    for f in sorted(Path(args.out).glob("fresh_adaptive_*.jsonl")):
+        lines += report_lines(list(_jsonl(f).values()), "second held-out set (seeds 2,000,200+ and 2,500,200+, "
+                              "first run after the last change to the strategy and the gate), "
+                              + f.stem.removeprefix("fresh_"))
     return "\n".join(lines)
 
 
@@ -183,8 +192,9 @@ def main(argv=None) -> int:
                                                           "(default: the strategy's)")
     r.add_argument("--fallback-recipe", default=None, help="recipe of the other fallback runs (default: the "
                                                             "strategy's)")
-    r.add_argument("--crystals", default="held-out", choices=("held-out", "calibration"),
-                   help="held-out: the evaluation's; calibration: bench/calibrate_gate.py's, for choosing recipes")
+    r.add_argument("--crystals", default="held-out", choices=("held-out", "fresh", "calibration"),
+                   help="held-out: the evaluation's; fresh: the second held-out set (seeds 2,000,200+), for a "
+                        "final check; calibration: bench/calibrate_gate.py's, for choosing recipes")
     r.add_argument("--label", default=None, help="name of a calibration variant (its file and table row)")
     r.add_argument("--threads", type=int, default=1)
     r.add_argument("--shard", type=_shard, default=(0, 1), metavar="K/N")

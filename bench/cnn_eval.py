@@ -46,6 +46,8 @@ SECTION = "CNN + ER against the standard recipe (simulated, held-out crystals)"
 REAL = Path(__file__).parents[2] / "shared" / "data" / "aps_34idc_crystal_64" / "ft_crop_64.tif"
 STANDARD = "HIO**400,RAAR**1000,ER**300"
 LOW_SEED0 = 500_000  # offset of the low-strain test seeds inside the test seed range
+FRESH_FIRST = 200  # the second held-out set starts at this index (seeds 2,000,200+ and 2,500,200+; the first set's
+# 100 + 30 crystals and the tests' seeds 2,000,100-2,000,105 lie below it)
 BINS = (("< π", 0.0, math.pi), ("π–2π", math.pi, 2 * math.pi), ("2π–5π", 2 * math.pi, 5 * math.pi + 1e-3))
 PRE_RECIPE = "RAAR**200"  # (b+): cycles run from the CNN object before the ER refinement
 CNN_METHODS = ("cnn", "cnn_er", "cnn_raar_er")
@@ -102,13 +104,14 @@ class TruePhase:
         return self.phase
 
 
-def test_crystals(n_high: int, n_low: int):
-    """(seed, SimParams) of the held-out set: n_high with the training range 2π-5π, n_low under π."""
+def test_crystals(n_high: int, n_low: int, first: int = 0):
+    """(seed, SimParams) of the held-out set: n_high with the training range 2π-5π, n_low under π; first: the
+    index of the first seed (FRESH_FIRST: the second held-out set, kept unseen until a change is final)."""
     from models.data import TEST_SEED0
     from physics.simulate import SimParams
 
-    high = [(TEST_SEED0 + i, SimParams()) for i in range(n_high)]
-    low = [(TEST_SEED0 + LOW_SEED0 + i, SimParams(phase_range=(0.2, math.pi))) for i in range(n_low)]
+    high = [(TEST_SEED0 + first + i, SimParams()) for i in range(n_high)]
+    low = [(TEST_SEED0 + LOW_SEED0 + first + i, SimParams(phase_range=(0.2, math.pi))) for i in range(n_low)]
     # interleaved (about n_high/n_low high-strain crystals per low-strain one), so partial runs cover both sets
     out, step = [], max(1, round(n_high / max(n_low, 1)))
     while high or low:

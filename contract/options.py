@@ -47,6 +47,10 @@ class ReconOptions:
         None, "(z, y, x) crop box around the Bragg peak (one size for all axes, or three); "
               "default (null/absent): chosen from the measured oversampling (a 64³ input is used as it is)",
         ge=CROP_MIN, le=CROP_MAX, metavar="N|Z,Y,X")
+    cnn_oversampling: float | None = _opt(
+        None, "the oversampling the CNN's 64³ grid is aimed at (inside the model's training range); default "
+              "(null/absent): the front end's target, chosen by measurement (physics.preprocess.CNN_TARGET)",
+        gt=2.0, le=16.0, metavar="X")
     refine_binned: bool = _opt(False, "refine on the binned 64³ grid instead of the crop at full resolution "
                                       "(needs integer binning on every axis)")
     photon_scale: float | None = _opt(None, "photons per intensity unit; default (null/absent): 1 for "
@@ -203,6 +207,6 @@ def _check_field(f: dataclasses.Field, value) -> None:
 
 
 # The front end's fields (physics.preprocess.FrontEndOptions.from_options reads them; `info` takes their flags).
-FRONTEND_FIELDS = ("crop_size", "refine_binned", "photon_scale", "background", "photon_threshold", "negative")
+FRONTEND_FIELDS = ("crop_size", "cnn_oversampling", "refine_binned", "photon_scale", "background", "photon_threshold", "negative")
 
 DEFAULTS = ReconOptions()

@@ -178,3 +178,32 @@ def test_oversampling_is_measured_on_the_whole_axis_when_the_peak_is_off_centre(
     assert oversampling_box((600, 128), (590, 3), bound=256) == (slice(344, 600), slice(0, 128))
     est = prepare(s["intensity"], s["mask"], RANGE).metadata()["oversampling"]
     assert np.all(np.abs(np.array(est) / s["oversampling"] - 1) < 0.10), (est, s["oversampling"])
+
+
+def test_the_cnn_grid_is_aimed_at_the_target_oversampling_and_binned_only_near_it():
+    from physics.oversampling import Oversampling
+    from physics.preprocess import cnn_target
+
+    def os_(*r):
+        return Oversampling(tuple(r), (0, 0, 0), (False,) * 3, (0.0,) * 3)
+
+    assert cnn_target(RANGE) == pytest.approx(np.sqrt(2.2 * 4.0))  # default: the range's geometric centre
+    assert cnn_target(RANGE, 3.4) == 3.4
+    with pytest.raises(InputError, match="cnn oversampling 4.5 is outside the model's training range 2.2-4"):
+        cnn_target(RANGE, 4.5)
+    shape, peak = (256, 256, 256), (128, 128, 128)
+    centre = plan_crop(shape, peak, os_(6.0, 5.0, 4.4), RANGE)
+    high = plan_crop(shape, peak, os_(6.0, 5.0, 4.4), RANGE, target=3.6)
+    for a in range(3):  # a higher target: a smaller crop, a higher oversampling on the CNN grid, near the target
+        assert high["crop"][a] < centre["crop"][a]
+        assert high["oversampling_cnn"][a] == pytest.approx(3.6, rel=0.06)
+        assert centre["oversampling_cnn"][a] == pytest.approx(np.sqrt(2.2 * 4.0), rel=0.06)
+    # 6.0 binned x2 gives 3.0, as near the centre as any crop: binned; for target 3.6, 3.0 is 17 % short: resampled
+    assert centre["crop"][0] == 128 and centre["binning"][0] == 2 and not centre["resampled"][0]
+    assert high["crop"][0] != 128 and high["resampled"][0]
+    # 5.0 binned x2 gives 2.5, 17 % below the centre, where a Fourier-resampled crop lands within 1 %: resampled
+    assert centre["resampled"][1] and centre["crop"][1] != 128
+    s = detector_sample(2_000_101, (128, 128, 128), (3.0, 6.0))  # the option reaches the planner through prepare
+    aimed = prepare(s["intensity"], s["mask"], RANGE, FrontEndOptions(cnn_oversampling=3.6)).frontend
+    plain = prepare(s["intensity"], s["mask"], RANGE).frontend
+    assert np.mean(aimed.oversampling_cnn) > np.mean(plain.oversampling_cnn) + 0.3

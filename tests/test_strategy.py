@@ -122,3 +122,14 @@ def test_run_method_dispatch(easy, one_torch_thread):
         StrategyOptions(max_runs=-1)
     with pytest.raises(InputError, match="recipe"):
         StrategyOptions(seeded_recipe="")
+
+
+def test_fallback_plan_rotates_the_seedings_and_never_repeats_the_cnn_object_run():
+    from workers.strategy import SEEDED_RECIPE, STANDARD_RECIPE, fallback_plan
+
+    opts = StrategyOptions()
+    plan = [fallback_plan(k, opts) for k in range(6)]
+    assert [k for k, _ in plan] == [opts.seedings[k % len(opts.seedings)] for k in range(6)]
+    assert plan[0] == ("cnn_object", SEEDED_RECIPE)  # the first run from the CNN's object: the short recipe
+    assert plan[4] == ("cnn_object", STANDARD_RECIPE)  # the rotation's second one: the full recipe
+    assert all(r == STANDARD_RECIPE for k, r in plan[1:4])

@@ -208,24 +208,45 @@ def _judge(cands: list[Candidate], thr: GateThresholds, cache: dict) -> bool:
     return any(c.status == "ok" for c in cands)
 
 
-def _seed(kind: str, ref: Candidate | None):
+def fallback_start(kind: str, ref_obj=None, ref_support=None):
     """(start_obj, start_support, twin_at) of a fallback run: the CNN's object or support, or the autocorrelation."""
     from scipy.ndimage import binary_dilation
 
-    if kind == "autocorrelation" or ref is None:
+    if kind == "autocorrelation" or ref_obj is None:
         return None, None, 2
-    sup = binary_dilation(ref.support, iterations=1 if kind == "cnn_object" else 2)
+    sup = binary_dilation(ref_support, iterations=1 if kind == "cnn_object" else 2)
     if kind == "cnn_object":
-        return ref.obj, sup, None  # the CNN start has already chosen between the object and its twin
+        return ref_obj, sup, None  # the CNN start has already chosen between the object and its twin
     return None, sup, 2
+
+
+def fallback_plan(k: int, opts: StrategyOptions) -> tuple[str, str]:
+    """(seeding, recipe) of fallback run number k (0-based): the seedings in turn; the CNN's object is a fixed start
+    (no random seed), so the first run from it is the short seeded recipe and a later one the full recipe (the same
+    deterministic run never repeats)."""
+    kind = opts.seedings[k % len(opts.seedings)]
+    first_from_obj = kind == "cnn_object" and kind not in opts.seedings[:k]
+    return kind, (opts.seeded_recipe if first_from_obj else opts.fallback_recipe)
+
+
+def fallback_run(intensity, mask, free_mask, kind: str, recipe: str, k: int, opts: StrategyOptions,
+                 ref_obj=None, ref_support=None, progress: Progress = _noop, should_cancel=None) -> dict:
+    """Fallback run number k (0-based) of the adaptive strategy, seeded as ``kind`` says from the reference CNN
+    candidate (its object and support): physics.phasing.single_run's dict. One definition for the strategy and
+    the gate's calibration (bench/calibrate_gate.py), so both judge the same runs."""
+    from physics.phasing.single_run import single_run
+
+    start_obj, start_sup, twin_at = fallback_start(kind, ref_obj, ref_support)
+    return single_run(intensity, mask, style=opts.fallback_style, recipe=recipe, free_mask=free_mask,
+                      start_obj=start_obj, start_support=start_sup, seed=opts.recon.seed + 1000 + k,
+                      device=opts.recon.device, twin_at=twin_at,
+                      progress=lambda d, n: progress(f"fallback run {k + 1}", d / n), should_cancel=should_cancel)
 
 
 def adaptive(intensity, mask, predict, opts: StrategyOptions = StrategyOptions(), progress: Progress = _noop,
              should_cancel=None, free_mask=None) -> StrategyResult:
     """CNN candidates first; stop at the first that passes the gate; else standard runs one at a time, within
     the budget, stopping at the first that passes. Returns the best by free LLK (modes over those that passed)."""
-    from physics.phasing.single_run import single_run
-
     t0 = time.perf_counter()
     thr = opts.thresholds
     cands: list[Candidate] = []
@@ -255,19 +276,10 @@ def adaptive(intensity, mask, predict, opts: StrategyOptions = StrategyOptions()
             if time.perf_counter() - t0 + last > opts.max_seconds:
                 budget = "seconds"
                 break
-            kind = opts.seedings[nb_runs % len(opts.seedings)]
-            start_obj, start_sup, twin_at = _seed(kind, ref)
-            # the CNN's object is a fixed start (no random seed): the first run from it is the short seeded recipe,
-            # a later one in the rotation the full recipe, so the same deterministic run never repeats
-            first_from_obj = start_obj is not None and kind not in opts.seedings[:nb_runs]
-            recipe = opts.seeded_recipe if first_from_obj else opts.fallback_recipe
+            kind, recipe = fallback_plan(nb_runs, opts)
             t = time.perf_counter()
-            run = single_run(base.intensity_crop, base.mask_crop, style=opts.fallback_style,
-                             recipe=recipe, free_mask=base.free_mask, start_obj=start_obj,
-                             start_support=start_sup, seed=opts.recon.seed + 1000 + nb_runs,
-                             device=opts.recon.device, twin_at=twin_at,
-                             progress=lambda d, n, k=nb_runs: progress(f"fallback run {k + 1}", d / n),
-                             should_cancel=should_cancel)
+            run = fallback_run(base.intensity_crop, base.mask_crop, base.free_mask, kind, recipe, nb_runs, opts,
+                               ref.obj, ref.support, progress, should_cancel)
             last = time.perf_counter() - t
             nb_runs += 1
             timings[f"fallback_{nb_runs}"] = last
