@@ -6,7 +6,8 @@ pixels) written as a BLISS file and read back through workers.io.id01.load_scan.
 same front end (workers.pipeline.crop_for_cnn: the crop is chosen from the measured oversampling) and is scored on
 that crop with the same free voxels: LLK, free LLK, R-factor, support size, obj2_out, wall time; on the synthetic
 scan also against the truth (support volume ratio, phase RMSE; physics.detector_sim.truth_on_crop). One JSON line
-per (source, method, runs) in bench/results/real_data.jsonl: a rerun only computes the missing rows.
+per (source, method, runs) in bench/results/real_data.jsonl: a rerun only computes the missing rows and those
+whose front-end decisions (crop, CNN grid, photon scale) differ from what the front end decides now.
 
     .venv/bin/python bench/real_data.py [--sources aps64 id01_sim] [--nb-run aps64=20 id01_sim=4]
 The zero-filled (masked) patch of the APS file is the largest connected block of zero counts; it is masked.
@@ -236,11 +237,12 @@ def run_source(src: Source, model, nb_run: int, nb_keep: int, methods, pynx_run:
 
     done = _done()
     key_runs = lambda m: run_key(m, nb_run, pynx_run)  # noqa: E731
-    todo = [m for m in methods if (src.name, m, key_runs(m)) not in done]
-    if not todo:
-        return
     data = src.load()
     i_crop, m_crop, offsets, fe = crop_for_cnn(data["intensity"], data["mask"], predict=model.predict_phase)
+    # a cached row counts only if the front end still makes the same decisions (crop, binning, scale) on the source
+    todo = [m for m in methods if done.get((src.name, m, key_runs(m)), {}).get("frontend") != fe.summary()]
+    if not todo:
+        return
     free = free_pixel_mask(i_crop.shape, mask=m_crop, seed=0)  # the same free voxels for every method
     truth = data["truth"](fe) if data["truth"] else None
     PREVIEWS.mkdir(parents=True, exist_ok=True)

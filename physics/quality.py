@@ -27,18 +27,21 @@ from physics.errors import InputError
 
 @dataclass
 class GateThresholds:
-    """Limits of an 'ok' reconstruction. Defaults chosen by bench/calibrate_gate.py on 30 simulated crystals
-    (docs/benchmarks.md, 'Quality gate calibration'): the single-candidate checks reached precision 96.5 % at
-    recall 91.7 % over 98 candidates (in-sample), and no crystal of the adaptive replay was marked ok when wrong.
-    Free LLK separated little there (some successes above 100 on bright, strongly strained crystals); mean_to_max,
-    obj2_out and the support ratio did most of the work. `require_agreement` (a second candidate that agrees after
-    alignment; between independent starts: precision 100 %, recall 88 %) costs at least one more run: available,
+    """Limits of an 'ok' reconstruction. Defaults chosen by bench/calibrate_gate.py on 53 simulated crystals (seeds
+    outside the evaluation's; 277 candidates, the adaptive strategy's own fallback runs among them), by a rule
+    fixed before it was applied: single-candidate checks, at the highest precision floor (100, 99, 98 ... 95 %)
+    whose best setting keeps recall >= 90 %: the 98 % floor, in sample precision 98.3 %, recall 90.0 %
+    (docs/benchmarks.md, 'Quality gate calibration'). obj2_out and mean_to_max do most of the work; free LLK
+    separates little (some right results of bright, strongly strained crystals sit above 100), so its limit only
+    rejects gross failures (200; the grid's 202 rounded, same verdicts). A 100 % floor exists (free LLK <= 20,
+    mean_to_max <= 0.50) at recall 81 %: not shipped, it would mark one right result in five uncertain.
+    `require_agreement` (a second candidate that agrees after alignment) costs at least one more run: available,
     not the default."""
 
-    max_llk_free: float = 50.0  # free Poisson LLK (~1 for a statistically ideal fit)
-    max_obj2_out: float = 0.05  # fraction of |obj|^2 outside the support after a magnitude projection (PyNX 0.10)
-    min_support_ratio: float = 0.08  # support size / autocorrelation support size (1e-3 of max; ~1/8 expected)
-    max_support_ratio: float = 0.20
+    max_llk_free: float = 200.0  # free Poisson LLK (~1 for a statistically ideal fit)
+    max_obj2_out: float = 0.02  # fraction of |obj|^2 outside the support after a magnitude projection (PyNX 0.10)
+    min_support_ratio: float = 0.05  # support size / autocorrelation support size (1e-3 of max; ~1/8 expected)
+    max_support_ratio: float = 0.25
     max_mean_to_max: float = 0.55  # 1 - mean/max of |obj| in the support: failed runs have patchy amplitudes
     max_mismatch: float = 0.15  # 1 - normalised correlation with the best agreeing candidate, after alignment
     require_agreement: bool = False

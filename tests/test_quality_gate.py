@@ -42,7 +42,7 @@ def test_gate_passes_the_true_crystal_and_rejects_a_random_object(crystal, one_t
 
     obj, sup = _random_candidate(crystal)
     bad = gate_values(obj, sup, crystal["intensity"], crystal["mask"], free)
-    assert bad["llk_free"] > 10 * thr.max_llk_free
+    assert bad["llk_free"] > 2 * thr.max_llk_free  # far outside the limit, not on its edge
     status, why = judge(bad, thr, agreement(crystal["object"], obj))
     assert status == "uncertain" and any("free LLK" in w for w in why)
     assert agreement(crystal["object"], obj) > 0.5
