@@ -322,7 +322,7 @@ def report(args) -> str:
     nb = {name: sum(lo <= r["phase_range"] < hi for r in recs) for name, lo, hi in BINS}
     lines = [f"Commands: `nice -n 10 .venv/bin/python -m bench.calibrate_gate run --n-high {args.n_high} "
              f"--n-low {args.n_low}` (resumable), then `.venv/bin/python -m bench.calibrate_gate report`; "
-             f"machine: {machine()}, 1 torch thread, shared with a training job and other work.", "",
+             f"machine: {machine()}, 1 torch thread, shared with other benchmarks and tests.", "",
              f"Crystals: {len(recs)} simulated 64³ crystals ("
              + ", ".join(f"{n} at {b}" for b, n in nb.items() if n) + "), seeds 5,000,000+ (2π–5π) and 5,500,000+ "
              "(under π), outside the evaluation's 2,000,000+; model " + recs[0]["model"] + ". Candidates per crystal: "
