@@ -48,8 +48,9 @@ class ReconOptions:
               "default (null/absent): chosen from the measured oversampling (a 64³ input is used as it is)",
         ge=CROP_MIN, le=CROP_MAX, metavar="N|Z,Y,X")
     cnn_oversampling: float | None = _opt(
-        None, "the oversampling the CNN's 64³ grid is aimed at (inside the model's training range); default "
-              "(null/absent): the front end's target, chosen by measurement (physics.preprocess.CNN_TARGET)",
+        None, "the oversampling the front end aims the CNN's 64³ grid at, for inputs larger than 64³ (inside the "
+              "model's training range); default (null/absent): the range's geometric centre "
+              "(physics.preprocess.CNN_TARGET_POSITION, chosen by measurement: bench/cnn_input.py)",
         gt=2.0, le=16.0, metavar="X")
     refine_binned: bool = _opt(False, "refine on the binned 64³ grid instead of the crop at full resolution "
                                       "(needs integer binning on every axis)")
@@ -207,6 +208,7 @@ def _check_field(f: dataclasses.Field, value) -> None:
 
 
 # The front end's fields (physics.preprocess.FrontEndOptions.from_options reads them; `info` takes their flags).
-FRONTEND_FIELDS = ("crop_size", "cnn_oversampling", "refine_binned", "photon_scale", "background", "photon_threshold", "negative")
+FRONTEND_FIELDS = ("crop_size", "cnn_oversampling", "refine_binned", "photon_scale", "background", "photon_threshold",
+                   "negative")
 
 DEFAULTS = ReconOptions()
