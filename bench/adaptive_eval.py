@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.cnn_eval import BINS, FRESH_FIRST, RESULTS, _append, _jsonl, _shard, _success, run_strategy, test_crystals
+from bench.common import model_tag
 
 SECTION = "Adaptive reconstruction on the held-out crystals"
 CALIB_SECTION = "Adaptive fallback: the recipe of the CNN-seeded run (calibration crystals)"
@@ -51,7 +52,7 @@ def run(args) -> None:
 
     torch.set_num_threads(args.threads)
     model = load_model(args.model)
-    tag = f"{model.name}-{model.sha256[:8]}"
+    tag = model_tag(model)
     calib = args.crystals == "calibration"
     if calib and not args.label:
         raise SystemExit("--crystals calibration needs --label (the variant's name in the file and the table)")

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.cnn_eval import BINS, PRE_RECIPE, _append, _jsonl, _success, _truth_metrics, free_mask_for
+from bench.common import model_tag
 from physics.quality import GateThresholds
 
 RESULTS = Path(__file__).parent / "results"
@@ -99,7 +100,7 @@ def run(args) -> None:
     out = Path(args.out) / FILE
     done = _jsonl(out)
     model = load_model(args.model)
-    tag = f"{model.name}-{model.sha256[:8]}"
+    tag = model_tag(model)
     for seed, params in crystals(args.n_high, args.n_low):
         old = done.get(seed)
         todo = [n for n in args.candidates if old is None or n not in old["candidates"]]

@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.common import model_tag
 from physics.success import SUCCESS, is_success  # the one success criterion
 
 RESULTS = Path(__file__).parent / "results"
@@ -256,7 +257,7 @@ def run(args) -> None:
         methods.remove("oracle_er")
     torch.set_num_threads(args.threads)
     model = load_model(args.model) if {*CNN_METHODS, "adaptive"} & set(methods) else None
-    tag = f"{model.name}-{model.sha256[:8]}" if model else ""
+    tag = model_tag(model) if model else ""
     std_tag = f"standard-{args.nb_run}x{args.nb_keep}-{STANDARD if args.recipe is None else args.recipe}"
     sfx = "" if size == "64" else f"_{size}"
     files = {"cnn": f"eval_cnn_{tag}", "cnn_er": f"eval_cnn_er_{tag}", "cnn_raar_er": f"eval_cnn_raar_er_{tag}",
@@ -552,7 +553,7 @@ def timing(args) -> str:
         c = run_standard(sample, seed, 20, 5, STANDARD)
         t["c"].append(c["wall_s"])
         _append(RESULTS / "timing_same_run.jsonl",
-                {"seed": seed, "phase_range": float(sample["phase_range"]), "model": f"{model.name}-{model.sha256[:8]}",
+                {"seed": seed, "phase_range": float(sample["phase_range"]), "model": model_tag(model),
                  **{f"{k}_s": v[-1] for k, v in t.items()}, "adaptive_status": ad["status"],
                  "adaptive_success": _success(ad), "c_success": _success(c), "when": time.strftime("%Y-%m-%d %H:%M")})
         print(f"seed {seed}: adaptive {t['adaptive'][-1]:.1f} s, (c) {t['c'][-1]:.1f} s", flush=True)

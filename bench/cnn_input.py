@@ -24,11 +24,13 @@ import argparse
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from bench.cnn_eval import _append, _jsonl, parse_size
+from bench.common import model_tag
 
 RESULTS = Path(__file__).parent / "results"
 SECTION = "Larger patterns: what the CNN sees from the front end (coherence and target oversampling)"
@@ -88,7 +90,7 @@ def coherence(args) -> None:
         def coh(x, t=truth):
             return float(phase_coherence(model.predict_phase(x), t, intensity=x))
 
-        _append(out, {"seed": seed, "size": args.size, "model": f"{model.name}-{model.sha256[:8]}",
+        _append(out, {"seed": seed, "size": args.size, "model": model_tag(model),
                       "rev": _git_rev(), "crop": list(fe.crop_shape), "binning": list(fe.cnn_binning),
                       "oversampling_cnn": list(fe.oversampling_cnn),
                       "native_oversampling": [float(v) for v in s64["oversampling"]],
@@ -103,7 +105,6 @@ def matched(args) -> None:
     import torch
 
     from bench.cnn_eval import method_options, run_cnn, sample_for, test_crystals
-    from dataclasses import replace
     from models.predict import load_model
     from physics.errors import InputError
     from physics.preprocess import fft_friendly_size
@@ -120,7 +121,7 @@ def matched(args) -> None:
         s, s64 = sample_for(seed, params, args.size), sample_for(seed, params, "64")
         crop = tuple(min(n, fft_friendly_size(int(round(a * 64 / b)))) for a, b in zip(s["oversampling"],
                                                                                       s64["oversampling"]))
-        rec = {"seed": seed, "size": args.size, "model": f"{model.name}-{model.sha256[:8]}", "rev": _git_rev(),
+        rec = {"seed": seed, "size": args.size, "model": model_tag(model), "rev": _git_rev(),
                "crop": list(crop), "native_oversampling": [float(v) for v in s64["oversampling"]]}
         try:
             r = run_cnn(s, seed, model, replace(method_options("cnn_er"), crop_size=crop))
@@ -154,12 +155,10 @@ def target(args) -> None:
             continue
         s = detector_sample(seed, shape, DETECTOR_OVERSAMPLING, params)
         rec = {"seed": seed, "size": args.size, "phase_range": float(s["phase_range"]),
-               "model": f"{model.name}-{model.sha256[:8]}", "rev": _git_rev(), "target": args.cnn_oversampling}
+               "model": model_tag(model), "rev": _git_rev(), "target": args.cnn_oversampling}
         for m in args.methods:
             o = method_options(m)
             if args.cnn_oversampling is not None:
-                from dataclasses import replace
-
                 o = replace(o, cnn_oversampling=args.cnn_oversampling)
             t = time.perf_counter()
             try:

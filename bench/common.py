@@ -26,6 +26,11 @@ def command_line() -> str:
     return " ".join([rel, script] + [shlex.quote(a) for a in sys.argv[1:]])
 
 
+def model_tag(model) -> str:
+    """How every result file names the weights it used: '<name>-<first 8 hex of the sha256>'."""
+    return f"{model.name}-{model.sha256[:8]}"
+
+
 def machine() -> str:
     """One line describing the CPU, core count and load when the benchmark ran."""
     cpu = platform.processor() or platform.machine()
