@@ -41,7 +41,10 @@ SECTION = "Quality gate calibration and fallback recipe (simulated crystals outs
 TARGET_PRECISION, TARGET_RECALL = 0.95, 0.90
 STRICT_PRECISION = 1.0  # no false 'ok' among the calibration's candidates
 PREVIOUS_GATE = GateThresholds(max_llk_free=50.0, max_obj2_out=0.05, min_support_ratio=0.08,
-                               max_support_ratio=0.20, max_mean_to_max=0.55)  # the default fitted on 30 crystals
+                               max_support_ratio=0.20, max_mean_to_max=0.55,
+                               confirm_mean_to_max=None)  # the default fitted on 30 crystals
+ZONE_STEP = 0.01  # the confirmation zone's lower edge is sought on this mean_to_max grid
+ZONE_MISMATCHES = (0.05, 0.08, 0.10, 0.12, 0.15, 0.20, 0.30)
 FLOORS = (1.0, 0.99, 0.98, 0.97, 0.96, 0.95)  # the shipping rule: the highest floor that keeps recall >= 90 %
 
 
@@ -176,22 +179,16 @@ def _mismatch(rec: dict, a: str, b: str):
 
 
 def _judge_crystal(rec: dict, names, thr) -> dict:
-    """Gate status of each candidate in names, agreement sought among the names only (as the strategy does)."""
-    from physics.quality import judge, single_checks
+    """Gate status of each candidate in names, agreement sought among the names only (as the strategy does), with
+    the strategy's own judge (physics.quality.judge_set) on the recorded mismatches."""
+    from physics.quality import judge_set
 
-    c = {n: rec["candidates"][n] for n in names if n in rec["candidates"] and "error" not in rec["candidates"][n]}
-    passing = {n for n, v in c.items() if not single_checks(v, thr)}
-    group = {n: SAME_START.get(n, n) for n in c}
-    out = {}
-    for n, v in c.items():
-        best = None
-        if thr.require_agreement and n in passing:
-            ms = [_mismatch(rec, n, o) for o in passing
-                  if o != n and not (thr.independent_partners and group[o] == group[n])]
-            ms = [m for m in ms if m is not None]
-            best = min(ms) if ms else None
-        out[n] = judge(v, thr, best)[0] == "ok"
-    return out
+    c = [n for n in names if n in rec["candidates"] and "error" not in rec["candidates"][n]]
+    cache = {(i, j): m for i, j in itertools.combinations(range(len(c)), 2)
+             if (m := _mismatch(rec, c[i], c[j])) is not None}
+    verdicts = judge_set(None, [rec["candidates"][n] for n in c], thr, cache,
+                         groups=[SAME_START.get(n, n) for n in c])
+    return {n: v["status"] == "ok" for n, v in zip(c, verdicts)}
 
 
 def _timing_cpu(path: Path) -> dict:
@@ -239,7 +236,8 @@ def grid_confusions(recs: list[dict]) -> list[tuple]:
                     for mm in ((0.05, 0.1, 0.15, 0.2, 0.3) if agree else (1.0,)):
                         thr = GateThresholds(max_llk_free=mlf, max_obj2_out=o2, max_mean_to_max=m2m,
                                              min_support_ratio=lo, max_support_ratio=hi, max_mismatch=mm,
-                                             require_agreement=bool(agree), independent_partners=agree == "independent")
+                                             require_agreement=bool(agree), independent_partners=agree == "independent",
+                                             confirm_mean_to_max=None)
                         out.append((agree, thr, confusion(recs, thr)))
     return out
 
@@ -279,6 +277,33 @@ def shipping_choice(recs: list[dict], evaluated: list | None = None):
         if best is not None and best[2]["recall"] >= TARGET_RECALL:
             return floor, best[1], best[2]
     return None
+
+
+def confirm_zone_choice(recs: list[dict], single: GateThresholds):
+    """The confirmation zone of the gate `single` (single checks), by a rule fixed before it was applied: its lower
+    edge is the largest mean_to_max limit (ZONE_STEP grid), every other limit as `single`, at which no wrong
+    candidate passes; its agreement limit is the largest of ZONE_MISMATCHES at which the gate with the zone still
+    marks no wrong candidate ok. Returns (GateThresholds with the zone, its confusion, the strict tier's
+    confusion) or None when no edge qualifies."""
+    from dataclasses import replace
+
+    base = replace(single, confirm_mean_to_max=None, require_agreement=False)
+    edge, strict = None, None
+    for m in np.arange(round(0.30 / ZONE_STEP), round(single.max_mean_to_max / ZONE_STEP) + 1) * ZONE_STEP:
+        c = confusion(recs, replace(base, max_mean_to_max=float(round(m, 4))))
+        if c["fp"] == 0:
+            edge, strict = float(round(m, 4)), c
+    if edge is None:
+        return None
+    best = None
+    for mm in ZONE_MISMATCHES:
+        thr = replace(base, confirm_mean_to_max=edge, max_mismatch=mm)
+        c = confusion(recs, thr)
+        if c["fp"] == 0:
+            best = (thr, c)
+    if best is None:
+        return None
+    return best[0], best[1], strict
 
 
 def replay_adaptive(rec: dict, thr, order=REPLAY_ORDER) -> dict:
@@ -402,13 +427,31 @@ def report(args) -> str:
                      f"{', '.join(f'{f:.0%}' for f in FLOORS)} whose best setting keeps recall ≥ {TARGET_RECALL:.0%}): "
                      f"floor {floor:.0%}: {_limits(t, False)}: precision {c['precision']:.1%}, recall "
                      f"{c['recall']:.1%}.")
+    if choice is not None:
+        zone = confirm_zone_choice(recs, choice[1])
+        if zone is None:
+            lines.append("- confirmation zone: no mean_to_max limit gives a strict tier without a wrong 'ok'.")
+        else:
+            zt, zc, sc = zone
+            lines.append(f"- the confirmation zone (rule fixed before it was applied: the largest mean_to_max limit, "
+                         f"on a {ZONE_STEP:g} grid, at which the single checks mark no wrong candidate ok, the other "
+                         f"limits as the shipping rule's; above it an independent start must agree, at the largest "
+                         f"mismatch limit of {', '.join(f'{m:g}' for m in ZONE_MISMATCHES)} that keeps precision "
+                         f"100 %): mean_to_max ≤ {zt.confirm_mean_to_max:g} passes alone (precision "
+                         f"{sc['precision']:.1%}, recall {sc['recall']:.1%}); in ({zt.confirm_mean_to_max:g}, "
+                         f"{zt.max_mean_to_max:g}] with agreement ≤ {zt.max_mismatch:g}: precision "
+                         f"{zc['precision']:.1%}, recall {zc['recall']:.1%} (tp {zc['tp']}, fp {zc['fp']}, "
+                         f"fn {zc['fn']}, tn {zc['tn']}).")
     default = GateThresholds()
     c0 = confusion(recs, default)
     lines += ["", f"- the shipped default (physics.quality.GateThresholds: free LLK ≤ {default.max_llk_free:g}, "
               f"obj2_out ≤ {default.max_obj2_out:g}, mean_to_max ≤ {default.max_mean_to_max:g}, "
               f"ratio [{default.min_support_ratio:g}, "
-              f"{default.max_support_ratio:g}], mismatch ≤ {default.max_mismatch:g}, agreement "
-              f"{'required' if default.require_agreement else 'not required'}): precision {c0['precision']:.1%}, "
+              f"{default.max_support_ratio:g}], "
+              + (f"confirmation zone mean_to_max > {default.confirm_mean_to_max:g} with agreement ≤ "
+                 f"{default.max_mismatch:g}, " if default.confirm_mean_to_max is not None else "")
+              + f"agreement {'required' if default.require_agreement else 'not required'} elsewhere): "
+              f"precision {c0['precision']:.1%}, "
               f"recall {c0['recall']:.1%} (tp {c0['tp']}, fp {c0['fp']}, fn {c0['fn']}, tn {c0['tn']}).",
               "- the thresholds are fitted on these crystals: the figures are in-sample, an optimistic estimate."]
     # replay
@@ -422,8 +465,12 @@ def report(args) -> str:
               "20-run recipe measured in the same process):", "",
               "| gate | bin | n | success | marked ok | wrong and marked ok | fallback ran | median s | p90 s | "
               "median time / (c) |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    gates = [("shipped", default)] + ([("previous (until 2026-12-01)", PREVIOUS_GATE)]
-                                      if PREVIOUS_GATE != default else [])
+    from dataclasses import replace
+
+    gates = [("shipped", default)]
+    if default.confirm_mean_to_max is not None:
+        gates.append(("shipped without the confirmation zone", replace(default, confirm_mean_to_max=None)))
+    gates += [("previous (until 2026-12-01)", PREVIOUS_GATE)] if PREVIOUS_GATE != default else []
     for (gname, gate), (b, lo, hi) in itertools.product(gates, BINS):
         sel = [replay_adaptive(r, gate) for r in recs if lo <= r["phase_range"] < hi]
         if not sel:

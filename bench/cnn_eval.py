@@ -241,6 +241,27 @@ def run_strategy(sample: dict, seed: int, model, method: str = "adaptive", opts=
             "candidates": [{k: v for k, v in x.items() if k != "reasons"} for x in res.candidates]}
 
 
+def verdict_stands(rec: dict, thr=None) -> bool:
+    """Whether a recorded gated result (run_strategy's record) is what today's gate would produce, so a resumed
+    run keeps it: true when its candidates, replayed in run order with single checks only, stop at the same
+    one, i.e. every candidate before the last fails them, and the last passes below the confirmation zone
+    (recorded ok) or fails them too (recorded uncertain, budget spent). Anything that would need an agreement
+    not recorded is recomputed."""
+    from physics.quality import GateThresholds, single_checks
+
+    thr = thr or GateThresholds()
+    cands = rec.get("candidates") or []
+    if not cands or thr.require_agreement:
+        return False
+    if any(not single_checks(c, thr) for c in cands[:-1]):
+        return False
+    last = cands[-1]
+    passes = not single_checks(last, thr)
+    if rec.get("status") == "ok":
+        return passes and not thr.in_confirm_zone(last) and len(cands) == rec.get("nb_candidates", len(cands))
+    return not passes and bool(rec.get("budget_exhausted")) if rec.get("method") == "adaptive" else not passes
+
+
 def run(args) -> None:
     """Compute every missing (crystal, method) result; append as it goes."""
     import torch
@@ -271,7 +292,7 @@ def run(args) -> None:
     from tqdm import tqdm
 
     for seed, params in tqdm(crystals, desc="crystals", unit="crystal"):
-        todo = [m for m in methods if seed not in done[m]]
+        todo = [m for m in methods if seed not in done[m] or (m == "adaptive" and not verdict_stands(done[m][seed]))]
         if not todo:
             continue
         sample = sample_for(seed, params, size)
