@@ -49,6 +49,8 @@ STANDARD = "HIO**400,RAAR**1000,ER**300"
 LOW_SEED0 = 500_000  # offset of the low-strain test seeds inside the test seed range
 FRESH_FIRST = 200  # the second held-out set starts at this index (seeds 2,000,200+ and 2,500,200+; the first set's
 # 100 + 30 crystals and the tests' seeds 2,000,100-2,000,105 lie below it)
+THIRD_FIRST = 400  # the third held-out set (seeds 2,000,400+ and 2,500,400+): first run after the gate's
+# confirmation zone, which was added once the first two sets' silent failures had been seen
 BINS = (("< π", 0.0, math.pi), ("π–2π", math.pi, 2 * math.pi), ("2π–5π", 2 * math.pi, 5 * math.pi + 1e-3))
 PRE_RECIPE = "RAAR**200"  # (b+): cycles run from the CNN object before the ER refinement
 CNN_METHODS = ("cnn", "cnn_er", "cnn_raar_er")

@@ -1,6 +1,8 @@
 """bench/calibrate_gate.py and bench/adaptive_eval.py end to end on tiny settings in a temporary folder."""
 import json
 
+import pytest
+
 from bench import adaptive_eval, calibrate_gate
 
 
@@ -78,3 +80,50 @@ def test_strict_floor_excludes_every_false_ok():
     assert c100["fp"] == 0 and c100["precision"] == 1.0
     assert c100["recall"] == 1.0 and c95["fp"] >= 0
     assert strict.max_mean_to_max < 0.58 and strict.max_llk_free < 60  # both kinds of failure fall outside
+
+
+def test_confirmation_zone_rule_keeps_the_calibration_free_of_false_oks():
+    """confirm_zone_choice: the zone's lower edge is the largest mean_to_max limit with no wrong candidate passing;
+    a zone candidate that agrees with an independent start is ok, a wrong one with a far partner is not."""
+    from physics.quality import GateThresholds
+
+    recs = [{"seed": i, "phase_range": 8.0, "candidates": {"cnn_raar_er": _cand(True, 2.0, 0.30)}, "mismatch": {}}
+            for i in range(6)]
+    # a right candidate at 0.52, confirmed by an independent run (mismatch 0.03)
+    recs.append({"seed": 20, "phase_range": 8.0, "candidates": {"cnn_raar_er": _cand(True, 2.0, 0.52),
+                                                                "std_cohere": _cand(True, 2.0, 0.35)},
+                 "mismatch": {"cnn_raar_er|std_cohere": 0.03}})
+    # a wrong candidate at 0.50: its independent partner disagrees (0.4); a same-start one agrees but cannot vouch
+    recs.append({"seed": 21, "phase_range": 8.0, "candidates": {"cnn_raar_er": _cand(False, 2.0, 0.50),
+                                                                "fb_cnn_object": _cand(False, 2.0, 0.51),
+                                                                "std_cohere": _cand(True, 2.0, 0.40)},
+                 "mismatch": {"cnn_raar_er|std_cohere": 0.4, "cnn_raar_er|fb_cnn_object": 0.01,
+                              "fb_cnn_object|std_cohere": 0.4}})
+    single = GateThresholds(max_mean_to_max=0.55, confirm_mean_to_max=None)
+    assert calibrate_gate.confusion(recs, single)["fp"] == 2  # without the zone both wrong ones pass
+    thr, conf, strict = calibrate_gate.confirm_zone_choice(recs, single)
+    assert thr.confirm_mean_to_max == pytest.approx(0.49)  # the largest 0.01 step below the first wrong one
+    assert conf["fp"] == 0 and strict["fp"] == 0
+    assert conf["tp"] == strict["tp"] + 1  # the confirmed 0.52 candidate is gained back
+    assert thr.max_mismatch == max(calibrate_gate.ZONE_MISMATCHES)  # no wrong pair closer than 0.4
+
+
+def test_resumed_evaluations_recompute_only_rows_whose_verdicts_change():
+    """bench.cnn_eval.verdict_stands: a recorded adaptive row stands when today's gate, replayed on its recorded
+    candidates, stops at the same one without an agreement that was not recorded."""
+    from bench.cnn_eval import verdict_stands
+    from physics.quality import GateThresholds
+
+    fail = {"llk_free": 900.0, "obj2_out": 0.3, "support_ratio": 0.5, "mean_to_max": 0.8}
+    clear = {"llk_free": 2.0, "obj2_out": 0.01, "support_ratio": 0.15, "mean_to_max": 0.30}
+    zone = dict(clear, mean_to_max=0.52)
+    row = {"method": "adaptive", "status": "ok", "candidates": [fail, clear], "nb_candidates": 2}
+    assert verdict_stands(row)
+    assert not verdict_stands({**row, "candidates": [fail, zone]})  # now needs a partner: recomputed
+    assert verdict_stands({**row, "candidates": [fail, zone]}, GateThresholds(confirm_mean_to_max=None))
+    assert not verdict_stands({**row, "candidates": [clear, clear]})  # would have stopped at the first
+    spent = {"method": "adaptive", "status": "uncertain", "candidates": [fail, fail], "nb_candidates": 2,
+             "budget_exhausted": "runs"}
+    assert verdict_stands(spent)
+    assert not verdict_stands({**spent, "candidates": [fail, zone]})  # a zone candidate might now be confirmed
+    assert not verdict_stands(row, GateThresholds(require_agreement=True))

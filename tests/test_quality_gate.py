@@ -94,3 +94,29 @@ def test_single_run_styles_solve_an_easy_crystal(style, one_torch_thread):
     assert r["llk"]["obj2_out"] < 0.1 and r["style"] == style
     with pytest.raises(InputError):
         single_run(s["intensity"], style="genetic")
+
+
+def test_confirmation_zone_needs_an_independent_partner(crystal):
+    """Above confirm_mean_to_max a candidate that passes the single checks is ok only when a candidate of another
+    start agrees; below it, it passes alone; two refinements of one start do not vouch for each other."""
+    thr = GateThresholds()
+    assert thr.confirm_mean_to_max is not None and thr.confirm_mean_to_max < thr.max_mean_to_max
+    clear = {"llk_free": 1.0, "obj2_out": 0.0, "support_ratio": 0.12, "mean_to_max": thr.confirm_mean_to_max - 0.1}
+    zone = dict(clear, mean_to_max=(thr.confirm_mean_to_max + thr.max_mean_to_max) / 2)
+    assert judge(clear, thr, None) == ("ok", [])
+    status, why = judge(zone, thr, None)
+    assert status == "uncertain" and "needs confirmation" in why[0]
+    assert judge(zone, thr, thr.max_mismatch / 2) == ("ok", [])
+    assert judge(zone, thr, thr.max_mismatch * 2)[0] == "uncertain"
+    assert judge(zone, GateThresholds(confirm_mean_to_max=None), None) == ("ok", [])  # the zone switched off
+    # judge_set on real objects: the crystal and its shifted copy agree; only across starts
+    objs = [crystal["object"], np.roll(crystal["object"], 2, axis=0)]
+    same = judge_set(objs, [zone, zone], thr, {}, groups=["cnn", "cnn"])
+    assert [o["status"] for o in same] == ["uncertain", "uncertain"] and same[0]["mismatch"] is None
+    other = judge_set(objs, [zone, clear], thr, {}, groups=["cnn", "run-2"])
+    assert [o["status"] for o in other] == ["ok", "ok"] and other[0]["mismatch"] < 0.02
+    # recorded mismatches only (objs None, as the calibration replays): a pair not recorded is no partner
+    assert judge_set(None, [zone, clear], thr, {}, groups=["a", "b"])[0]["status"] == "uncertain"
+    assert judge_set(None, [zone, clear], thr, {(0, 1): 0.01}, groups=["a", "b"])[0]["status"] == "ok"
+    with pytest.raises(InputError, match="confirm_mean_to_max"):
+        GateThresholds(confirm_mean_to_max=1.5)
