@@ -75,9 +75,18 @@ def test_adaptive_target_lines_check_success_time_and_silent_failures(tmp_path, 
     monkeypatch.setattr(cnn_eval, "RESULTS", tmp_path)
     text = "\n".join(cnn_eval.adaptive_target_lines(adaptive, standard, tmp_path / "eval_adaptive_x.jsonl",
                                                     tmp_path / "eval_standard_y.jsonl"))
-    assert ("3 crystals at 2π–5π): median wall adaptive 8.0 s, (c) 110.0 s, (c)/adaptive = 13.8x (median of the "
-            "per-crystal ratios 13.8x); success there: adaptive 3/3, (c) 2/3") in text
+    assert ("adaptive on 3 crystals at 2π–5π and (c) on 3 of them, interleaved in one process): median wall "
+            "adaptive 8.0 s, (c) 110.0 s (range 100-120 s), (c)/adaptive = 13.8x (median of the per-crystal ratios "
+            "where both ran 13.8x); success there: adaptive 3/3, (c) 2/3") in text
     assert "1/10 of (c)'s in the same run: **met**" in text
+    # --c-every: (c) timed on some crystals only; adaptive's median over all, (c)'s over those that have it
+    pairs.write_text("\n".join(json.dumps({"seed": s, "phase_range": hi, "model": "x", "adaptive_s": a, "c_s": c,
+                                            "adaptive_success": True, "c_success": None if c is None else True})
+                                for s, a, c in ((1, 4.0, 100.0), (2, 20.0, None), (3, 30.0, None))))
+    text = "\n".join(cnn_eval.adaptive_target_lines(adaptive, standard, tmp_path / "eval_adaptive_x.jsonl",
+                                                    tmp_path / "eval_standard_y.jsonl"))
+    assert "adaptive on 3 crystals at 2π–5π and (c) on 1 of them" in text and "(c)/adaptive = 5.0x" in text
+    assert "1/10 of (c)'s in the same run: **missed**" in text
 
 
 def test_size_128_runs_the_front_end_and_checks_against_64(results):
