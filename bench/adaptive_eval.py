@@ -18,12 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.cnn_eval import (BINS, FRESH_FIRST, RESULTS, THIRD_FIRST, _append, _jsonl, _shard, _success, run_strategy, test_crystals,
-                            verdict_stands)
+from bench.cnn_eval import (BINS, FRESH_FIRST, RESULTS, THIRD_FIRST, _append, _jsonl, _shard, _success, run_strategy,
+                            test_crystals, verdict_stands)
 from bench.common import model_tag
 
 SECTION = "Adaptive reconstruction on the held-out crystals"
 CALIB_SECTION = "Adaptive fallback: the recipe of the CNN-seeded run (calibration crystals)"
+SET_FIRST = {"held-out": 0, "fresh": FRESH_FIRST, "third": THIRD_FIRST}  # index of each held-out set's first seed
 
 
 def _file(out: Path, method: str, tag: str, label: str | None = None, crystals: str = "held-out") -> Path:
@@ -64,7 +65,7 @@ def run(args) -> None:
     if calib:
         chosen = calibration_crystals(args.n_high, args.n_low)
     else:
-        chosen = test_crystals(args.n_high, args.n_low, {"fresh": FRESH_FIRST, "third": THIRD_FIRST}.get(args.crystals, 0))
+        chosen = test_crystals(args.n_high, args.n_low, SET_FIRST[args.crystals])
     for seed, params in chosen[k::n]:
         if seed in done and verdict_stands(done[seed], opts.thresholds):
             continue  # a row whose verdicts today's gate would repeat stands; the others are recomputed
@@ -126,22 +127,33 @@ def report(args) -> str:
              "on the calibration crystals (two silent ones, listed in the superseded file); the second set was first "
              "run after that refit. Both sets' silent failures (four, mean_to_max 0.50-0.53) had been seen before "
              "the confirmation zone was added (its edge comes from the calibration by a fixed rule, "
-             "bench.calibrate_gate.confirm_zone_choice); the rows it changed (27) were then recomputed. Neither set "
-             "is a clean out-of-sample figure for the zone.", ""]
+             "bench.calibrate_gate.confirm_zone_choice); the rows it changed were then recomputed (counted under each "
+             "table). Neither set is a clean out-of-sample figure for the zone.", ""]
     files = sorted(Path(args.out).glob("eval_adaptive_*.jsonl"))
     if not files:
         return "\n".join(lines + ["No results yet."])
-    for f in files:
-        lines += report_lines(list(_jsonl(f).values()), f.stem.removeprefix("eval_"))
-    for f in sorted(Path(args.out).glob("fresh_adaptive_*.jsonl")):
-        lines += report_lines(list(_jsonl(f).values()), "second held-out set (seeds 2,000,200+ and 2,500,200+, "
-                              "first run after the gate's refit; 16 rows recomputed after the confirmation zone), "
-                              + f.stem.removeprefix("fresh_"))
-    for f in sorted(Path(args.out).glob("third_adaptive_*.jsonl")):
-        lines += report_lines(list(_jsonl(f).values()), "third held-out set (seeds 2,000,400+ and 2,500,400+, "
-                              "first run after the confirmation zone: the clean out-of-sample figure for it), "
-                              + f.stem.removeprefix("third_"))
+    sets = [(f, f.stem.removeprefix("eval_")) for f in files]
+    sets += [(f, "second held-out set (seeds 2,000,200+ and 2,500,200+, first run after the gate's refit), "
+              + f.stem.removeprefix("fresh_")) for f in sorted(Path(args.out).glob("fresh_adaptive_*.jsonl"))]
+    sets += [(f, "third held-out set (seeds 2,000,400+ and 2,500,400+, first run after the confirmation zone: the "
+              "clean out-of-sample figure for it), " + f.stem.removeprefix("third_"))
+             for f in sorted(Path(args.out).glob("third_adaptive_*.jsonl"))]
+    for f, label in sets:
+        lines += report_lines(list(_jsonl(f).values()), label)
+        redone = _recomputed(f)
+        if redone:
+            lines += [f"{redone} of these crystals {'was' if redone == 1 else 'were'} recomputed on resume (the "
+                      "earlier rows stay in the file; the table uses the last row of each crystal).", ""]
     return "\n".join(lines)
+
+
+def _recomputed(path: Path) -> int:
+    """How many crystals of a results file have more than one row (recomputed by a resumed run)."""
+    import collections
+    import json
+
+    seeds = collections.Counter(json.loads(ln)["seed"] for ln in path.read_text().splitlines() if ln.strip())
+    return sum(n > 1 for n in seeds.values())
 
 
 def calib_report(args) -> str:

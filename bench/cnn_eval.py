@@ -261,7 +261,9 @@ def verdict_stands(rec: dict, thr=None) -> bool:
     passes = not single_checks(last, thr)
     if rec.get("status") == "ok":
         return passes and not thr.in_confirm_zone(last) and len(cands) == rec.get("nb_candidates", len(cands))
-    return not passes and bool(rec.get("budget_exhausted")) if rec.get("method") == "adaptive" else not passes
+    if passes:
+        return False
+    return rec.get("method") != "adaptive" or bool(rec.get("budget_exhausted"))  # adaptive stops only when spent
 
 
 def run(args) -> None:
@@ -574,7 +576,8 @@ def timing(args) -> str:
 
     torch.set_num_threads(args.threads)
     model = load_model(args.model)
-    pool = {"2pi-5pi": test_crystals(100, 0), "lt-pi": test_crystals(0, 30)}.get(args.bin) or test_crystals(100, 30)
+    n_high, n_low = {"2pi-5pi": (100, 0), "lt-pi": (0, 30)}.get(args.bin, (100, 30))
+    pool = test_crystals(n_high, n_low)
     crystals = pool[args.shard[0]::args.shard[1]][:args.n]
     t = {"b": [], "b+": [], "adaptive": [], "c": []}
     for i, (seed, params) in enumerate(crystals):
