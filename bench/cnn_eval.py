@@ -266,9 +266,23 @@ def verdict_stands(rec: dict, thr=None) -> bool:
     return rec.get("method") != "adaptive" or bool(rec.get("budget_exhausted"))  # adaptive stops only when spent
 
 
+FRONTEND_DECISIONS = ("crop_shape", "crop_offsets", "cnn_binning", "cnn_resampled", "refine_binning")
+
+
+def frontend_decisions(meta: dict | None) -> tuple | None:
+    """What the front end decided for a pattern (crop, CNN grid, refinement grid), from its metadata: two records
+    with the same decisions ran on the same data; None when a record has none."""
+    if not meta:
+        return None
+    return tuple(tuple(meta.get(k) or ()) for k in FRONTEND_DECISIONS)
+
+
 def run(args) -> None:
-    """Compute every missing (crystal, method) result; append as it goes."""
+    """Compute every missing (crystal, method) result, and at sizes other than 64 every one whose front-end
+    decisions differ from today's (recomputed, appended: the report reads the last row); append as it goes."""
     import torch
+
+    from workers.pipeline import crop_for_cnn
 
     from models.predict import load_model
     from physics.errors import InputError
@@ -297,9 +311,16 @@ def run(args) -> None:
 
     for seed, params in tqdm(crystals, desc="crystals", unit="crystal"):
         todo = [m for m in methods if seed not in done[m] or (m == "adaptive" and not verdict_stands(done[m][seed]))]
-        if not todo:
+        if not todo and size == "64":  # a 64³ pattern is used as it is: no front-end decision to check
             continue
         sample = sample_for(seed, params, size)
+        if size != "64":  # a row stands only when today's front end decides the same crop and CNN grid for it
+            decided = frontend_decisions(crop_for_cnn(sample["intensity"], sample["mask"],
+                                                      predict=model.predict_phase if model else None)[3].metadata())
+            todo += [m for m in methods if m not in todo and frontend_decisions(done[m][seed].get("frontend"))
+                     != decided]
+        if not todo:
+            continue
         base = {"seed": seed, "phase_range": float(sample["phase_range"]), "shape": str(sample["shape_kind"]),
                 "field": str(sample["field_kind"])}
         if size != "64":

@@ -119,3 +119,13 @@ def test_size_128_runs_the_front_end_and_checks_against_64(results):
         cnn_eval.main(["run", "--n-high", "1", "--n-low", "0", "--methods", "oracle_er", "--size", "128"])
     with pytest.raises(InputError, match="--size"):
         cnn_eval.parse_size("32")
+
+
+def test_a_larger_pattern_row_stands_only_with_todays_front_end_decisions():
+    meta = {"crop_shape": [128, 64, 96], "crop_offsets": [0, 96, 80], "cnn_binning": [2, 1, 1],
+            "cnn_resampled": [False, False, True], "refine_binning": [1, 1, 1], "oversampling": [5.6, 3.5, 4.5]}
+    same = {**meta, "oversampling": [5.5, 3.6, 4.4]}  # another measured value, the same decisions: stands
+    assert cnn_eval.frontend_decisions(same) == cnn_eval.frontend_decisions(meta)
+    other = {**meta, "crop_shape": [50, 64, 96], "crop_offsets": [39, 96, 80]}  # a 50-frame crop: recomputed
+    assert cnn_eval.frontend_decisions(other) != cnn_eval.frontend_decisions(meta)
+    assert cnn_eval.frontend_decisions(None) is None and cnn_eval.frontend_decisions({}) is None
