@@ -40,7 +40,7 @@ def measure(size: str, seeds) -> list[dict]:
     from tqdm import tqdm
 
     from bench.cnn_eval import sample_for
-    from physics.oversampling import TUKEY_ALPHA, _measure, autocorrelation, estimate_oversampling
+    from physics.oversampling import TUKEY_ALPHA, autocorrelation, estimate_oversampling, per_axis
     from physics.preprocess import find_peak, oversampling_box
 
     rows = []
@@ -48,8 +48,8 @@ def measure(size: str, seeds) -> list[dict]:
         s = sample_for(seed, params, size)
         box = oversampling_box(s["intensity"].shape, find_peak(s["intensity"], s["mask"]))
         i, m = s["intensity"][box], s["mask"][box]
-        plain = [r[0] for r in _measure(autocorrelation(i, m), m, 8.0, 1.0)]
-        windowed = [r[0] for r in _measure(autocorrelation(i, m, window=TUKEY_ALPHA), m, 8.0, 1.0)]
+        plain = [r[0] for r in per_axis(autocorrelation(i, m), m)]
+        windowed = [r[0] for r in per_axis(autocorrelation(i, m, window=TUKEY_ALPHA), m)]
         rows.append({"seed": seed, "truth": [float(v) for v in s["oversampling"]], "plain": plain,
                      "windowed": windowed, "shipped": list(estimate_oversampling(i, m).ratio),
                      "photons": float(np.sum(s["intensity"]))})

@@ -40,7 +40,7 @@ from scipy import ndimage
 
 from physics.errors import InputError
 
-__all__ = ["autocorrelation", "Oversampling", "estimate_oversampling", "fill_masked"]
+__all__ = ["autocorrelation", "Oversampling", "estimate_oversampling", "fill_masked", "per_axis", "tukey_window"]
 
 ALIAS_DECADES = 0.5  # outer-slab excess (log10) over the other axes that means the autocorrelation wrapped
 OUTER = 0.46  # |shift| >= OUTER * N on some axis: outside the autocorrelation of any crystal with oversampling > 2.17
@@ -125,14 +125,15 @@ def estimate_oversampling(intensity: np.ndarray, mask: np.ndarray | None = None,
     if not np.any(data > 0):
         raise InputError("intensity is zero everywhere: no oversampling to measure")
     m = None if mask is None else np.asarray(mask, dtype=bool)
-    plain = _measure(autocorrelation(data, m), m, k, smooth)
-    windowed = _measure(autocorrelation(data, m, window=TUKEY_ALPHA), m, k, smooth)
+    plain = per_axis(autocorrelation(data, m), m, k, smooth)
+    windowed = per_axis(autocorrelation(data, m, window=TUKEY_ALPHA), m, k, smooth)
     pick = [w if w[0] > p[0] else p for p, w in zip(plain, windowed)]
     return Oversampling(*(tuple(v[j] for v in pick) for j in range(4)))
 
 
-def _measure(a: np.ndarray, m: np.ndarray | None, k: float, smooth: float) -> list[tuple]:
-    """(ratio, extent, undersampled, level) per axis, from one autocorrelation ``a`` (centred)."""
+def per_axis(a: np.ndarray, m: np.ndarray | None = None, k: float = 8.0, smooth: float = 1.0) -> list[tuple]:
+    """(ratio, extent, undersampled, level) per axis from one centred autocorrelation ``a`` (of the intensity with
+    mask ``m``): the estimate_oversampling of one autocorrelation, plain or windowed."""
     if smooth:
         a = ndimage.gaussian_filter(a, smooth, mode="wrap")
     shape = np.array(a.shape)

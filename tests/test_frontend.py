@@ -29,15 +29,15 @@ def test_oversampling_at_128_and_3_to_6_within_10_percent():
 def test_oversampling_of_a_truncated_bright_pattern_within_10_percent():
     """A short rocking curve (128 of 256 frames) of a bright crystal (1e10 photons): the pattern is still strong at
     the ends of the rocking axis, whose box side lobes read as an extent 2.5x too large without the window."""
-    from physics.oversampling import TUKEY_ALPHA, _measure, autocorrelation
+    from physics.oversampling import TUKEY_ALPHA, autocorrelation, per_axis
 
     s = detector_sample(2_000_012, (128, 256, 256), (3.0, 6.0))
-    plain = _measure(autocorrelation(s["intensity"], s["mask"]), s["mask"], 8.0, 1.0)
+    plain = per_axis(autocorrelation(s["intensity"], s["mask"]), s["mask"])
     assert plain[0][0] < 0.5 * s["oversampling"][0]  # the failure the window mends (2.29 for 5.73)
     est = estimate_oversampling(s["intensity"], s["mask"])
     assert np.all(np.abs(np.array(est.ratio) / s["oversampling"] - 1) < 0.10), (est.ratio, s["oversampling"])
     assert not any(est.undersampled)
-    windowed = _measure(autocorrelation(s["intensity"], s["mask"], window=TUKEY_ALPHA), s["mask"], 8.0, 1.0)
+    windowed = per_axis(autocorrelation(s["intensity"], s["mask"], window=TUKEY_ALPHA), s["mask"])
     assert est.ratio == tuple(max(p[0], w[0]) for p, w in zip(plain, windowed))  # the smaller extent per axis
 
 
