@@ -45,6 +45,8 @@ __all__ = ["autocorrelation", "Oversampling", "estimate_oversampling", "fill_mas
 ALIAS_DECADES = 0.5  # outer-slab excess (log10) over the other axes that means the autocorrelation wrapped
 OUTER = 0.46  # |shift| >= OUTER * N on some axis: outside the autocorrelation of any crystal with oversampling > 2.17
 TUKEY_ALPHA = 0.4  # the window of the second, truncation-proof autocorrelation: tapers over 20 % at each end
+TRUNCATED = 1.25  # windowed / plain ratio above which an axis is reported truncated (1.8-2.3 on the truncated
+# 128x256x256 patterns, at most 1.07 elsewhere: bench/oversampling_estimate.py)
 
 
 def fill_masked(intensity: np.ndarray, mask: np.ndarray | None, sigma: float = 1.0) -> np.ndarray:
@@ -104,6 +106,13 @@ class Oversampling:
     extent: tuple[int, ...]  # autocorrelation support extent per axis (voxels)
     undersampled: tuple[bool, ...]  # the autocorrelation fills the axis: oversampling <= ~2, phasing cannot work
     threshold: tuple[float, ...]  # absolute autocorrelation level of the support per axis (noise floor + k sigma)
+    plain: tuple[float, ...] = ()  # the plain autocorrelation's ratio per axis (ratio: the larger of it and the
+    # windowed one); well below ratio where the pattern is truncated
+
+    @property
+    def truncated(self) -> tuple[bool, ...]:
+        """Per axis: the pattern is still bright at the array's ends (the plain estimate reads TRUNCATED x lower)."""
+        return tuple(bool(p > 0 and r > TRUNCATED * p) for r, p in zip(self.ratio, self.plain))
 
     def describe(self) -> str:
         return " x ".join(f"{r:.2f}" + ("(<=2: undersampled)" if u else "") for r, u in zip(self.ratio,
@@ -128,7 +137,7 @@ def estimate_oversampling(intensity: np.ndarray, mask: np.ndarray | None = None,
     plain = per_axis(autocorrelation(data, m), m, k, smooth)
     windowed = per_axis(autocorrelation(data, m, window=TUKEY_ALPHA), m, k, smooth)
     pick = [w if w[0] > p[0] else p for p, w in zip(plain, windowed)]
-    return Oversampling(*(tuple(v[j] for v in pick) for j in range(4)))
+    return Oversampling(*(tuple(v[j] for v in pick) for j in range(4)), plain=tuple(p[0] for p in plain))
 
 
 def per_axis(a: np.ndarray, m: np.ndarray | None = None, k: float = 8.0, smooth: float = 1.0) -> list[tuple]:

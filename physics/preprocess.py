@@ -593,6 +593,12 @@ def prepare(intensity: np.ndarray, mask: np.ndarray | None, training_range: Sequ
     else:
         plan = plan_crop(data.shape, peak, os_, training_range, options.crop_size, options.tolerance, cnn_size,
                          target=options.cnn_oversampling)
+    for axis in (a for a, t in enumerate(os_.truncated) if t):
+        plan["warnings"].append(
+            f"axis {axis}: the pattern is still bright at the ends of the array (truncated: the plain "
+            f"autocorrelation reads oversampling {os_.plain[axis]:.2f}, the windowed one {os_.ratio[axis]:.2f}, "
+            f"kept); the fit sees a cut pattern, so a longer scan or a larger detector window along this axis "
+            f"would give a better-determined result")
     i_crop = crop_like(data, plan["offsets"], plan["crop"])
     m_crop = crop_like(mask, plan["offsets"], plan["crop"])
     refine_binning = (1, 1, 1)

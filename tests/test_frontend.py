@@ -39,6 +39,11 @@ def test_oversampling_of_a_truncated_bright_pattern_within_10_percent():
     assert not any(est.undersampled)
     windowed = per_axis(autocorrelation(s["intensity"], s["mask"], window=TUKEY_ALPHA), s["mask"])
     assert est.ratio == tuple(max(p[0], w[0]) for p, w in zip(plain, windowed))  # the smaller extent per axis
+    assert est.truncated == (True, False, False)
+    fe = prepare(s["intensity"], s["mask"], RANGE).frontend  # the user is told, and the crop takes the whole axis
+    assert fe.crop_shape[0] == 128 and fe.cnn_binning[0] == 2
+    truncation = [w for w in fe.warnings if "truncated" in w]
+    assert len(truncation) == 1 and truncation[0].startswith("axis 0: the pattern is still bright"), fe.warnings
 
 
 def test_undersampled_data_are_refused_naming_the_axis():
