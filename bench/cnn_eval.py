@@ -456,7 +456,10 @@ def size_report(model_tag: str | None = None) -> str:
             "(met: at most 10 points below).\n\n"
             f"Command: `.venv/bin/python -m bench.cnn_eval run --size SIZE ...`, then `... report`; machine at "
             f"report time: {machine()}. Per-crystal lines (with the front end's decisions: crop, binning, "
-            "resampling, measured oversampling per axis) in bench/results/eval_<method>_<tag>_<size>.jsonl.\n\n")
+            "resampling, measured oversampling per axis) in bench/results/eval_<method>_<tag>_<size>.jsonl. A rerun "
+            "recomputes every row whose front-end decisions (crop, CNN grid, refinement grid) differ from what the "
+            "front end decides today (bench.cnn_eval.frontend_decisions), e.g. after a change of the oversampling "
+            "estimate; the earlier rows stay in the file and the table reads the last row of each crystal.\n\n")
     table = ["| size | method | crystals | success % | median phase RMSE (rad) | median IoU | median wall s "
              "| CNN input binned or resampled | crops |", "|---|---|---:|---:|---:|---:|---:|---:|---|"]
     if not rows:
