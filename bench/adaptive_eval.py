@@ -18,13 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.cnn_eval import (BINS, FRESH_FIRST, RESULTS, THIRD_FIRST, _append, _jsonl, _shard, _success, run_strategy,
+from bench.cnn_eval import (BINS, RESULTS, SET_FIRST, _append, _jsonl, _shard, _success, run_strategy,
                             test_crystals, verdict_stands)
 from bench.common import model_tag
 
 SECTION = "Adaptive reconstruction on the held-out crystals"
 CALIB_SECTION = "Adaptive fallback: the recipe of the CNN-seeded run (calibration crystals)"
-SET_FIRST = {"held-out": 0, "fresh": FRESH_FIRST, "third": THIRD_FIRST}  # index of each held-out set's first seed
 
 
 def _file(out: Path, method: str, tag: str, label: str | None = None, crystals: str = "held-out") -> Path:

@@ -51,6 +51,8 @@ FRESH_FIRST = 200  # the second held-out set starts at this index (seeds 2,000,2
 # 100 + 30 crystals and the tests' seeds 2,000,100-2,000,105 lie below it)
 THIRD_FIRST = 400  # the third held-out set (seeds 2,000,400+ and 2,500,400+): first run after the gate's
 # confirmation zone, which was added once the first two sets' silent failures had been seen
+SET_FIRST = {"held-out": 0, "fresh": FRESH_FIRST, "third": THIRD_FIRST}  # index of each held-out set's first seed
+SET_LABEL = {"held-out": "", "fresh": " (second held-out set)", "third": " (third held-out set)"}
 BINS = (("< π", 0.0, math.pi), ("π–2π", math.pi, 2 * math.pi), ("2π–5π", 2 * math.pi, 5 * math.pi + 1e-3))
 PRE_RECIPE = "RAAR**200"  # (b+): cycles run from the CNN object before the ER refinement
 CNN_METHODS = ("cnn", "cnn_er", "cnn_raar_er")
@@ -269,6 +271,11 @@ def verdict_stands(rec: dict, thr=None) -> bool:
 FRONTEND_DECISIONS = ("crop_shape", "crop_offsets", "cnn_binning", "cnn_resampled", "refine_binning")
 
 
+def set_prefix(crystals: str) -> str:
+    """The results files' prefix of a held-out set: eval_ for the evaluation's, <set>_ for the later ones."""
+    return "eval_" if crystals == "held-out" else f"{crystals}_"
+
+
 def frontend_decisions(meta: dict | None) -> tuple | None:
     """What the front end decided for a pattern (crop, CNN grid, refinement grid), from its metadata: two records
     with the same decisions ran on the same data; None when a record has none."""
@@ -289,6 +296,9 @@ def run(args) -> None:
 
     shape = parse_size(args.size)
     size = "64" if shape == (64, 64, 64) else (str(shape[0]) if len(set(shape)) == 1 else "x".join(map(str, shape)))
+    if size == "64" and args.crystals != "held-out":
+        raise InputError(f"--crystals {args.crystals} runs at a --size other than 64 here; the later held-out sets "
+                         "at 64³ are bench.adaptive_eval's (--crystals fresh|third)")
     methods = list(METHODS if args.methods is None else args.methods)
     if size != "64" and "oracle_er" in methods:
         if args.methods is not None:
@@ -299,12 +309,12 @@ def run(args) -> None:
     tag = model_tag(model) if model else ""
     std_tag = f"standard-{args.nb_run}x{args.nb_keep}-{STANDARD if args.recipe is None else args.recipe}"
     sfx = "" if size == "64" else f"_{size}"
-    files = {"cnn": f"eval_cnn_{tag}", "cnn_er": f"eval_cnn_er_{tag}", "cnn_raar_er": f"eval_cnn_raar_er_{tag}",
-             "oracle_er": "eval_oracle_er", "standard": f"eval_{std_tag.replace('*', '').replace(',', '_')}",
-             "adaptive": f"eval_adaptive_{tag}"}
-    files = {m: RESULTS / f"{stem}{sfx}.jsonl" for m, stem in files.items()}
+    files = {"cnn": f"cnn_{tag}", "cnn_er": f"cnn_er_{tag}", "cnn_raar_er": f"cnn_raar_er_{tag}",
+             "oracle_er": "oracle_er", "standard": std_tag.replace('*', '').replace(',', '_'),
+             "adaptive": f"adaptive_{tag}"}
+    files = {m: RESULTS / f"{set_prefix(args.crystals)}{stem}{sfx}.jsonl" for m, stem in files.items()}
     done = {m: _jsonl(files[m]) for m in methods}
-    crystals = test_crystals(args.n_high, args.n_low)
+    crystals = test_crystals(args.n_high, args.n_low, SET_FIRST[args.crystals])
     k, n = args.shard
     crystals = crystals[k::n]  # shard k of n: several processes split the crystals (appends are line-atomic)
     from tqdm import tqdm
@@ -413,15 +423,17 @@ def size_report(model_tag: str | None = None) -> str:
     line against the 64³ results of the same method on the same crystals (within 10 points)."""
     from bench.common import machine
 
-    files = sorted((f for f in RESULTS.glob("eval_*.jsonl") if size_of(f) != "64"
-                    and (model_tag is None or model_tag in f.stem or f.stem.startswith("eval_standard"))),
-                   key=lambda f: (parse_size(size_of(f)), f.stem))
+    prefixes = {set_prefix(c): c for c in SET_FIRST}
+    files = sorted((f for p in prefixes for f in RESULTS.glob(f"{p}*.jsonl") if size_of(f) != "64"
+                    and (model_tag is None or model_tag in f.stem or "_standard-" in f"_{f.stem}")),
+                   key=lambda f: (parse_size(size_of(f)), not f.stem.startswith("eval_"), f.stem))
     rows, targets = [], []
     for f in files:
         size, recs = size_of(f), _jsonl(f)
         ref_file = f.with_name(f.stem.removesuffix(f"_{size}") + ".jsonl")
         ref = _jsonl(ref_file)
-        name = f.stem.removeprefix("eval_").removesuffix(f"_{size}")
+        prefix = next(p for p in prefixes if f.stem.startswith(p))
+        name = f.stem.removeprefix(prefix).removesuffix(f"_{size}") + SET_LABEL[prefixes[prefix]]
         if any(r.get("source") for r in recs.values()):
             name += " †"  # records converted from an earlier harness (bench/frontend_eval.py)
         crops = [r["frontend"]["crop_shape"] for r in recs.values() if r.get("frontend")]
@@ -660,6 +672,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--nb-run", type=int, default=20)
     r.add_argument("--nb-keep", type=int, default=5)
     r.add_argument("--recipe", default=None)
+    r.add_argument("--crystals", default="held-out", choices=tuple(SET_FIRST),
+                   help="held-out: the evaluation's crystals; fresh, third: the second and third held-out sets "
+                        "(seeds 2,000,200+ and 2,000,400+), at a --size other than 64 (files fresh_*, third_*)")
     r.add_argument("--threads", type=int, default=1)
     r.add_argument("--shard", type=_shard, default=(0, 1), metavar="K/N",
                    help="process only crystals K, K+N, K+2N, ... (run N processes with K=0..N-1 on N cores)")

@@ -129,3 +129,12 @@ def test_a_larger_pattern_row_stands_only_with_todays_front_end_decisions():
     other = {**meta, "crop_shape": [50, 64, 96], "crop_offsets": [39, 96, 80]}  # a 50-frame crop: recomputed
     assert cnn_eval.frontend_decisions(other) != cnn_eval.frontend_decisions(meta)
     assert cnn_eval.frontend_decisions(None) is None and cnn_eval.frontend_decisions({}) is None
+
+
+def test_later_held_out_sets_have_their_own_files_and_run_at_larger_sizes_only(results):
+    from physics.errors import InputError
+
+    assert cnn_eval.set_prefix("held-out") == "eval_" and cnn_eval.set_prefix("fresh") == "fresh_"
+    with pytest.raises(InputError, match="--crystals fresh runs at a --size other than 64"):
+        cnn_eval.main(["run", "--crystals", "fresh", "--n-high", "1", "--n-low", "0", "--methods", "cnn"])
+    assert not list(results.glob("*.jsonl"))
