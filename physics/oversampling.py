@@ -28,7 +28,7 @@ lowers the floor, so on untruncated patterns the threshold reaches farther into 
 tail and reads a larger extent too (up to 23 % low at 64³). Both errors only enlarge the extent, so each axis
 keeps the smaller of the two extents (the larger ratio). On 36 + 24 + 48 simulated patterns (64³, 128³,
 128x256x256) this keeps the plain estimate wherever the pattern is not truncated, and brings the 6 truncated
-axes from 0.44-0.52x the truth to within 10 % of it, 2 of them on crystals measured only after the window was
+axes from 0.40-0.52x the truth to within 10 % of it, 2 of them on crystals measured only after the window was
 chosen (bench/oversampling_estimate.py).
 """
 from __future__ import annotations
@@ -47,7 +47,7 @@ ALIAS_DECADES = 0.5  # outer-slab excess (log10) over the other axes that means 
 OUTER = 0.46  # |shift| >= OUTER * N on some axis: outside the autocorrelation of any crystal with oversampling > 2.17
 TUKEY_ALPHA = 0.4  # the window of the second, truncation-proof autocorrelation: tapers over 20 % at each end
 TRUNCATED = 1.25  # windowed / plain ratio above which an axis is reported truncated (1.8-2.3 on the truncated
-# 128x256x256 patterns, at most 1.07 elsewhere: bench/oversampling_estimate.py)
+# 128x256x256 patterns, at most 1.08 elsewhere: bench/oversampling_estimate.py)
 
 
 def fill_masked(intensity: np.ndarray, mask: np.ndarray | None, sigma: float = 1.0) -> np.ndarray:
