@@ -135,8 +135,9 @@ def estimate_oversampling(intensity: np.ndarray, mask: np.ndarray | None = None,
     if not np.any(data > 0):
         raise InputError("intensity is zero everywhere: no oversampling to measure")
     m = None if mask is None else np.asarray(mask, dtype=bool)
-    plain = per_axis(autocorrelation(data, m), m, k, smooth)
-    windowed = per_axis(autocorrelation(data, m, window=TUKEY_ALPHA), m, k, smooth)
+    filled = fill_masked(data, m)  # once for both autocorrelations (m still tells per_axis where gap planes are)
+    plain = per_axis(autocorrelation(filled), m, k, smooth)
+    windowed = per_axis(autocorrelation(filled, window=TUKEY_ALPHA), m, k, smooth)
     pick = [w if w[0] > p[0] else p for p, w in zip(plain, windowed)]
     return Oversampling(*(tuple(v[j] for v in pick) for j in range(4)), plain=tuple(p[0] for p in plain))
 
