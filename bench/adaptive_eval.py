@@ -13,6 +13,7 @@ calib_adaptive_NAME_<model>.jsonl, and `calib-report` tables every label side by
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -134,8 +135,9 @@ def report(args) -> str:
     sets = [(f, f.stem.removeprefix("eval_")) for f in files]
     sets += [(f, "second held-out set (seeds 2,000,200+ and 2,500,200+, first run after the gate's refit), "
               + f.stem.removeprefix("fresh_")) for f in sorted(Path(args.out).glob("fresh_adaptive_*.jsonl"))]
-    sets += [(f, "third held-out set (seeds 2,000,400+ and 2,500,400+, first run after the confirmation zone: the "
-              "clean out-of-sample figure for it), " + f.stem.removeprefix("third_"))
+    sets += [(f, "third held-out set (seeds 2,000,400+ and 2,500,400+, first run after the confirmation zone"
+              + (" and, at this size, after the rule for truncated patterns" if _SIZED.search(f.stem) else "")
+              + ": the clean out-of-sample figure for it), " + f.stem.removeprefix("third_"))
              for f in sorted(Path(args.out).glob("third_adaptive_*.jsonl"))]
     for f, label in sets:
         lines += report_lines(list(_jsonl(f).values()), label)
@@ -144,6 +146,9 @@ def report(args) -> str:
             lines += [f"{redone} of these crystals {'was' if redone == 1 else 'were'} recomputed on resume (the "
                       "earlier rows stay in the file; the table uses the last row of each crystal).", ""]
     return "\n".join(lines)
+
+
+_SIZED = re.compile(r"_\d+(x\d+x\d+)?$")  # a results file of a larger size (bench.cnn_eval run --size)
 
 
 def _recomputed(path: Path) -> int:

@@ -242,6 +242,7 @@ def run_strategy(sample: dict, seed: int, model, method: str = "adaptive", opts=
             "r_factor": res.result.llk.get("r_factor"), "wall_s": wall, "cpu_s": cpu, "method": method,
             "status": c["status"], "winner": c["winner"], "nb_candidates": c["nb_candidates"],
             "fallback_ran": c["fallback_ran"], "budget_exhausted": c["budget_exhausted"], "gate": c["gate"],
+            "thresholds": c["thresholds"],
             "candidates": [{k: v for k, v in x.items() if k != "reasons"} for x in res.candidates]}
 
 
@@ -250,10 +251,16 @@ def verdict_stands(rec: dict, thr=None) -> bool:
     run keeps it: true when its candidates, replayed in run order with single checks only, stop at the same
     one, i.e. every candidate before the last fails them, and the last passes below the confirmation zone
     (recorded ok) or fails them too (recorded uncertain, budget spent). Anything that would need an agreement
-    not recorded is recomputed."""
+    not recorded is recomputed. The limits are those of the record's pattern (GateThresholds.for_pattern: a pattern
+    the front end reports truncated needs an agreeing independent start); a record that carries the limits it ran
+    under stands exactly when they are today's."""
     from physics.quality import GateThresholds, single_checks
 
-    thr = thr or GateThresholds()
+    fe = rec.get("frontend") or {}
+    truncated = any(fe["truncated"]) if "truncated" in fe else any("truncated" in w for w in fe.get("warnings", ()))
+    thr = (thr or GateThresholds()).for_pattern(truncated)  # the strategy's own rule (workers.strategy)
+    if rec.get("thresholds") is not None:  # recorded under known limits: it stands when they are today's
+        return rec["thresholds"] == thr.as_dict()
     cands = rec.get("candidates") or []
     if not cands or thr.require_agreement:
         return False
@@ -324,11 +331,13 @@ def run(args) -> None:
         if not todo and size == "64":  # a 64³ pattern is used as it is: no front-end decision to check
             continue
         sample = sample_for(seed, params, size)
-        if size != "64":  # a row stands only when today's front end decides the same crop and CNN grid for it
-            decided = frontend_decisions(crop_for_cnn(sample["intensity"], sample["mask"],
-                                                      predict=model.predict_phase if model else None)[3].metadata())
-            todo += [m for m in methods if m not in todo and frontend_decisions(done[m][seed].get("frontend"))
-                     != decided]
+        if size != "64":  # a row stands only when today's front end decides the same crop and CNN grid for it,
+            # and a gated row only when today's gate, with today's front end (a truncated pattern), would stop there
+            fe = crop_for_cnn(sample["intensity"], sample["mask"],
+                              predict=model.predict_phase if model else None)[3].metadata()
+            todo += [m for m in methods if m not in todo and (
+                frontend_decisions(done[m][seed].get("frontend")) != frontend_decisions(fe)
+                or (m == "adaptive" and not verdict_stands({**done[m][seed], "frontend": fe})))]
         if not todo:
             continue
         base = {"seed": seed, "phase_range": float(sample["phase_range"]), "shape": str(sample["shape_kind"]),
@@ -471,7 +480,9 @@ def size_report(model_tag: str | None = None) -> str:
             "resampling, measured oversampling per axis) in bench/results/eval_<method>_<tag>_<size>.jsonl. A rerun "
             "recomputes every row whose front-end decisions (crop, CNN grid, refinement grid) differ from what the "
             "front end decides today (bench.cnn_eval.frontend_decisions), e.g. after a change of the oversampling "
-            "estimate; the earlier rows stay in the file and the table reads the last row of each crystal.\n\n")
+            "estimate, and every adaptive row whose verdict today's gate would not reproduce with today's front end "
+            "(bench.cnn_eval.verdict_stands; on a pattern reported truncated, an 'ok' needs an independent start "
+            "that agrees); the earlier rows stay in the file and the table reads the last row of each crystal.\n\n")
     table = ["| size | method | crystals | success % | median phase RMSE (rad) | median IoU | median wall s "
              "| CNN input binned or resampled | crops |", "|---|---|---:|---:|---:|---:|---:|---:|---|"]
     if not rows:

@@ -414,6 +414,7 @@ class FrontEnd:
     background: dict = field(default_factory=dict)
     crop_source: str = "oversampling"  # "oversampling", "crop_size override", "64³ input used as is"
     warnings: list = field(default_factory=list)
+    truncated: tuple = ()  # per axis: the pattern is still bright at the ends of the array (a cut scan)
 
     def metadata(self) -> dict:
         out = asdict(self)
@@ -624,5 +625,5 @@ def prepare(intensity: np.ndarray, mask: np.ndarray | None, training_range: Sequ
                   photon_scale_source=scale_source, background=bg,
                   crop_source="64³ input used as is" if as_is else (
                       "crop_size override" if options.crop_size is not None else "oversampling"),
-                  warnings=list(plan["warnings"]))
+                  warnings=list(plan["warnings"]), truncated=tuple(bool(t) for t in os_.truncated))
     return Prepared(i_crop.astype(np.float32), m_crop, fe)

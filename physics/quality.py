@@ -17,7 +17,7 @@ Pure array code: numpy, physics.align and the engine's LLK through physics.metri
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -73,6 +73,13 @@ class GateThresholds:
         """True when a candidate that passes the single checks still needs an independent candidate to agree."""
         z = self.confirm_mean_to_max
         return z is not None and values.get("mean_to_max", float("nan")) > z
+
+    def for_pattern(self, truncated: bool) -> "GateThresholds":
+        """The limits for one pattern. A truncated pattern (still bright at the ends of the array: a cut scan, which
+        the front end reports) lies outside the calibration, and there a wrong result passed every single check
+        (bench.cnn_eval, 128x256x256, seed 2000221: free LLK 112, phase RMSE 0.68 rad): an 'ok' then needs an
+        independent start that agrees (require_agreement with independent_partners)."""
+        return replace(self, require_agreement=True, independent_partners=True) if truncated else self
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -172,7 +179,7 @@ def judge(values: dict, thr: GateThresholds, mismatch: float | None = None) -> t
     candidate), needed when needs_partner says so."""
     why = single_checks(values, thr)
     if not why and needs_partner(values, thr):
-        zone = "" if thr.require_agreement else (f"mean_to_max {values['mean_to_max']:.3g} > "
+        zone = "agreement required: " if thr.require_agreement else (f"mean_to_max {values['mean_to_max']:.3g} > "
                                                  f"{thr.confirm_mean_to_max:g} needs confirmation: ")
         if mismatch is None:
             why.append(zone + "no second candidate to agree with")

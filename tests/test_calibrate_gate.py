@@ -127,3 +127,11 @@ def test_resumed_evaluations_recompute_only_rows_whose_verdicts_change():
     assert verdict_stands(spent)
     assert not verdict_stands({**spent, "candidates": [fail, zone]})  # a zone candidate might now be confirmed
     assert not verdict_stands(row, GateThresholds(require_agreement=True))
+    # a truncated pattern (front-end metadata) needs an independent agreeing start: an older row is recomputed;
+    # a row recorded with its limits stands when they are today's for that pattern
+    cut = {**row, "frontend": {"truncated": [True, False, False], "warnings": []}}
+    assert not verdict_stands(cut)
+    assert not verdict_stands({**row, "frontend": {"warnings": ["axis 0: ... (truncated: the plain ..."]}})
+    assert verdict_stands({**cut, "thresholds": GateThresholds().for_pattern(True).as_dict()})
+    assert not verdict_stands({**cut, "thresholds": GateThresholds().as_dict()})
+    assert verdict_stands({**row, "thresholds": GateThresholds().as_dict()})

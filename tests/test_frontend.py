@@ -44,6 +44,18 @@ def test_oversampling_of_a_truncated_bright_pattern_within_10_percent():
     assert fe.crop_shape[0] == 128 and fe.cnn_binning[0] == 2
     truncation = [w for w in fe.warnings if "truncated" in w]
     assert len(truncation) == 1 and truncation[0].startswith("axis 0: the pattern is still bright"), fe.warnings
+    assert fe.truncated == (True, False, False) and fe.metadata()["truncated"] == [True, False, False]
+    # outside the gate's calibration: a strategy's 'ok' then needs an independent start that agrees. A one-candidate
+    # path (the paper's (b), here with a useless CNN and 10 ER cycles, for time) can therefore never be 'ok' on it
+    from workers.pipeline import ReconOptions
+    from workers.strategy import StrategyOptions, run_method
+
+    res = run_method("cnn-er", s["intensity"], s["mask"],
+                     lambda i64: np.random.default_rng(0).uniform(-np.pi, np.pi, i64.shape).astype(np.float32),
+                     StrategyOptions(recon=ReconOptions(er_cycles=10)))
+    c = res.confidence
+    assert c["thresholds"]["require_agreement"] and c["thresholds"]["independent_partners"], c["thresholds"]
+    assert c["status"] == "uncertain" and res.result.frontend.truncated == (True, False, False)
 
 
 def test_undersampled_data_are_refused_naming_the_axis():

@@ -74,6 +74,23 @@ def test_adaptive_falls_back_when_the_cnn_fails(easy, one_torch_thread):
         assert x["recipe"] == f"cohere-style {want}", x
 
 
+def test_a_truncated_pattern_needs_an_independent_start_that_agrees(easy, one_torch_thread):
+    """The limits of a pattern the front end reports truncated (GateThresholds.for_pattern(True), which the
+    strategies take from FrontEnd.truncated: tests/test_frontend.py): even a perfect CNN candidate is not 'ok' alone,
+    nor with the run seeded from its own object (same start); a run from the autocorrelation that agrees makes
+    both ok."""
+    untruncated = run_method("adaptive", easy["intensity"], easy["mask"], true_phase(easy), StrategyOptions(**FAST))
+    assert not untruncated.confidence["thresholds"]["require_agreement"]  # 64³, not cut: the calibrated gate
+    opts = StrategyOptions(**FAST, max_runs=4, thresholds=GateThresholds().for_pattern(True))
+    res = run_method("adaptive", easy["intensity"], easy["mask"], true_phase(easy), opts)
+    c, cands = res.confidence, res.candidates
+    assert c["status"] == "ok" and c["fallback_ran"], c
+    assert cands[0]["name"] == "cnn-raar-er" and cands[1]["seeding"] == "cnn_object"
+    assert any(x["seeding"] == "autocorrelation" and x["status"] == "ok" for x in cands[2:]), cands
+    assert c["gate"]["mismatch"] <= GateThresholds().max_mismatch and _truth_ok(res, easy)
+    assert GateThresholds().for_pattern(False) == GateThresholds()
+
+
 def test_budget_is_honoured_and_nothing_passing_is_uncertain(easy, one_torch_thread):
     never = GateThresholds(max_llk_free=1e-6)  # no reconstruction can pass
     res = run_method("adaptive", easy["intensity"], easy["mask"], random_phase,

@@ -122,6 +122,9 @@ def _hint(best: Candidate | None, thr: GateThresholds, budget: str | None, nb_ru
         tips.append(f"more runs (--max-runs {max(2 * nb_runs, 4)}) or more time (--max-seconds)")
     if best is not None and best.values.get("support_ratio", 0) > thr.max_support_ratio:
         tips.append("a tighter crop (--crop-size) or a mask of aliens: the support outgrew the autocorrelation bound")
+    if best is not None and any(r.startswith("agreement required") for r in best.reasons):
+        tips.append("a longer scan or a larger detector window: the pattern is cut at the ends of the array, so an "
+                    "'ok' needs two independent starts that agree")
     if masked > 0.01:
         tips.append("a check of the detector mask (%.1f %% of the voxels are masked)" % (100 * masked))
     if not tips:
@@ -187,6 +190,12 @@ def _finish(method: str, cands: list[Candidate], base: ReconResult, t0: float, t
                      warnings=list(base.warnings) + ([] if oks else [confidence["hint"]]))
     return StrategyResult(result=result, confidence=confidence, candidates=[c.summary() for c in cands],
                           modes=modes, mode_weights=weights)
+
+
+def thresholds_for(thr: GateThresholds, frontend) -> GateThresholds:
+    """The gate's limits for one pattern: on a pattern the front end reports truncated, an 'ok' needs an independent
+    start that agrees (GateThresholds.for_pattern)."""
+    return thr.for_pattern(frontend is not None and any(frontend.truncated))
 
 
 def _cnn_candidate(name: str, intensity, mask, predict, opts: StrategyOptions, progress, should_cancel, free_mask):
@@ -260,6 +269,7 @@ def adaptive(intensity, mask, predict, opts: StrategyOptions = StrategyOptions()
         if base is None:
             base = r
             ac = autocorrelation_support_size(r.intensity_crop, r.mask_crop)
+            thr = thresholds_for(opts.thresholds, r.frontend)
         timings[name] = sec
         vals = gate_values(r.obj, r.support, r.intensity_crop, r.mask_crop, r.free_mask, llk=r.llk, ac_size=ac)
         cands.append(Candidate(name, r.obj, r.support, dict(r.llk), vals, sec, group="cnn"))
@@ -303,8 +313,9 @@ def cnn_only(method: str, intensity, mask, predict, opts: StrategyOptions = Stra
     ac = autocorrelation_support_size(r.intensity_crop, r.mask_crop)
     vals = gate_values(r.obj, r.support, r.intensity_crop, r.mask_crop, r.free_mask, llk=r.llk, ac_size=ac)
     cands = [Candidate(method, r.obj, r.support, dict(r.llk), vals, sec, group="cnn")]
-    _judge(cands, opts.thresholds, {})
-    return _finish(method, cands, r, t0, opts.thresholds, None, 0, {}, fallback_ran=False)
+    thr = thresholds_for(opts.thresholds, r.frontend)
+    _judge(cands, thr, {})
+    return _finish(method, cands, r, t0, thr, None, 0, {}, fallback_ran=False)
 
 
 def standard(intensity, mask, opts: StrategyOptions = StrategyOptions(), progress: Progress = _noop,
@@ -329,7 +340,8 @@ def standard(intensity, mask, opts: StrategyOptions = StrategyOptions(), progres
     vals = gate_values(res.obj, res.support, i_crop, m_crop, free_mask, ac_size=ac)
     ms = [res.runs[k]["align"]["mismatch"] for k in res.kept[1:] if "align" in res.runs[k]]
     mismatch = min(ms) if ms else None
-    status, why = judge(vals, opts.thresholds, mismatch)
+    thr = thresholds_for(opts.thresholds, fe)  # the kept runs are independent random starts
+    status, why = judge(vals, thr, mismatch)
     from physics.metrics import data_metrics
 
     llk = dict(data_metrics(res.obj, i_crop, mask=m_crop, free_mask=free_mask, support=res.support))
@@ -343,7 +355,7 @@ def standard(intensity, mask, opts: StrategyOptions = StrategyOptions(), progres
     cand = Candidate("standard", res.obj, res.support, llk, vals, sec,
                      {"nb_run": opts.nb_run, "nb_kept": len(res.kept), "first_mode_weight": res.first_mode_weight})
     cand.status, cand.reasons, cand.mismatch = status, why, mismatch
-    out = _finish("standard", [cand], base, t0, opts.thresholds, None, 0, {"standard": sec}, fallback_ran=False)
+    out = _finish("standard", [cand], base, t0, thr, None, 0, {"standard": sec}, fallback_ran=False)
     out.confidence["first_mode_weight"] = res.first_mode_weight
     out.modes, out.mode_weights = res.modes, res.mode_weights
     return out
