@@ -40,7 +40,8 @@ class GateThresholds:
     0.48-0.54), a candidate is 'ok' only when a candidate from another start agrees with it (mismatch <= 0.12; in
     sample precision 100 %, recall 88.4 %, against 98.3 % / 90.0 % without the zone).
     The strategy then runs fallback runs until one agrees or one passes below the zone. `require_agreement`
-    (every candidate needs a partner) costs at least one more run on every dataset: available, not the default."""
+    (every candidate needs a partner) costs at least one more run on every dataset: available, not the default,
+    except on a pattern the front end reports truncated (for_pattern), which lies outside this calibration."""
 
     max_llk_free: float = 200.0  # free Poisson LLK (~1 for a statistically ideal fit)
     max_obj2_out: float = 0.02  # fraction of |obj|^2 outside the support after a magnitude projection (PyNX 0.10)
