@@ -19,12 +19,12 @@ fi
 
 extras="service,tiled,bluesky"
 [ $want_test -eq 1 ] && extras="$extras,dev,keras"
-stamp=".venv/.bcdi-setup-$(cat pyproject.toml | sha1sum | cut -c1-12)-${extras//,/_}"
+stamp=".venv/.bcdi-setup-$(cat pyproject.toml deploy/constraints.txt | sha1sum | cut -c1-12)-${extras//,/_}"
 if [ ! -f "$stamp" ]; then
   log "installing Python packages (torch CPU wheel first, then the project [$extras])"
   .venv/bin/python -m pip install -q --upgrade pip >/dev/null
   .venv/bin/python -m pip install -q "torch==2.13.0"
-  .venv/bin/python -m pip install -q -e ".[$extras]"
+  .venv/bin/python -m pip install -q -c deploy/constraints.txt -e ".[$extras]"  # the tested versions
   touch "$stamp"
 fi
 if [ $want_test -eq 1 ]; then
