@@ -91,6 +91,23 @@ def test_a_truncated_pattern_needs_an_independent_start_that_agrees(easy, one_to
     assert GateThresholds().for_pattern(False) == GateThresholds()
 
 
+def test_the_hint_names_the_cut_axis_only_on_a_truncated_pattern():
+    """An uncertain result whose best candidate passed every single check on a cut scan lacked only an agreeing
+    start: the hint says so and names the axis; asking for agreement on an uncut pattern does not claim a cut."""
+    from physics.quality import judge
+    from workers.strategy import Candidate, _hint
+
+    vals = {"llk_free": 2.0, "obj2_out": 0.01, "support_ratio": 0.15, "mean_to_max": 0.30}
+    thr = GateThresholds().for_pattern(True)
+    status, why = judge(vals, thr, None)
+    best = Candidate("cnn-raar-er", None, None, {}, vals, 1.0, status=status, reasons=why)
+    assert status == "uncertain"
+    assert "cut at the ends of the array (axis 0)" in _hint(best, thr, "runs", 6, 0.0, (True, False, False))
+    assert "cut" not in _hint(best, thr, "runs", 6, 0.0, (False, False, False))
+    failing = Candidate("cnn-raar-er", None, None, {}, dict(vals, obj2_out=0.3), 1.0)
+    assert "cut" not in _hint(failing, thr, "runs", 6, 0.0, (True, False, False))  # it failed a check itself
+
+
 def test_budget_is_honoured_and_nothing_passing_is_uncertain(easy, one_torch_thread):
     never = GateThresholds(max_llk_free=1e-6)  # no reconstruction can pass
     res = run_method("adaptive", easy["intensity"], easy["mask"], random_phase,

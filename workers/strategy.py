@@ -15,7 +15,8 @@ from typing import Callable
 import numpy as np
 
 from physics.errors import InputError
-from physics.quality import GateThresholds, autocorrelation_support_size, gate_values, judge, judge_set
+from physics.quality import (GateThresholds, autocorrelation_support_size, gate_values, judge, judge_set,
+                             single_checks)
 from workers.pipeline import ReconOptions, ReconResult, crop_for_cnn, reconstruct
 
 from contract.options import METHODS  # noqa: E402  (the one list: the options schema validates `method`)
@@ -115,16 +116,18 @@ class StrategyResult:
     mode_weights: np.ndarray | None = None
 
 
-def _hint(best: Candidate | None, thr: GateThresholds, budget: str | None, nb_runs: int, masked: float) -> str:
-    """One line: what to try next when nothing passed the gate."""
+def _hint(best: Candidate | None, thr: GateThresholds, budget: str | None, nb_runs: int, masked: float,
+          truncated: tuple = ()) -> str:
+    """One line: what to try next when nothing passed the gate. truncated: the front end's per-axis flags."""
     tips = []
     if budget:
         tips.append(f"more runs (--max-runs {max(2 * nb_runs, 4)}) or more time (--max-seconds)")
     if best is not None and best.values.get("support_ratio", 0) > thr.max_support_ratio:
         tips.append("a tighter crop (--crop-size) or a mask of aliens: the support outgrew the autocorrelation bound")
-    if best is not None and any(r.startswith("agreement required") for r in best.reasons):
-        tips.append("a longer scan or a larger detector window: the pattern is cut at the ends of the array, so an "
-                    "'ok' needs two independent starts that agree")
+    if any(truncated) and best is not None and not single_checks(best.values, thr):  # only an agreement missing
+        axes = ", ".join(str(a) for a, t in enumerate(truncated) if t)
+        tips.append(f"a longer scan or a larger detector window: the pattern is cut at the ends of the array (axis "
+                    f"{axes}), so an 'ok' needs two independent starts that agree")
     if masked > 0.01:
         tips.append("a check of the detector mask (%.1f %% of the voxels are masked)" % (100 * masked))
     if not tips:
@@ -183,7 +186,8 @@ def _finish(method: str, cands: list[Candidate], base: ReconResult, t0: float, t
                   "thresholds": thr.as_dict(), "nb_candidates": len(cands), "nb_passed": len(oks),
                   "fallback_ran": fallback_ran, "budget_exhausted": budget, "seconds": round(seconds, 3),
                   "first_mode_weight": first_w,
-                  "hint": None if oks else _hint(win, thr, budget, nb_runs, masked)}
+                  "hint": None if oks else _hint(win, thr, budget, nb_runs, masked,
+                                                base.frontend.truncated if base.frontend is not None else ())}
     recipe = win.info.get("recipe", base.recipe) if win.name.startswith("standard-run") else base.recipe
     result = replace(base, obj=obj, support=support, llk=llk, timings=timings, recipe=recipe,
                      options={**base.options, "method": method, "winner": win.name},
