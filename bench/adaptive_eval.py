@@ -13,14 +13,13 @@ calib_adaptive_NAME_<model>.jsonl, and `calib-report` tables every label side by
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
 
 import numpy as np
 
 from bench.cnn_eval import (BINS, RESULTS, SET_FIRST, _append, _jsonl, _shard, _success, run_strategy,
-                            test_crystals, verdict_stands)
+                            size_of, test_crystals, verdict_stands)
 from bench.common import model_tag
 
 SECTION = "Adaptive reconstruction on the held-out crystals"
@@ -136,7 +135,7 @@ def report(args) -> str:
     sets += [(f, "second held-out set (seeds 2,000,200+ and 2,500,200+, first run after the gate's refit), "
               + f.stem.removeprefix("fresh_")) for f in sorted(Path(args.out).glob("fresh_adaptive_*.jsonl"))]
     sets += [(f, "third held-out set (seeds 2,000,400+ and 2,500,400+, first run after the confirmation zone"
-              + (" and, at this size, after the rule for truncated patterns" if _SIZED.search(f.stem) else "")
+              + (" and, at this size, after the rule for truncated patterns" if size_of(f) != "64" else "")
               + ": the clean out-of-sample figure for it), " + f.stem.removeprefix("third_"))
              for f in sorted(Path(args.out).glob("third_adaptive_*.jsonl"))]
     for f, label in sets:
@@ -146,9 +145,6 @@ def report(args) -> str:
             lines += [f"{redone} of these crystals {'was' if redone == 1 else 'were'} recomputed on resume (the "
                       "earlier rows stay in the file; the table uses the last row of each crystal).", ""]
     return "\n".join(lines)
-
-
-_SIZED = re.compile(r"_\d+(x\d+x\d+)?$")  # a results file of a larger size (bench.cnn_eval run --size)
 
 
 def _recomputed(path: Path) -> int:
