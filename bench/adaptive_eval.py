@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.cnn_eval import (BINS, RESULTS, SET_FIRST, _append, _jsonl, _shard, _success, run_strategy,
-                            size_of, test_crystals, verdict_stands)
+                            set_params, size_of, test_crystals, verdict_stands)
 from bench.common import model_tag
 
 SECTION = "Adaptive reconstruction on the held-out crystals"
@@ -29,7 +29,7 @@ CALIB_SECTION = "Adaptive fallback: the recipe of the CNN-seeded run (calibratio
 def _file(out: Path, method: str, tag: str, label: str | None = None, crystals: str = "held-out") -> Path:
     if label:  # a recipe variant on the calibration crystals: kept apart from the evaluation's files
         return out / f"calib_{method.replace('-', '_')}_{label}_{tag}.jsonl"
-    if crystals in ("fresh", "third"):  # later held-out sets: not eval_ files, so bench.cnn_eval's tables keep one
+    if crystals in ("fresh", "third", "wide"):  # later held-out sets: not eval_ files, so bench.cnn_eval's tables keep one
         return out / f"{crystals}_{method.replace('-', '_')}_{tag}.jsonl"
     return out / f"eval_{method.replace('-', '_')}_{tag}.jsonl"
 
@@ -42,6 +42,14 @@ def strategy_options(args):
              if v is not None}
     return StrategyOptions(max_runs=args.max_runs, max_seconds=args.max_seconds, fallback_style=args.fallback_style,
                            **extra)
+
+
+def scan_conditions(sample: dict) -> dict:
+    """What the simulated scan looked like (oversampling per axis, peak counts, background, masked fraction): the
+    wide set draws them, and its failures are read against them."""
+    return {"oversampling": [round(float(x), 3) for x in sample["oversampling"]],
+            "peak_counts": float(sample["peak_counts"]), "background": float(sample.get("background", 0.0)),
+            "masked_fraction": round(float(np.mean(sample["mask"])), 5)}
 
 
 def run(args) -> None:
@@ -64,13 +72,14 @@ def run(args) -> None:
     if calib:
         chosen = calibration_crystals(args.n_high, args.n_low)
     else:
-        chosen = test_crystals(args.n_high, args.n_low, SET_FIRST[args.crystals])
+        chosen = test_crystals(args.n_high, args.n_low, SET_FIRST[args.crystals], set_params(args.crystals))
     for seed, params in chosen[k::n]:
         if seed in done and verdict_stands(done[seed], opts.thresholds):
             continue  # a row whose verdicts today's gate would repeat stands; the others are recomputed
         sample = simulate_sample(seed, params)
         rec = {"seed": seed, "phase_range": float(sample["phase_range"]), "shape": str(sample["shape_kind"]),
-               "field": str(sample["field_kind"]), **run_strategy(sample, seed, model, args.method, opts),
+               "field": str(sample["field_kind"]), **scan_conditions(sample),
+               **run_strategy(sample, seed, model, args.method, opts),
                "model": tag, "seeded_recipe": opts.seeded_recipe, "fallback_recipe": opts.fallback_recipe}
         _append(path, rec)
         print(f"seed {seed} range {rec['phase_range']:.1f}: {rec['status']} winner {rec['winner']} "
@@ -110,6 +119,39 @@ def report_lines(recs: list[dict], label: str) -> list[str]:
     return lines
 
 
+def _groups(recs: list[dict]) -> dict[str, dict[str, list]]:
+    """The wide set's rows by strain family, shape family and scan condition (each row in one group of each)."""
+    from physics.simulate import EXTRA_FIELDS, EXTRA_SHAPES
+
+    def condition(r):
+        gaps = "gaps" if r.get("masked_fraction", 0) > 0.01 else "no gaps"
+        counts = "peak < 1e4" if r.get("peak_counts", 1e9) < 1e4 else "peak ≥ 1e4"
+        return f"{gaps}, {counts}"
+
+    out: dict[str, dict[str, list]] = {"strain field": {}, "shape": {}, "scan": {}}
+    for r in recs:
+        out["strain field"].setdefault(r["field"] + (" (unseen)" if r["field"] in EXTRA_FIELDS else ""), []).append(r)
+        out["shape"].setdefault(r["shape"] + (" (unseen)" if r["shape"] in EXTRA_SHAPES else ""), []).append(r)
+        out["scan"].setdefault(condition(r), []).append(r)
+    return out
+
+
+def breakdown_lines(recs: list[dict]) -> list[str]:
+    """Success and gate errors of a mixed set by family and scan condition: where the method or its gate breaks.
+    'unseen': a family that neither the shipped CNN's training distribution nor the gate's calibration drew."""
+    lines = ["By family and scan condition (all phase ranges; gaps: more than 1 % of the voxels masked):", "",
+             "| grouped by | group | n | success | marked ok | ok but wrong (silent) | uncertain but right | "
+             "median s |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for by, groups in _groups(recs).items():
+        for g, sel in sorted(groups.items()):
+            ok = [_success(r) for r in sel]
+            lines.append(f"| {by} | {g} | {len(sel)} | {sum(ok)} | {sum(r['status'] == 'ok' for r in sel)} | "
+                         f"{sum(r['status'] == 'ok' and not s for r, s in zip(sel, ok))} | "
+                         f"{sum(r['status'] != 'ok' and s for r, s in zip(sel, ok))} | "
+                         f"{np.median([r['wall_s'] for r in sel]):.1f} |")
+    return lines + [""]
+
+
 def report(args) -> str:
     from bench.common import machine
 
@@ -138,8 +180,14 @@ def report(args) -> str:
               + (" and, at this size, after the rule for truncated patterns" if size_of(f) != "64" else "")
               + ": the clean out-of-sample figure for it), " + f.stem.removeprefix("third_"))
              for f in sorted(Path(args.out).glob("third_adaptive_*.jsonl"))]
+    sets += [(f, "wide held-out set (seeds 2,000,600+ and 2,500,600+: every shape and strain family of "
+              "physics.simulate, the paper's and the ones no other set draws, under the wide scan conditions; first "
+              "run after the changes of 2026-12-07), " + f.stem.removeprefix("wide_"))
+             for f in sorted(Path(args.out).glob("wide_adaptive_*.jsonl"))]
     for f, label in sets:
         lines += report_lines(list(_jsonl(f).values()), label)
+        if f.stem.startswith("wide_"):
+            lines += breakdown_lines(list(_jsonl(f).values()))
         redone = _recomputed(f)
         if redone:
             lines += [f"{redone} of these crystals {'was' if redone == 1 else 'were'} recomputed on resume (the "
@@ -218,10 +266,11 @@ def main(argv=None) -> int:
                                                           "(default: the strategy's)")
     r.add_argument("--fallback-recipe", default=None, help="recipe of the other fallback runs (default: the "
                                                             "strategy's)")
-    r.add_argument("--crystals", default="held-out", choices=("held-out", "fresh", "third", "calibration"),
+    r.add_argument("--crystals", default="held-out", choices=(*SET_FIRST, "calibration"),
                    help="held-out: the evaluation's; fresh, third: the second and third held-out sets (seeds "
-                        "2,000,200+ and 2,000,400+), for final checks; calibration: bench/calibrate_gate.py's, for "
-                        "choosing recipes")
+                        "2,000,200+ and 2,000,400+), for final checks; wide: seeds 2,000,600+, the shape and "
+                        "strain families no other set draws and wide scan conditions (gaps, background, low counts), "
+                        "for generalisation; calibration: bench/calibrate_gate.py's, for choosing recipes")
     r.add_argument("--label", default=None, help="name of a calibration variant (its file and table row)")
     r.add_argument("--threads", type=int, default=1)
     r.add_argument("--shard", type=_shard, default=(0, 1), metavar="K/N")

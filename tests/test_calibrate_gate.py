@@ -135,3 +135,8 @@ def test_resumed_evaluations_recompute_only_rows_whose_verdicts_change():
     assert verdict_stands({**cut, "thresholds": GateThresholds().for_pattern(True).as_dict()})
     assert not verdict_stands({**cut, "thresholds": GateThresholds().as_dict()})
     assert verdict_stands({**row, "thresholds": GateThresholds().as_dict()})
+    # recorded under other limits: replayed like a row without them (a zone-confirmed ok is recomputed)
+    older = GateThresholds(confirm_mean_to_max=0.50).as_dict()
+    assert verdict_stands({**row, "thresholds": older})
+    assert not verdict_stands({**row, "candidates": [fail, zone], "thresholds": older})
+    assert verdict_stands({**row, "candidates": [fail, zone], "thresholds": GateThresholds().as_dict()})
