@@ -109,14 +109,17 @@ def run(args) -> None:
         todo = [n for n in args.candidates if old is None or n not in old["candidates"]]
         if "std_pynx" in todo and not (HIGH_SEED0 <= seed < HIGH_SEED0 + args.pynx_high):
             todo.remove("std_pynx")  # the recipe comparison's PyNX-style run only on the first --pynx-high crystals
+        sample = simulate_sample(seed, params)
+        ac = autocorrelation_support_size(sample["intensity"], sample["mask"])
+        if old is not None and rebound(old, ac):
+            _append(out, old)  # the same candidates, their support ratios against today's bound
+            print(f"seed {seed}: support ratios against today's autocorrelation bound ({ac} voxels)", flush=True)
         if not todo:
             continue
-        sample = simulate_sample(seed, params)
         free = free_mask_for(sample, seed)
-        ac = autocorrelation_support_size(sample["intensity"], sample["mask"])
         rec = old or {"seed": seed, "phase_range": float(sample["phase_range"]), "shape": str(sample["shape_kind"]),
                       "field": str(sample["field_kind"]), "model": tag, "er_cycles": args.er_cycles,
-                      "recipe": args.recipe, "candidates": {}, "mismatch": {}}
+                      "recipe": args.recipe, "candidates": {}, "mismatch": {}, "ac_size": ac}
         if rec["model"] != tag:
             raise SystemExit(f"seed {seed} was calibrated with {rec['model']}, not {tag}: use another --out")
         if any(n.startswith("fb_") for n in todo) and "cnn_raar_er" not in todo:
@@ -144,6 +147,19 @@ def run(args) -> None:
         _append(out, rec)  # the last line of a seed is its record (_jsonl)
         ok = {k: v.get("success") for k, v in rec["candidates"].items()}
         print(f"seed {seed} range {rec['phase_range']:.1f}: {ok}", flush=True)
+
+
+def rebound(rec: dict, ac: int) -> bool:
+    """Bring a crystal's record to today's autocorrelation bound `ac` (physics.quality.autocorrelation_support_size:
+    it changed on 2026-12-07 to stand above the Poisson noise floor): each candidate's support ratio is its
+    recorded support size over `ac`, nothing else moves. True when the record changed."""
+    if rec.get("ac_size") == ac:
+        return False
+    for c in rec["candidates"].values():
+        if "support_size" in c:
+            c["support_ratio"] = c["support_size"] / max(ac, 1)
+    rec["ac_size"] = ac
+    return True
 
 
 def timing(args) -> str:

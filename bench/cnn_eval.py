@@ -262,6 +262,12 @@ def run_strategy(sample: dict, seed: int, model, method: str = "adaptive", opts=
             "candidates": [{k: v for k, v in x.items() if k != "reasons"} for x in res.candidates]}
 
 
+def row_truncated(rec: dict) -> bool:
+    """Whether a row's pattern was reported truncated by the front end (older rows: from its warning text)."""
+    fe = rec.get("frontend") or {}
+    return any(fe["truncated"]) if "truncated" in fe else any("truncated" in w for w in fe.get("warnings", ()))
+
+
 def verdict_stands(rec: dict, thr=None) -> bool:
     """Whether a recorded gated result (run_strategy's record) is what today's gate would produce, so a resumed
     run keeps it: true when its candidates, replayed in run order with single checks only, stop at the same
@@ -272,9 +278,7 @@ def verdict_stands(rec: dict, thr=None) -> bool:
     under stands when they are today's (its confirmed agreements included), and otherwise is replayed as above."""
     from physics.quality import GateThresholds, single_checks
 
-    fe = rec.get("frontend") or {}
-    truncated = any(fe["truncated"]) if "truncated" in fe else any("truncated" in w for w in fe.get("warnings", ()))
-    thr = (thr or GateThresholds()).for_pattern(truncated)  # the strategy's own rule (workers.strategy)
+    thr = (thr or GateThresholds()).for_pattern(row_truncated(rec))  # the strategy's own rule (workers.strategy)
     if rec.get("thresholds") is not None and rec["thresholds"] == thr.as_dict():
         return True  # recorded under today's limits
     cands = rec.get("candidates") or []
@@ -289,6 +293,45 @@ def verdict_stands(rec: dict, thr=None) -> bool:
     if passes:
         return False
     return rec.get("method") != "adaptive" or bool(rec.get("budget_exhausted"))  # adaptive stops only when spent
+
+
+def rebound_row(rec: dict, crop) -> dict | None:
+    """A gated row with its support ratios against today's autocorrelation bound of its crop (crop: crop_for_cnn's
+    intensity, mask, offsets and FrontEnd; workers.strategy.autocorrelation_bound), or None when the row was
+    measured against today's bound (or has no candidates). physics.quality changed the bound on 2026-12-07 (masked
+    voxels filled, a Poisson noise floor); the runs do not depend on it, only the verdicts, so the returned row
+    stands when verdict_stands, replaying today's gate on it, says so (it carries no thresholds for that check)."""
+    import copy
+
+    from workers.strategy import autocorrelation_bound
+
+    c = next((c for c in rec.get("candidates") or () if c.get("support_ratio") and c.get("support_size")), None)
+    if c is None:
+        return None
+    ac = autocorrelation_bound(crop[0], crop[1], crop[3])
+    if abs(ac - c["support_size"] / c["support_ratio"]) < 0.5:
+        return None
+    new = copy.deepcopy(rec)
+    for v in [*new["candidates"], new.get("gate") or {}]:
+        if v.get("support_size") is not None:
+            v["support_ratio"] = v["support_size"] / max(ac, 1)
+    new.pop("thresholds", None)
+    return new | {"ac_size": ac}
+
+
+def resumed_row(rec: dict, crop, thr=None) -> tuple[bool, dict | None]:
+    """(stands, row to append) for a recorded gated row on resume: it stands when today's gate would stop at the
+    same candidate on today's bound (verdict_stands after rebound_row); a rebounded row that stands is appended,
+    with the limits it was judged under, so that the next resume takes it as it is."""
+    from physics.quality import GateThresholds
+
+    new = rebound_row(rec, crop)
+    if new is None:
+        return verdict_stands(rec, thr), None
+    if not verdict_stands(new, thr):
+        return False, None
+    return True, new | {"thresholds": (thr or GateThresholds()).for_pattern(row_truncated(rec)).as_dict(),
+                        "rebound": True}
 
 
 FRONTEND_DECISIONS = ("crop_shape", "crop_offsets", "cnn_binning", "cnn_resampled", "refine_binning")
@@ -344,13 +387,21 @@ def run(args) -> None:
 
     for seed, params in tqdm(crystals, desc="crystals", unit="crystal"):
         todo = [m for m in methods if seed not in done[m] or (m == "adaptive" and not verdict_stands(done[m][seed]))]
-        if not todo and size == "64":  # a 64³ pattern is used as it is: no front-end decision to check
+        gated = "adaptive" in methods and "adaptive" not in todo
+        if not todo and size == "64" and not gated:  # a 64³ pattern is used as it is: no front-end decision to check
             continue
         sample = sample_for(seed, params, size)
+        crop = crop_for_cnn(sample["intensity"], sample["mask"], predict=model.predict_phase if model else None)
+        fe = crop[3].metadata()
+        if gated:  # measured against another autocorrelation bound: kept when today's gate stops at the same run
+            stands, row = resumed_row(done["adaptive"][seed], crop)
+            if row is not None:
+                _append(files["adaptive"], row)
+                done["adaptive"][seed] = row
+            elif not stands:
+                todo.append("adaptive")
         if size != "64":  # a row stands only when today's front end decides the same crop and CNN grid for it,
             # and a gated row only when today's gate, with today's front end (a truncated pattern), would stop there
-            fe = crop_for_cnn(sample["intensity"], sample["mask"],
-                              predict=model.predict_phase if model else None)[3].metadata()
             todo += [m for m in methods if m not in todo and (
                 frontend_decisions(done[m][seed].get("frontend")) != frontend_decisions(fe)
                 or (m == "adaptive" and not verdict_stands({**done[m][seed], "frontend": fe})))]

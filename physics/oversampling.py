@@ -54,7 +54,8 @@ def fill_masked(intensity: np.ndarray, mask: np.ndarray | None, sigma: float = 1
     """Masked voxels replaced by a local Gaussian-weighted mean of the measured ones (normalised convolution).
 
     The width grows (x2) until every masked voxel has measured neighbours, so a 6-pixel detector gap is bridged.
-    Used for the CNN input and the oversampling estimate, never for the refinement (masked voxels stay free there).
+    Used for the CNN input, the oversampling estimate and the gate's autocorrelation bound (physics.quality), never
+    for the refinement (masked voxels stay free there).
     """
     data = np.asarray(intensity, dtype=np.float32)
     if mask is None or not np.any(mask):

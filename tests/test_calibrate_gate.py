@@ -41,6 +41,20 @@ def test_calibration_end_to_end_and_resume(tmp_path, one_torch_thread, capsys):
         assert all(0 <= m <= 1 for m in r["mismatch"].values())
     assert calibrate_gate.main(args) == 0  # resumes: nothing recomputed, nothing duplicated
     assert len(path.read_text().splitlines()) == 4
+    # a record made under another autocorrelation bound: its support ratios move to today's bound, nothing reruns
+    rec = calibrate_gate._jsonl(path)[calibrate_gate.HIGH_SEED0]
+    stale = json.loads(json.dumps(rec))
+    stale["ac_size"] = 2 * rec["ac_size"]
+    for v in stale["candidates"].values():
+        v["support_ratio"] /= 2
+    calibrate_gate._append(path, stale)
+    assert calibrate_gate.main(args) == 0
+    assert len(path.read_text().splitlines()) == 6
+    new = calibrate_gate._jsonl(path)[calibrate_gate.HIGH_SEED0]
+    assert new["ac_size"] == rec["ac_size"]
+    for k, v in new["candidates"].items():
+        assert v["support_ratio"] == pytest.approx(rec["candidates"][k]["support_ratio"])
+        assert v["seconds"] == rec["candidates"][k]["seconds"]  # the same runs
     capsys.readouterr()
     assert calibrate_gate.main(["report", "--out", str(tmp_path), "--print", "--n-high", "1", "--n-low", "1"]) == 0
     text = capsys.readouterr().out
@@ -140,3 +154,41 @@ def test_resumed_evaluations_recompute_only_rows_whose_verdicts_change():
     assert verdict_stands({**row, "thresholds": older})
     assert not verdict_stands({**row, "candidates": [fail, zone], "thresholds": older})
     assert verdict_stands({**row, "candidates": [fail, zone], "thresholds": GateThresholds().as_dict()})
+
+
+def test_rows_measured_against_an_older_autocorrelation_bound_are_replayed_on_todays():
+    """bench.cnn_eval.resumed_row: a row whose support ratios were measured against another bound keeps its runs
+    only when today's gate, on ratios against today's bound, stops at the same one; it is then appended as such."""
+    from types import SimpleNamespace
+
+    from bench.cnn_eval import rebound_row, resumed_row
+    from physics.quality import GateThresholds
+    from physics.simulate import SimParams, simulate_sample
+    from workers.strategy import autocorrelation_bound
+
+    s = simulate_sample(5_900_002, SimParams())
+    crop = (s["intensity"], s["mask"], (0, 0, 0), SimpleNamespace(photon_scale=1.0))
+    ac = autocorrelation_bound(crop[0], crop[1], crop[3])
+
+    def cand(size, bound, **kw):
+        return {"llk_free": 2.0, "obj2_out": 0.01, "mean_to_max": 0.3, "support_size": size,
+                "support_ratio": size / bound, **kw}
+
+    fail = cand(int(0.12 * ac), ac, llk_free=900.0)
+    today = {"method": "adaptive", "status": "ok", "nb_candidates": 2,
+             "candidates": [fail, cand(int(0.12 * ac), ac)]}
+    assert rebound_row(today, crop) is None and resumed_row(today, crop) == (True, None)
+    # the first candidate failed only on a bound 5x too large (support ratio 0.024): today it passes, so the
+    # strategy would have stopped there: rerun
+    stale = {**today, "candidates": [cand(int(0.12 * ac), 5 * ac), cand(int(0.12 * ac), 5 * ac)],
+             "thresholds": GateThresholds().as_dict()}
+    assert resumed_row(stale, crop) == (False, None)
+    # a bound 1.5x too large moved nothing that matters: the row stands, appended with today's ratios
+    moved = {**today, "candidates": [cand(int(0.12 * ac), 1.5 * ac, llk_free=900.0), cand(int(0.12 * ac), 1.5 * ac)],
+             "gate": cand(int(0.12 * ac), 1.5 * ac)}
+    stands, row = resumed_row(moved, crop)
+    assert stands and row["rebound"] and row["ac_size"] == ac
+    assert row["candidates"][1]["support_ratio"] == pytest.approx(int(0.12 * ac) / ac)
+    assert row["gate"]["support_ratio"] == pytest.approx(int(0.12 * ac) / ac)
+    assert row["thresholds"] == GateThresholds().as_dict() and resumed_row(row, crop) == (True, None)
+    assert moved["candidates"][1]["support_ratio"] == pytest.approx(int(0.12 * ac) / (1.5 * ac))  # not mutated

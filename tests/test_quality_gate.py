@@ -71,6 +71,24 @@ def test_autocorrelation_bound_and_amplitude_metrics(crystal):
     n = int(crystal["support"].sum())
     ac = autocorrelation_support_size(crystal["intensity"], crystal["mask"])
     assert 4 * n < ac < 12 * n  # ~8x the volume of a compact crystal
+    # bad pixels (0.1 %, isolated) and a detector gap band, zeroed in the data and masked: the bound must not grow
+    # with them (zeroed, bright ones put a flat floor under the autocorrelation: 5-40x larger)
+    rng = np.random.default_rng(0)
+    mask = rng.uniform(size=crystal["intensity"].shape) < 1e-3
+    c = np.array(crystal["intensity"].shape) // 2
+    mask[tuple(c + 2)] = mask[c[0], c[1], c[2] + 4] = True  # two bright voxels on the peak's flanks (1 % of it)
+    mask[:, c[1] + 10:c[1] + 14, :] = True
+    zeroed = np.where(mask, 0, crystal["intensity"])
+    assert autocorrelation_support_size(zeroed, None) > 2 * ac  # what the data do to a bound that ignores the mask
+    assert 0.8 * ac < autocorrelation_support_size(zeroed, mask) < 1.25 * ac
+    # a faint pattern (3e3 photons at the peak): the bound stands above the Poisson noise floor, in photons
+    faint = simulate_sample(5_900_000, SimParams(phase_range=(0.5, math.pi), peak_counts=(3e3, 3e3)))
+    n_f, i_f = int(faint["support"].sum()), faint["intensity"]
+    assert 4 * n_f < autocorrelation_support_size(i_f, faint["mask"]) < 12 * n_f
+    assert autocorrelation_support_size(i_f, None, photon_scale=1e12) > 30 * n_f  # 1e-3 of the max alone: noise
+    assert 4 * n_f < autocorrelation_support_size(i_f / 50.0, None, photon_scale=50.0) < 12 * n_f  # other units
+    with pytest.raises(InputError):
+        autocorrelation_support_size(i_f, None, photon_scale=0.0)
     flat = amplitude_metrics(np.ones((8, 8, 8)), np.ones((8, 8, 8), bool))
     assert flat["mean_to_max"] == pytest.approx(0.0) and flat["sharpness"] == pytest.approx(1.0)
     peaky = np.zeros((8, 8, 8))

@@ -196,6 +196,13 @@ def _finish(method: str, cands: list[Candidate], base: ReconResult, t0: float, t
                           modes=modes, mode_weights=weights)
 
 
+def autocorrelation_bound(i_crop, m_crop, frontend) -> int:
+    """The gate's autocorrelation bound of the crop the candidates were refined on, with the front end's photon
+    scale (its noise floor is in photons)."""
+    scale = frontend.photon_scale if frontend is not None else 1.0
+    return autocorrelation_support_size(i_crop, m_crop, photon_scale=scale)
+
+
 def thresholds_for(thr: GateThresholds, frontend) -> GateThresholds:
     """The gate's limits for one pattern: on a pattern the front end reports truncated, an 'ok' needs an independent
     start that agrees (GateThresholds.for_pattern)."""
@@ -272,7 +279,7 @@ def adaptive(intensity, mask, predict, opts: StrategyOptions = StrategyOptions()
                                 free_mask if base is None else base.free_mask)
         if base is None:
             base = r
-            ac = autocorrelation_support_size(r.intensity_crop, r.mask_crop)
+            ac = autocorrelation_bound(r.intensity_crop, r.mask_crop, r.frontend)
             thr = thresholds_for(opts.thresholds, r.frontend)
         timings[name] = sec
         vals = gate_values(r.obj, r.support, r.intensity_crop, r.mask_crop, r.free_mask, llk=r.llk, ac_size=ac)
@@ -314,7 +321,7 @@ def cnn_only(method: str, intensity, mask, predict, opts: StrategyOptions = Stra
     """The paper's (b) ("cnn-er") or (b+) ("cnn-raar-er"), unchanged, with the gate's verdict on its one candidate."""
     t0 = time.perf_counter()
     r, sec = _cnn_candidate(method, intensity, mask, predict, opts, progress, should_cancel, free_mask)
-    ac = autocorrelation_support_size(r.intensity_crop, r.mask_crop)
+    ac = autocorrelation_bound(r.intensity_crop, r.mask_crop, r.frontend)
     vals = gate_values(r.obj, r.support, r.intensity_crop, r.mask_crop, r.free_mask, llk=r.llk, ac_size=ac)
     cands = [Candidate(method, r.obj, r.support, dict(r.llk), vals, sec, group="cnn")]
     thr = thresholds_for(opts.thresholds, r.frontend)
@@ -340,7 +347,7 @@ def standard(intensity, mask, opts: StrategyOptions = StrategyOptions(), progres
     res = phase_runs(i_crop, mask=m_crop, config=config, free_mask=free_mask,
                      progress=lambda d, n: progress("standard", d / n), should_cancel=should_cancel)
     sec = time.perf_counter() - t0
-    ac = autocorrelation_support_size(i_crop, m_crop)
+    ac = autocorrelation_bound(i_crop, m_crop, fe)
     vals = gate_values(res.obj, res.support, i_crop, m_crop, free_mask, ac_size=ac)
     ms = [res.runs[k]["align"]["mismatch"] for k in res.kept[1:] if "align" in res.runs[k]]
     mismatch = min(ms) if ms else None
