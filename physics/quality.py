@@ -27,24 +27,25 @@ from physics.errors import InputError
 
 @dataclass
 class GateThresholds:
-    """Limits of an 'ok' reconstruction. Defaults chosen by bench/calibrate_gate.py on 53 simulated crystals (seeds
-    outside the evaluation's; 277 candidates, the adaptive strategy's own fallback runs among them), by a rule
+    """Limits of an 'ok' reconstruction. Defaults chosen by bench/calibrate_gate.py on 80 simulated crystals (seeds
+    outside the evaluation's; 412 candidates, the adaptive strategy's own fallback runs among them), by a rule
     fixed before it was applied: single-candidate checks, at the highest precision floor (100, 99, 98 ... 95 %)
-    whose best setting keeps recall >= 90 %: the 98 % floor, in sample precision 98.3 %, recall 90.0 %
-    (docs/benchmarks.md, 'Quality gate calibration'). obj2_out and mean_to_max do most of the work; free LLK
-    separates little (some right results of bright, strongly strained crystals sit above 100), so its limit only
-    rejects gross failures (200; the grid's 202 rounded, same verdicts).
+    whose best setting keeps recall >= 90 %: the 97 % floor, in sample precision 97.3 %, recall 91.1 %
+    (docs/benchmarks.md, 'Quality gate calibration'; on its first 53 crystals, with the autocorrelation bound of
+    before 2026-12-07, the rule had picked obj2_out <= 0.02 at the 98 % floor). obj2_out and mean_to_max do most of
+    the work; free LLK separates little (some right results of bright, strongly strained crystals sit above 100),
+    so its limit only rejects gross failures (200; the grid's 167 rounded, same verdicts).
 
     Confirmation zone: between the 100 % floor (mean_to_max <= 0.48, every other limit as above: recall 85 %) and
     the shipped limit 0.55, where the calibration's and the held-out sets' wrong 'ok' results lie (mean_to_max
     0.48-0.54), a candidate is 'ok' only when a candidate from another start agrees with it (mismatch <= 0.12; in
-    sample precision 100 %, recall 88.4 %, against 98.3 % / 90.0 % without the zone).
+    sample precision 100 %, recall 88.6 %, against 97.3 % / 91.1 % without the zone).
     The strategy then runs fallback runs until one agrees or one passes below the zone. `require_agreement`
     (every candidate needs a partner) costs at least one more run on every dataset: available, not the default,
     except on a pattern the front end reports truncated (for_pattern), which lies outside this calibration."""
 
     max_llk_free: float = 200.0  # free Poisson LLK (~1 for a statistically ideal fit)
-    max_obj2_out: float = 0.02  # fraction of |obj|^2 outside the support after a magnitude projection (PyNX 0.10)
+    max_obj2_out: float = 0.05  # fraction of |obj|^2 outside the support after a magnitude projection (PyNX 0.10)
     min_support_ratio: float = 0.05  # support size / autocorrelation support size (1e-3 of max; ~1/8 expected)
     max_support_ratio: float = 0.25
     max_mean_to_max: float = 0.55  # 1 - mean/max of |obj| in the support: failed runs have patchy amplitudes
