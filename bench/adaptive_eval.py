@@ -158,6 +158,31 @@ def breakdown_lines(recs: list[dict]) -> list[str]:
     return lines + [""]
 
 
+def reference_lines(rows: dict, out: Path, size: str) -> list[str]:
+    """The standard recipe's rows of the same set and size (bench.cnn_eval run --crystals wide --methods standard),
+    beside the adaptive rows on the crystals both have: how hard the set is for the field's usual tool."""
+    lines = []
+    for f in sorted(out.glob("wide_standard-*.jsonl")):
+        if size_of(f) != size:
+            continue
+        ref = _jsonl(f)
+        common = sorted(set(ref) & set(rows))
+        if not common:
+            continue
+        stem = f.stem.removeprefix("wide_")
+        lines += [f"The standard recipe on the same crystals ({stem}: nb_run x nb_keep, recipe; "
+                  f"`bench.cnn_eval run --crystals wide --methods standard`), {len(common)} crystals:", ""]
+        for name, lo, hi in BINS:
+            sel = [s for s in common if lo <= rows[s]["phase_range"] < hi]
+            if sel:
+                lines.append(f"- {name} ({len(sel)}): standard {sum(_success(ref[s]) for s in sel)}, adaptive "
+                             f"{sum(_success(rows[s]) for s in sel)} successes; median wall "
+                             f"{np.median([ref[s]['wall_s'] for s in sel]):.1f} s against "
+                             f"{np.median([rows[s]['wall_s'] for s in sel]):.1f} s.")
+        lines.append("")
+    return lines
+
+
 def report(args) -> str:
     from bench.common import machine
 
@@ -196,6 +221,7 @@ def report(args) -> str:
         lines += report_lines(list(_jsonl(f).values()), label)
         if f.stem.startswith("wide_"):
             lines += breakdown_lines(list(_jsonl(f).values()))
+            lines += reference_lines(_jsonl(f), Path(args.out), size_of(f))
         moved = _rebounded(f)
         if moved:
             lines += [f"{moved} of these crystals' rows were measured against the autocorrelation bound used until "

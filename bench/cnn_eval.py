@@ -362,7 +362,7 @@ def run(args) -> None:
 
     shape = parse_size(args.size)
     size = "64" if shape == (64, 64, 64) else (str(shape[0]) if len(set(shape)) == 1 else "x".join(map(str, shape)))
-    if size == "64" and args.crystals != "held-out":
+    if size == "64" and args.crystals in ("fresh", "third"):
         raise InputError(f"--crystals {args.crystals} runs at a --size other than 64 here; the later held-out sets "
                          "at 64³ are bench.adaptive_eval's (--crystals fresh|third)")
     methods = list(METHODS if args.methods is None else args.methods)
@@ -752,7 +752,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--recipe", default=None)
     r.add_argument("--crystals", default="held-out", choices=tuple(SET_FIRST),
                    help="held-out: the evaluation's crystals; fresh, third: the second and third held-out sets "
-                        "(seeds 2,000,200+ and 2,000,400+), at a --size other than 64 (files fresh_*, third_*)")
+                        "(seeds 2,000,200+ and 2,000,400+), at a --size other than 64 (files fresh_*, third_*); "
+                        "wide: the wide set at any size (seeds 2,000,600+: every shape and strain family, the wide "
+                        "scan conditions; files wide_*), e.g. a standard reference beside bench.adaptive_eval's")
     r.add_argument("--threads", type=int, default=1)
     r.add_argument("--shard", type=_shard, default=(0, 1), metavar="K/N",
                    help="process only crystals K, K+N, K+2N, ... (run N processes with K=0..N-1 on N cores)")

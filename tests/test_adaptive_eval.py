@@ -29,3 +29,24 @@ def test_calib_report_tables_variants_on_common_crystals(tmp_path):
     assert "| 1/2 | 1 | 0 |" in text  # short: seeded run passed once of twice; one silent failure, none missed
     assert "| long_m-1 | R2 | FULL | 2π–5π | 3 | 100 | 40.0 |" in text and "| 0/2 | 0 | 1 |" in text
     assert "The strategy ships `seeded_recipe = " in text
+
+
+def test_wide_reference_lines_compare_on_common_crystals_of_the_same_size(tmp_path):
+    rows = {s: _rec(s, rmse, wall) for s, rmse, wall in ((1, 0.1, 4.0), (2, 0.9, 20.0), (3, 0.2, 6.0))}
+    ref = [{**_rec(1, 0.8, 10.0), "seed": 1}, {**_rec(2, 0.1, 12.0), "seed": 2}]  # no seed 3: not compared
+    (tmp_path / "wide_standard-1x1-HIO.jsonl").write_text("\n".join(json.dumps(r) for r in ref))
+    (tmp_path / "wide_standard-1x1-HIO_128.jsonl").write_text(json.dumps(_rec(3, 0.1, 1.0)))  # another size
+    text = "\n".join(adaptive_eval.reference_lines(rows, tmp_path, "64"))
+    assert "standard-1x1-HIO: nb_run x nb_keep" in text and "2 crystals" in text
+    assert "- 2π–5π (2): standard 1, adaptive 1 successes; median wall 11.0 s against 12.0 s." in text
+    assert "_128" not in text
+    assert adaptive_eval.reference_lines(rows, tmp_path / "none", "64") == []
+
+
+def test_support_slack_takes_the_wrong_ok_rows_then_right_ones():
+    from bench.support_slack import chosen_seeds
+
+    recs = {1: _rec(1, 0.1, 1.0), 2: _rec(2, 0.9, 1.0), 3: _rec(3, 0.1, 1.0, "uncertain"), 4: _rec(4, 0.2, 1.0),
+            5: {**_rec(5, 0.1, 1.0), "iou": 0.6}}  # 2: wrong phase, 5: wrong support, both marked ok
+    assert chosen_seeds(recs, 1) == [2, 5, 1]
+    assert chosen_seeds(recs, 0) == [2, 5]
