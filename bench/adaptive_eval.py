@@ -222,6 +222,8 @@ def report(args) -> str:
         if f.stem.startswith("wide_"):
             lines += breakdown_lines(list(_jsonl(f).values()))
             lines += reference_lines(_jsonl(f), Path(args.out), size_of(f))
+            lines += ["Why its wrong results marked ok fail (the support phasing ends with, on small crystals): section "
+                      "'Support slack on small crystals (wide set)' (bench/support_slack.py).", ""]
         moved = _rebounded(f)
         if moved:
             lines += [f"{moved} of these crystals' rows were measured against the autocorrelation bound used until "
