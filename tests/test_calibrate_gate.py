@@ -192,3 +192,31 @@ def test_rows_measured_against_an_older_autocorrelation_bound_are_replayed_on_to
     assert row["gate"]["support_ratio"] == pytest.approx(int(0.12 * ac) / ac)
     assert row["thresholds"] == GateThresholds().as_dict() and resumed_row(row, crop) == (True, None)
     assert moved["candidates"][1]["support_ratio"] == pytest.approx(int(0.12 * ac) / (1.5 * ac))  # not mutated
+
+
+def test_wide_calibration_crystals_and_report(tmp_path):
+    """--crystals wide draws physics.simulate.WIDE on its own seeds; wide-report sets the shipped gate on them
+    beside the paper-family records and says what the shipping rule would choose, shipping nothing."""
+    import math
+
+    from physics.simulate import WIDE
+
+    chosen = calibrate_gate.crystals(4, 2, wide=True)
+    seeds = [s for s, _ in chosen]
+    assert sorted(seeds) == [calibrate_gate.WIDE_HIGH_SEED0 + i for i in range(4)] + [
+        calibrate_gate.WIDE_LOW_SEED0, calibrate_gate.WIDE_LOW_SEED0 + 1]
+    assert all(p.shapes == WIDE.shapes and p.oversampling == WIDE.oversampling for _, p in chosen)
+    assert [p.phase_range for s, p in chosen if s >= calibrate_gate.WIDE_LOW_SEED0] == [(0.2, math.pi)] * 2
+    # no seed of the wide calibration is one of the paper calibration's or the evaluation's (2,000,000+)
+    assert not set(seeds) & {s for s, _ in calibrate_gate.crystals(300, 300)}
+    assert calibrate_gate.main(["wide-report", "--out", str(tmp_path), "--print"]) == 0  # no file yet: says so
+    wide = [{"seed": i, "phase_range": 8.0, "candidates": {"cnn_raar_er": _cand(True, 2.0)}, "mismatch": {}}
+            for i in range(9)]
+    wide.append({"seed": 9, "phase_range": 8.0, "candidates": {"cnn_raar_er": _cand(False, 3.0, 0.50)},
+                 "mismatch": {}})  # wrong, passes the shipped single checks
+    (tmp_path / calibrate_gate.WIDE_FILE).write_text("\n".join(json.dumps(r) for r in wide))
+    text = calibrate_gate.wide_report(type("A", (), {"out": str(tmp_path)})())
+    assert "10 simulated 64³ crystals" in text and "Nothing here is shipped" in text
+    assert "| wide (10) | shipped, single checks | precision 90.0 %, recall 100.0 % (9 right ok, 1 wrong ok" in text
+    assert "paper families" not in text  # no paper-family records in this folder
+    assert "The shipping rule on the wide crystals alone: the 100 % floor" in text
