@@ -199,7 +199,7 @@ def run_method_on(method: str, data: dict, crop: tuple, model, nb_run: int, nb_k
         c = res.confidence
         extra = {"status": c["status"], "winner": c["winner"], "nb_candidates": c["nb_candidates"],
                  "recipe": res.result.recipe, "budget_exhausted": c["budget_exhausted"],
-                 "reasons": list(c["reasons"])}
+                 "reasons": list(c["reasons"]), "thresholds": c["thresholds"], "gate": c["gate"]}
         return [(method, res.result.obj, res.result.support, extra, wall)]
     from workers.engines.pynx_engine import PyNXEngine
 
@@ -228,6 +228,22 @@ def _done() -> dict:
     return {(r["source"], r["method"], r.get("nb_run")): r for r in recs}
 
 
+def gate_stands(row: dict, i_crop, m_crop, fe) -> bool:
+    """Whether a cached row still stands under today's gate: always for a method whose result the gate does not
+    steer; for adaptive (the gate picks when to stop) only when it recorded today's limits for its pattern and a
+    support ratio against today's autocorrelation bound (workers.strategy.autocorrelation_bound). Adaptive rows
+    from before either change rerun."""
+    if row.get("method") != "adaptive":
+        return True
+    from workers.strategy import StrategyOptions, autocorrelation_bound, thresholds_for
+
+    gate = row.get("gate") or {}
+    if row.get("thresholds") != thresholds_for(StrategyOptions().thresholds, fe).as_dict() or not gate.get(
+            "support_ratio"):
+        return False
+    return abs(gate["support_size"] / gate["support_ratio"] - autocorrelation_bound(i_crop, m_crop, fe)) < 0.5
+
+
 def run_source(src: Source, model, nb_run: int, nb_keep: int, methods, pynx_run: int | None = None) -> None:
     """Compute the missing rows of one source; append each as it finishes; one preview per method.
     pynx_run: standard runs with the PyNX engine (default nb_run)."""
@@ -240,7 +256,8 @@ def run_source(src: Source, model, nb_run: int, nb_keep: int, methods, pynx_run:
     data = src.load()
     i_crop, m_crop, offsets, fe = crop_for_cnn(data["intensity"], data["mask"], predict=model.predict_phase)
     # a cached row counts only if the front end still makes the same decisions (crop, binning, scale) on the source
-    todo = [m for m in methods if done.get((src.name, m, key_runs(m)), {}).get("frontend") != fe.summary()]
+    todo = [m for m in methods if done.get((src.name, m, key_runs(m)), {}).get("frontend") != fe.summary()
+            or not gate_stands(done[(src.name, m, key_runs(m))], i_crop, m_crop, fe)]
     if not todo:
         return
     free = free_pixel_mask(i_crop.shape, mask=m_crop, seed=0)  # the same free voxels for every method

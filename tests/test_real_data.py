@@ -65,3 +65,23 @@ def test_cached_rows_are_keyed_by_the_runs_of_their_engine():
     assert rd.run_key("cnn_er", 20, 8) is None and rd.run_key("adaptive", 20, None) is None
     assert rd.run_key("standard_builtin", 20, 8) == 20 and rd.run_key("standard_pynx", 20, 8) == 8
     assert rd.run_key("standard_pynx", 20, None) == 20
+
+
+def test_adaptive_rows_stand_only_under_todays_gate_and_bound():
+    """A cached adaptive row reruns when it was judged under other limits or another autocorrelation bound; rows
+    of methods the gate does not steer always stand."""
+    from physics.simulate import SimParams, simulate_sample
+    from workers.pipeline import crop_for_cnn
+    from workers.strategy import StrategyOptions, autocorrelation_bound, thresholds_for
+
+    s = simulate_sample(5, SimParams())
+    i_crop, m_crop, _, fe = crop_for_cnn(s["intensity"], s["mask"])
+    ac = autocorrelation_bound(i_crop, m_crop, fe)
+    today = thresholds_for(StrategyOptions().thresholds, fe).as_dict()
+    row = {"method": "adaptive", "thresholds": today, "gate": {"support_size": 600, "support_ratio": 600 / ac}}
+    assert rd.gate_stands(row, i_crop, m_crop, fe)
+    assert not rd.gate_stands({**row, "thresholds": {**today, "max_obj2_out": 0.02}}, i_crop, m_crop, fe)
+    assert not rd.gate_stands({**row, "gate": {"support_size": 600, "support_ratio": 600 / (2 * ac)}},
+                              i_crop, m_crop, fe)
+    assert not rd.gate_stands({"method": "adaptive", "status": "ok"}, i_crop, m_crop, fe)  # from before the fields
+    assert rd.gate_stands({"method": "cnn_er"}, i_crop, m_crop, fe)
