@@ -220,3 +220,4 @@ def test_wide_calibration_crystals_and_report(tmp_path):
     assert "| wide (10) | shipped, single checks | precision 90.0 %, recall 100.0 % (9 right ok, 1 wrong ok" in text
     assert "paper families" not in text  # no paper-family records in this folder
     assert "The shipping rule on the wide crystals alone: the 100 % floor" in text
+    assert "refuse, by check (a candidate can fail several): none." in text  # every right candidate passes them
