@@ -76,14 +76,14 @@ def report(args) -> str:
              "adaptive method, one torch thread as in the evaluation (a rerun can pick another winner than the "
              "recorded row: last-bit numerics), and scores the same result twice against the truth: with the "
              "support phasing ends with (the product's support, the evaluation's IoU) and with the amplitude "
-             f"isosurfaces |rho| > t x max. Success needs phase RMSE ≤ {SUCCESS['phase_rmse']} rad and IoU ≥ "
+             f"isosurfaces (amplitude > t x its maximum). Success needs phase RMSE ≤ {SUCCESS['phase_rmse']} rad and IoU ≥ "
              f"{SUCCESS['iou']}. A diagnosis: no output or criterion uses the isosurface.", ""]
     for f in files:
         recs = list(_jsonl(f).values())
         lines += [f"**{f.stem}** ({len(recs)} crystals: the wide set's results marked ok but wrong, then some "
                   "marked ok and right)", "",
                   "| seed | shape | crystal voxels | recorded as | verdict now | phase RMSE | IoU, phasing support | "
-                  "volume ratio | " + " | ".join(f"IoU, |rho| > {t} max" for t in LEVELS) + " |",
+                  "volume ratio | " + " | ".join(f"IoU, amplitude > {t} max" for t in LEVELS) + " |",
                   "|---:|---|---:|---|---|---:|---:|---:|" + "---:|" * len(LEVELS)]
         for r in recs:
             lines.append(f"| {r['seed']} | {r['shape']} | {r['truth_voxels']} | "
@@ -93,7 +93,7 @@ def report(args) -> str:
         phase_ok = [r for r in recs if r["phase_rmse"] <= SUCCESS["phase_rmse"]]
         lines += ["", f"Of the {len(phase_ok)} with a phase RMSE ≤ {SUCCESS['phase_rmse']} rad, the IoU reaches "
                   f"{SUCCESS['iou']} on {sum(r['iou'] >= SUCCESS['iou'] for r in phase_ok)} with the phasing support"
-                  + "".join(f", on {sum(r[f'iou_{t}'] >= SUCCESS['iou'] for r in phase_ok)} with |rho| > {t} max"
+                  + "".join(f", on {sum(r[f'iou_{t}'] >= SUCCESS['iou'] for r in phase_ok)} with amplitude > {t} max"
                             for t in LEVELS) + ".", ""]
     return "\n".join(lines)
 
@@ -117,8 +117,6 @@ def main(argv=None) -> int:
         run(args)
     else:
         print_or_write_section(SECTION, report(args), args.print)
-        if not args.print:
-            print(f"wrote section '{SECTION}' of docs/benchmarks.md")
     return 0
 
 
