@@ -558,9 +558,11 @@ def wide_report(args) -> str:
     """The shipped gate on the wide-condition calibration crystals, beside the paper-family ones, and what the
     shipping rule would choose on the wide crystals alone and on both: measured for the next calibration, not
     shipped (a refit would need every held-out set replayed or rerun under it)."""
+    import collections
     from dataclasses import replace
 
     from bench.common import machine
+    from physics.quality import single_checks
 
     wide = list(_jsonl(Path(args.out) / WIDE_FILE).values())
     paper = list(_jsonl(Path(args.out) / FILE).values())
@@ -585,10 +587,6 @@ def wide_report(args) -> str:
             lines.append(f"| {label} ({len(recs)}) | shipped, with the confirmation zone | "
                          f"{_conf_text(confusion(recs, shipped))} |")
     lines.append("")
-    import collections
-
-    from physics.quality import single_checks
-
     refused = collections.Counter(reason.split(" ")[0] if not reason.startswith("free") else "free LLK"
                                   for r in wide for v in r["candidates"].values()
                                   if "error" not in v and v["success"] for reason in single_checks(v, single))
