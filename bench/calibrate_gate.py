@@ -554,6 +554,58 @@ def _conf_text(c: dict) -> str:
             f"{c['fp']} wrong ok, {c['fn']} right uncertain)")
 
 
+PEAK_BANDS = ((0.0, 1e4), (1e4, 1e5), (1e5, 1e6), (1e6, float("inf")))  # peak photon counts
+OVERSAMPLING_BANDS = ((0.0, 2.7), (2.7, 3.5), (3.5, float("inf")))  # mean oversampling: large to small crystals
+
+
+def params_of(seed: int):
+    """The SimParams crystals() gives a calibration seed (either set, either phase-range bin)."""
+    wide = WIDE_HIGH_SEED0 <= seed < LOW_SEED0 or seed >= WIDE_LOW_SEED0
+    low = seed >= LOW_SEED0
+    first = (WIDE_LOW_SEED0 if wide else LOW_SEED0) if low else (WIDE_HIGH_SEED0 if wide else HIGH_SEED0)
+    n = seed - first + 1
+    return dict(crystals(0 if low else n, n if low else 0, wide))[seed]
+
+
+def _band_label(lo: float, hi: float, fmt) -> str:
+    return f"< {fmt(hi)}" if lo == 0 else (f"{fmt(lo)}–{fmt(hi)}" if np.isfinite(hi) else f"≥ {fmt(lo)}")
+
+
+def mean_to_max_by_condition(wide: list[dict], paper: list[dict]) -> list[str]:
+    """mean_to_max of right and wrong candidates of both calibration sets by the crystal's peak photon count and
+    by its mean oversampling (both recomputed from its seed, physics.simulate): whether the amplitude check's
+    limit should follow the noise or the crystal's size in voxels."""
+    from physics.simulate import simulate_sample
+
+    groups = {"peak counts": (PEAK_BANDS, lambda x: f"1e{round(math.log10(x))}", {}),
+              "mean oversampling": (OVERSAMPLING_BANDS, lambda x: f"{x:g}", {})}
+    for r in wide + paper:
+        sample = simulate_sample(r["seed"], params_of(r["seed"]))
+        value = {"peak counts": float(sample["peak_counts"]),
+                 "mean oversampling": float(np.mean(sample["oversampling"]))}
+        for name, (bands, _, out) in groups.items():
+            band = next(b for b in bands if b[0] <= value[name] < b[1])
+            for v in r["candidates"].values():
+                if "error" not in v:
+                    out.setdefault(band, {True: [], False: []})[bool(v["success"])].append(v["mean_to_max"])
+    limit = GateThresholds().max_mean_to_max
+    lines = ["", f"mean_to_max of the candidates of both calibration sets ({len(wide) + len(paper)} crystals; the "
+             f"shipped limit is {limit:g}), by the crystal's peak photon count and by its mean oversampling (the "
+             "larger, the smaller the crystal in voxels):", "",
+             "| grouped by | band | right candidates | their median | right above the limit | wrong candidates | "
+             "their median | wrong at or under the limit |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for name, (bands, fmt, out) in groups.items():
+        for band in bands:
+            if band not in out:
+                continue
+            r, w = np.array(out[band][True]), np.array(out[band][False])
+            med = lambda a: f"{np.median(a):.2f}" if len(a) else "–"  # noqa: E731
+            pct = lambda m: f"{100 * np.mean(m):.0f} %" if len(m) else "–"  # noqa: E731
+            lines.append(f"| {name} | {_band_label(*band, fmt)} | {len(r)} | {med(r)} | {pct(r > limit)} | {len(w)} | "
+                         f"{med(w)} | {pct(w <= limit)} |")
+    return lines + [""]
+
+
 def wide_report(args) -> str:
     """The shipped gate on the wide-condition calibration crystals, beside the paper-family ones, and what the
     shipping rule would choose on the wide crystals alone and on both: measured for the next calibration, not
@@ -592,6 +644,7 @@ def wide_report(args) -> str:
                                   if "error" not in v and v["success"] for reason in single_checks(v, single))
     lines.append("- Right wide candidates that the shipped single checks refuse, by check (a candidate can fail "
                  "several): " + (", ".join(f"{k} {n}" for k, n in refused.most_common()) or "none") + ".")
+    lines += mean_to_max_by_condition(wide, paper)
     for label, recs in (("the wide crystals alone", wide), ("both sets together", wide + paper)):
         grid = grid_confusions(recs, modes=(False,))
         choice = shipping_choice(recs, grid)

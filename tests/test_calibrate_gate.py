@@ -210,9 +210,10 @@ def test_wide_calibration_crystals_and_report(tmp_path):
     # no seed of the wide calibration is one of the paper calibration's or the evaluation's (2,000,000+)
     assert not set(seeds) & {s for s, _ in calibrate_gate.crystals(300, 300)}
     assert calibrate_gate.main(["wide-report", "--out", str(tmp_path), "--print"]) == 0  # no file yet: says so
-    wide = [{"seed": i, "phase_range": 8.0, "candidates": {"cnn_raar_er": _cand(True, 2.0)}, "mismatch": {}}
+    s0 = calibrate_gate.WIDE_HIGH_SEED0
+    wide = [{"seed": s0 + i, "phase_range": 8.0, "candidates": {"cnn_raar_er": _cand(True, 2.0)}, "mismatch": {}}
             for i in range(9)]
-    wide.append({"seed": 9, "phase_range": 8.0, "candidates": {"cnn_raar_er": _cand(False, 3.0, 0.50)},
+    wide.append({"seed": s0 + 9, "phase_range": 8.0, "candidates": {"cnn_raar_er": _cand(False, 3.0, 0.50)},
                  "mismatch": {}})  # wrong, passes the shipped single checks
     (tmp_path / calibrate_gate.WIDE_FILE).write_text("\n".join(json.dumps(r) for r in wide))
     text = calibrate_gate.wide_report(type("A", (), {"out": str(tmp_path)})())
@@ -221,3 +222,9 @@ def test_wide_calibration_crystals_and_report(tmp_path):
     assert "paper families" not in text  # no paper-family records in this folder
     assert "The shipping rule on the wide crystals alone: the 100 % floor" in text
     assert "refuse, by check (a candidate can fail several): none." in text  # every right candidate passes them
+    assert "mean_to_max of the candidates of both calibration sets (10 crystals" in text
+    for by in ("peak counts", "mean oversampling"):  # each candidate once in each grouping
+        rows = [ln.split(" | ") for ln in text.splitlines() if ln.startswith(f"| {by} |")]
+        assert rows and sum(int(r[2]) for r in rows) == 9 and sum(int(r[5]) for r in rows) == 1
+    peaks = [calibrate_gate.params_of(s0 + i) for i in range(10)]
+    assert all(p.shapes == WIDE.shapes for p in peaks)  # the seeds' own wide conditions, re-simulated
