@@ -295,6 +295,12 @@ def verdict_stands(rec: dict, thr=None) -> bool:
     return rec.get("method") != "adaptive" or bool(rec.get("budget_exhausted"))  # adaptive stops only when spent
 
 
+def on_bound(values: dict, ac: int) -> bool:
+    """Whether gate values (a candidate's, or a record's gate) carry a support ratio measured against the
+    autocorrelation bound `ac`: the bound they were divided by is support_size / support_ratio."""
+    return bool(values.get("support_ratio")) and abs(ac - values["support_size"] / values["support_ratio"]) < 0.5
+
+
 def rebound_row(rec: dict, crop) -> dict | None:
     """A gated row with its support ratios against today's autocorrelation bound of its crop (crop: crop_for_cnn's
     intensity, mask, offsets and FrontEnd; workers.strategy.autocorrelation_bound), or None when the row was
@@ -309,7 +315,7 @@ def rebound_row(rec: dict, crop) -> dict | None:
     if c is None:
         return None
     ac = autocorrelation_bound(crop[0], crop[1], crop[3])
-    if abs(ac - c["support_size"] / c["support_ratio"]) < 0.5:
+    if on_bound(c, ac):
         return None
     new = copy.deepcopy(rec)
     for v in [*new["candidates"], new.get("gate") or {}]:

@@ -27,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.cnn_eval import PRE_RECIPE, STANDARD, _append  # noqa: E402 - the same (b+) and (c) as the simulated runs
+from bench.cnn_eval import PRE_RECIPE, STANDARD, _append, on_bound  # noqa: E402 - the same (b+) and (c) as the simulated runs
 from bench.common import ROOT, command_line, machine, write_section  # noqa: E402
 
 SECTION = "Real measured pattern: CNN + ER against the standard recipe"
@@ -237,11 +237,9 @@ def gate_stands(row: dict, i_crop, m_crop, fe) -> bool:
         return True
     from workers.strategy import StrategyOptions, autocorrelation_bound, thresholds_for
 
-    gate = row.get("gate") or {}
-    if row.get("thresholds") != thresholds_for(StrategyOptions().thresholds, fe).as_dict() or not gate.get(
-            "support_ratio"):
+    if row.get("thresholds") != thresholds_for(StrategyOptions().thresholds, fe).as_dict():
         return False
-    return abs(gate["support_size"] / gate["support_ratio"] - autocorrelation_bound(i_crop, m_crop, fe)) < 0.5
+    return on_bound(row.get("gate") or {}, autocorrelation_bound(i_crop, m_crop, fe))
 
 
 def run_source(src: Source, model, nb_run: int, nb_keep: int, methods, pynx_run: int | None = None) -> None:
