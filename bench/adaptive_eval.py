@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.cnn_eval import (BINS, RESULTS, SET_FIRST, _append, _jsonl, _shard, _success, resumed_row,
-                            run_strategy, set_params, size_of, test_crystals)
+from bench.cnn_eval import (BINS, RESULTS, SET_FIRST, _append, _jsonl, _shard, _success, resumed_row, run_strategy,
+                            scored_today, scoring_note, set_params, size_of, test_crystals)
 from bench.common import model_tag
 
 SECTION = "Adaptive reconstruction on the held-out crystals"
@@ -76,7 +76,8 @@ def run(args) -> None:
         chosen = test_crystals(args.n_high, args.n_low, SET_FIRST[args.crystals], set_params(args.crystals))
     for seed, params in chosen[k::n]:
         sample = simulate_sample(seed, params)
-        if seed in done:  # a row whose verdicts today's gate would repeat, on today's bound, stands; others rerun
+        if seed in done and scored_today(done[seed]):  # a row whose verdicts today's gate would repeat, on
+            # today's bound, stands; others rerun, and so does a row scored on the phasing support (cnn_eval.SCORED_ON)
             stands, row = resumed_row(done[seed], crop_for_cnn(sample["intensity"], sample["mask"], opts.recon,
                                                                predict=model.predict_phase), opts.thresholds)
             if row is not None:
@@ -108,7 +109,7 @@ def report_lines(recs: list[dict], label: str) -> list[str]:
                      f"{sum(r['fallback_ran'] for r in sel)}/{n} | {sum(r['status'] == 'ok' for r in sel)}/{n} | "
                      f"{sum(r['status'] == 'ok' and not s for r, s in zip(sel, ok))} | "
                      f"{sum(r['status'] != 'ok' and s for r, s in zip(sel, ok))} |")
-    lines.append("")
+    lines += [note, ""] if (note := scoring_note(recs)) else [""]
     ok = [r for r in recs if r["status"] == "ok"]
     good = [r for r in recs if _success(r)]
     tp = sum(_success(r) for r in ok)

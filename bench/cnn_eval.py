@@ -161,8 +161,10 @@ def _append(path: Path, rec: dict) -> None:
 
 
 def _truth_metrics(obj, support, sample, frontend=None) -> dict:
-    """Truth metrics of a result on its own grid: the sample's, or the front end's crop of a larger pattern."""
-    from physics.metrics import compare_to_truth
+    """Truth metrics of a result on its own grid: the sample's, or the front end's crop of a larger pattern. The
+    IoU is the crystal shape's (physics.metrics.score_result; `iou_support` the phasing support's, which rows
+    without `scored_on` were scored with)."""
+    from physics.metrics import score_result
 
     truth, truth_support = sample["object"], sample["support"]
     if np.shape(obj) != np.shape(truth):
@@ -171,8 +173,9 @@ def _truth_metrics(obj, support, sample, frontend=None) -> dict:
         from physics.detector_sim import truth_on_crop
 
         truth, truth_support = truth_on_crop(sample, frontend.crop_offsets, frontend.crop_shape)
-    m = compare_to_truth(obj, truth, truth_support=truth_support, recon_support=support)
-    return {k: m[k] for k in ("phase_rmse", "phase_rmse_weighted", "iou", "complex_error", "twin")}
+    m = score_result(obj, support, truth, truth_support=truth_support)
+    return {k: m[k] for k in ("phase_rmse", "phase_rmse_weighted", "iou", "iou_support", "volume_ratio",
+                              "complex_error", "twin", "scored_on")}
 
 
 def free_mask_for(sample: dict, seed: int) -> np.ndarray:
@@ -260,6 +263,25 @@ def run_strategy(sample: dict, seed: int, model, method: str = "adaptive", opts=
             "fallback_ran": c["fallback_ran"], "budget_exhausted": c["budget_exhausted"], "gate": c["gate"],
             "thresholds": c["thresholds"],
             "candidates": [{k: v for k, v in x.items() if k != "reasons"} for x in res.candidates]}
+
+
+SCORED_ON = "shape"  # what a row's IoU measures today (physics.metrics.score_result); older rows: the support
+
+
+def scored_today(rec: dict) -> bool:
+    """Whether a row's IoU was scored as today (on the crystal's shape); an older row, scored on the phasing
+    support, is recomputed on resume."""
+    return rec.get("scored_on") == SCORED_ON
+
+
+def scoring_note(recs) -> str:
+    """One line saying what the rows' IoU was scored on, when some still carry the phasing support's."""
+    recs = list(recs)
+    old = sum(not scored_today(r) for r in recs)
+    if not old:
+        return ""
+    return (f"IoU scored on the phasing support in {old} of {len(recs)} rows (measured before 2026-12-07 and not "
+            "rerun since); the others on the crystal's shape (physics.shape).")
 
 
 def row_truncated(rec: dict) -> bool:
@@ -392,7 +414,8 @@ def run(args) -> None:
     from tqdm import tqdm
 
     for seed, params in tqdm(crystals, desc="crystals", unit="crystal"):
-        todo = [m for m in methods if seed not in done[m] or (m == "adaptive" and not verdict_stands(done[m][seed]))]
+        todo = [m for m in methods if seed not in done[m] or not scored_today(done[m][seed])
+                or (m == "adaptive" and not verdict_stands(done[m][seed]))]
         gated = "adaptive" in methods and "adaptive" not in todo
         if not todo and size == "64" and not gated:  # a 64³ pattern is used as it is: no front-end decision to check
             continue
@@ -457,8 +480,10 @@ def report(args) -> str:
     lines = [f"Command: `.venv/bin/python -m bench.cnn_eval report` over results computed by "
              "`.venv/bin/python -m bench.cnn_eval run ...` (the run's options are in each file name); "
              f"machine: {machine()}.", "",
-             f"Success = phase RMSE ≤ {SUCCESS['phase_rmse']} rad and support IoU ≥ {SUCCESS['iou']} after "
-             "twin / sub-voxel shift / global-phase alignment; medians per bin; free LLK on the same withheld "
+             f"Success = phase RMSE ≤ {SUCCESS['phase_rmse']} rad and shape IoU ≥ {SUCCESS['iou']} after "
+             "twin / sub-voxel shift / global-phase alignment (the IoU of the crystal's shape the product reports, "
+             "physics.shape; rows measured before 2026-12-07 were scored on the phasing support, and each table says "
+             "how many); medians per bin; free LLK on the same withheld "
              "voxels for every method. CNN-only LLKs are ~0 by construction (its object is the inverse FFT of the "
              "measured modulus itself, with no support imposed), so compare CNN-only on the truth metrics only. "
              "The CNN phase coherence (physics/coherence.py) is the shift- and twin-blind weighted coherence of the "
@@ -475,7 +500,7 @@ def report(args) -> str:
         lines += [f"| {b} | {n} | {s:.0f} | {p:.3f} | {i:.3f} | {llk:.3g} | {w:.2f} | "
                   + ("—" if coh is None else f"{coh:.3f}") + " |"
                   for b, n, s, p, i, llk, w, coh in _bin_rows(recs)]
-        lines.append("")
+        lines += [note, ""] if (note := scoring_note(recs)) else [""]
     from models.predict import DEFAULT_WEIGHTS, file_sha256
 
     shipped = file_sha256(DEFAULT_WEIGHTS)[:8]
@@ -526,7 +551,8 @@ def size_report(model_tag: str | None = None) -> str:
         rows.append(f"| {size} | {name} | {len(rs)} | {100 * np.mean([_success(r) for r in rs]):.0f} | "
                     f"{med('phase_rmse', rs):.2f} | {med('iou', rs):.2f} | {med('wall_s', rs):.0f} | "
                     f"{binned}/{len(crops)} | " + (", ".join("×".join(map(str, c)) for c in crops[:3])
-                                                   + (", ..." if len(crops) > 3 else "")) + " |")
+                                                   + (", ..." if len(crops) > 3 else ""))
+                    + f" | {sum(scored_today(r) for r in rs)}/{len(rs)} |")
         seeds = [s for s in recs if s in ref]
         if not seeds:
             targets.append(f"- size {size}, {name}: no 64³ result on the same crystals ({ref_file.name}): not checked.")
@@ -544,8 +570,9 @@ def size_report(model_tag: str | None = None) -> str:
             "128×256×256 is the centred crop of the 256³ pattern, a short rocking curve), through the real front "
             "end (measured oversampling -> crop -> 64³ CNN grid by binning or Fourier resampling; "
             "workers.pipeline.reconstruct, workers.strategy), each method as in the 64³ section above. Success: "
-            f"phase RMSE ≤ {SUCCESS['phase_rmse']} rad and support IoU ≥ {SUCCESS['iou']} against the truth on "
-            "the crop's grid (physics.detector_sim.truth_on_crop). Counts are the crystals actually run; the "
+            f"phase RMSE ≤ {SUCCESS['phase_rmse']} rad and IoU ≥ {SUCCESS['iou']} against the truth on "
+            "the crop's grid (physics.detector_sim.truth_on_crop); the IoU is the crystal shape's (physics.shape) in "
+            "rows measured since 2026-12-07, the phasing support's before (last column). Counts are the crystals actually run; the "
             "target compares each with the 64³ results of the same method on the same crystals "
             "(met: at most 10 points below).\n\n"
             f"Command: `.venv/bin/python -m bench.cnn_eval run --size SIZE ...`, then `... report`; machine at "
@@ -557,7 +584,8 @@ def size_report(model_tag: str | None = None) -> str:
             "(bench.cnn_eval.verdict_stands; on a pattern reported truncated, an 'ok' needs an independent start "
             "that agrees); the earlier rows stay in the file and the table reads the last row of each crystal.\n\n")
     table = ["| size | method | crystals | success % | median phase RMSE (rad) | median IoU | median wall s "
-             "| CNN input binned or resampled | crops |", "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+             "| CNN input binned or resampled | crops | IoU on the shape |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---|---:|"]
     if not rows:
         return head + "No larger-size results yet."
     note = ("\n\n† Records computed by the former bench/frontend_eval.py (commit 985b714: the same crystals, "
@@ -660,6 +688,12 @@ def adaptive_target_lines(a_all: dict, c_all: dict, a_file: Path, c_file: Path) 
                    f"(1/{wc / wa:.1f}).")
         out.append(f"  - every failure marked uncertain: **{'met' if not silent else 'missed'}** "
                    f"({len(silent)} silent failure(s)).")
+        old_c = [r for r in c if not scored_today(r)]
+        if old_c and any(scored_today(r) for r in a):  # (c) on the support, the adaptive rows on the shape
+            lift = sum(r["phase_rmse"] <= SUCCESS["phase_rmse"] and not _success(r) for r in old_c)
+            out.append(f"  - (c)'s IoU was scored on the phasing support in {len(old_c)} of its {len(c)} rows (not "
+                       f"rerun); scored on the shape, at most {lift} more of them could succeed (phase right, IoU "
+                       f"short): (c) ≤ {100 * (sum(map(_success, c)) + lift) / len(c):.0f} %.")
     timed = [r for r in _jsonl(RESULTS / "timing_same_run.jsonl").values()
              if r.get("model") == a_file.stem.removeprefix("eval_adaptive_")]
     for name, lo, hi, ratio, flag in (("< π", 0.0, math.pi, 20, "lt-pi"),

@@ -5,7 +5,9 @@ scores) and with amplitude isosurfaces |rho| > t x max (how the field draws a cr
     python -m bench.support_slack run [--n-right 4]      # the wide set's ok-but-wrong rows + n right ones (resumable)
     python -m bench.support_slack report                 # docs/benchmarks.md section
 
-A diagnosis, not a change: no output or criterion of the product uses the isosurface.
+It was the diagnosis that led to physics.shape: since 2026-12-07 the product writes the crystal's shape (the
+amplitude isosurface inside the support, its level chosen by bench/shape_level.py on calibration crystals) and
+the evaluations score it. The rows here keep what they measured: the phasing support and fixed isosurfaces.
 """
 from __future__ import annotations
 
@@ -77,7 +79,9 @@ def report(args) -> str:
              "recorded row: last-bit numerics), and scores the same result twice against the truth: with the "
              "support phasing ends with (the product's support, the evaluation's IoU) and with the amplitude "
              f"isosurfaces (amplitude > t x its maximum). Success needs phase RMSE ≤ {SUCCESS['phase_rmse']} rad and IoU ≥ "
-             f"{SUCCESS['iou']}. A diagnosis: no output or criterion uses the isosurface.", ""]
+             f"{SUCCESS['iou']}. This diagnosis led to the crystal shape the product now writes and the evaluations "
+             "score (physics.shape; section 'Crystal shape level (calibration crystals)'); the rows keep what they "
+             "measured then.", ""]
     for f in files:
         recs = list(_jsonl(f).values())
         lines += [f"**{f.stem}** ({len(recs)} crystals: the wide set's results marked ok but wrong, then some "

@@ -289,7 +289,7 @@ def result_lines(rec: dict, client, sample: dict) -> list[str]:
     """What the demo says about the result: the quality gate's verdict and figures (from the job record), and the
     object in Tiled against the simulated truth (aligned: twin, shift, phase offset and ramp removed)."""
     from physics.errors import InputError
-    from physics.metrics import SUCCESS, compare_to_truth, is_success
+    from physics.metrics import SUCCESS, is_success, score_result
 
     r = rec.get("result") or {}
     lines = [f"quality gate: {r.get('status')} (method {r.get('method')}, winner {r.get('winner')}, "
@@ -302,9 +302,8 @@ def result_lines(rec: dict, client, sample: dict) -> list[str]:
         node = client[r["tiled_path"]]
         obj, support = node["object"].read(), node["support"].read().astype(bool)
         if obj.shape == sample["object"].shape:
-            m = compare_to_truth(obj, sample["object"], truth_support=sample["support"], recon_support=support,
-                                 remove_ramp=True)
-            lines.append(f"against the simulated truth: phase RMSE {m['phase_rmse']:.2f} rad, support IoU "
+            m = score_result(obj, support, sample["object"], truth_support=sample["support"], remove_ramp=True)
+            lines.append(f"against the simulated truth: phase RMSE {m['phase_rmse']:.2f} rad, shape IoU "
                          f"{m['iou']:.2f} ({'a success' if is_success(m) else 'a failure'}: success is RMSE <= "
                          f"{SUCCESS['phase_rmse']} rad and IoU >= {SUCCESS['iou']})")
     except (KeyError, InputError) as exc:
@@ -434,7 +433,8 @@ def run_offline(args) -> int:
 
     from models.predict import load_model
     from physics.errors import InputError
-    from physics.metrics import SUCCESS, compare_to_truth
+    from physics.metrics import SUCCESS, score_result
+    from physics.shape import crystal_shape
     from physics.simulate import SimParams, simulate_sample
     from workers.io.cxi import write_cxi
     from workers.io.previews import intensity_preview, save_png, write_previews
@@ -463,19 +463,20 @@ def run_offline(args) -> int:
                         title=f"demo: {args.method}")
     res = done.result
     wall = time.perf_counter() - t
-    m = compare_to_truth(res.obj, sample["object"], truth_support=sample["support"], recon_support=res.support)
+    m = score_result(res.obj, res.support, sample["object"], truth_support=sample["support"])
     write_result_cxi(out / "result.cxi", done, opts, model, device_name(args.device), done.timings,
                      command="bcdi-recon " + " ".join(sys.argv[1:]), source={"input": str(out / "crystal.npz")})
-    write_previews(out, iobs=res.intensity_crop, obj=res.obj, support=res.support, stem="result",
+    write_previews(out, iobs=res.intensity_crop, obj=res.obj, support=done.arrays["shape"], stem="result",
                    title=f"{args.method}: {done.confidence.get('winner')}")
     if res.phase_cnn is not None:
         save_png(intensity_preview(res.intensity_cnn, res.phase_cnn,
                                    title="CNN input and predicted reciprocal phase"), out / "result_cnn_phase.png")
     summary["result"] = {"method": args.method, "phase_rmse": m["phase_rmse"], "iou": m["iou"],
+                         "iou_support": m["iou_support"],
                          "llk": res.llk.get("llk_poisson"), "llk_free": res.llk.get("llk_poisson_free"),
                          "wall_s": wall, "confidence": done.confidence}
     say(done.summary)
-    say(f"against the simulated truth: phase RMSE {m['phase_rmse']:.2f} rad, support IoU {m['iou']:.2f} "
+    say(f"against the simulated truth: phase RMSE {m['phase_rmse']:.2f} rad, shape IoU {m['iou']:.2f} "
         f"(success is RMSE <= {SUCCESS['phase_rmse']} rad and IoU >= {SUCCESS['iou']}); LLK {res.llk.get('llk_poisson', float('nan')):.3g}, "
         f"free LLK {res.llk.get('llk_poisson_free', float('nan')):.3g}; {wall:.1f} s -> {out / 'result.cxi'}")
     if done.confidence.get("status") != "ok":
@@ -489,16 +490,18 @@ def run_offline(args) -> int:
                          config=PhaseConfig(recipe=args.standard_recipe, nb_run=1, nb_keep=1, seed=args.seed,
                                             device=args.device), free_mask=res.free_mask)
         wall = time.perf_counter() - t
-        ms = compare_to_truth(std.obj, sample["object"], truth_support=sample["support"], recon_support=std.support)
+        ms = score_result(std.obj, std.support, sample["object"], truth_support=sample["support"])
         run0 = std.runs[0] if std.runs else {}
         write_cxi(out / "standard.cxi", std.obj, std.support, iobs=sample["intensity"], mask=sample["mask"],
                   process={"pipeline": "standard", "recipe": args.standard_recipe, "nb_run": 1},
                   results={k: v for k, v in run0.items() if isinstance(v, float)}, free_mask=std.free_mask)
-        write_previews(out, iobs=sample["intensity"], obj=std.obj, support=std.support, stem="standard",
+        write_previews(out, iobs=sample["intensity"], obj=std.obj, support=crystal_shape(std.obj, std.support),
+                       stem="standard",
                        title=f"standard: {args.standard_recipe}, 1 run")
-        summary["standard"] = {"phase_rmse": ms["phase_rmse"], "iou": ms["iou"], "wall_s": wall,
+        summary["standard"] = {"phase_rmse": ms["phase_rmse"], "iou": ms["iou"], "iou_support": ms["iou_support"],
+                               "wall_s": wall,
                                "llk": run0.get("llk_poisson"), "llk_free": run0.get("llk_poisson_free")}
-        say(f"standard recipe (1 run): phase RMSE {ms['phase_rmse']:.2f} rad, IoU {ms['iou']:.2f}, {wall:.1f} s "
+        say(f"standard recipe (1 run): phase RMSE {ms['phase_rmse']:.2f} rad, shape IoU {ms['iou']:.2f}, {wall:.1f} s "
             f"-> {out / 'standard.cxi'}")
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
     say(f"summary -> {out / 'summary.json'}; previews -> {out}/*.png")

@@ -304,14 +304,18 @@ def run(args) -> int:
         "support_update_border_n": args.border_n,
     }
     free_mask = getattr(result, "free_mask", None)
+    from physics.shape import crystal_shape, shape_definition
+
+    shape = crystal_shape(obj, support)  # the crystal's shape, as `reconstruct` writes it
+    process.update({f"shape_{k}": v for k, v in shape_definition().items()}, shape_voxels=int(shape.sum()))
     write_cxi(out, obj, support, iobs=iobs, mask=mask, process=process, results=results, free_mask=free_mask,
-              note=NOTE,
+              note=NOTE, derived={"shape": (shape, "")},
               command="bcdi-recon " + " ".join(sys.argv[1:]) if sys.argv else None)
     written = {}
     if previews_dir is not None:
         from workers.io.previews import write_previews
 
-        written = write_previews(previews_dir, iobs=iobs, obj=obj, support=support, mask=mask, stem=out.stem,
+        written = write_previews(previews_dir, iobs=iobs, obj=obj, support=shape, mask=mask, stem=out.stem,
                                  title=f"{out.name}: {args.engine}, {args.recipe}")
     if not args.quiet:
         llk = results.get("llk_poisson")

@@ -235,7 +235,8 @@ def run(args) -> int:
 
 def write_result_cxi(out, done, opts, model, device_label: str, timings: dict, *, command: str, source: dict) -> None:
     """The CXI of one pipeline result (workers.pipeline.run_pipeline), as `reconstruct` and the offline demo write
-    it: object, support, crop, mask, free mask, displacement, strain, options, recipe, confidence, front end."""
+    it: object, support, crop, mask, free mask, displacement, strain, the crystal's shape (an image of data_type
+    "shape", 1 inside), options, recipe, confidence, front end."""
     from workers.io.cxi import write_cxi
     from workers.strategy import flat_confidence
 
@@ -248,6 +249,7 @@ def write_result_cxi(out, done, opts, model, device_label: str, timings: dict, *
                **{k: v for k, v in result.options.items() if v is not None},
                "strain_units": done.strain_meta.get("strain_units", ""),
                "displacement_units": done.strain_meta.get("displacement_units", ""),
+               **{f"shape_{k}": v for k, v in done.strain_meta.get("shape", {}).items()},
                "frontend": result.frontend.metadata()}
     results = {**{k: v for k, v in result.llk.items() if isinstance(v, (int, float))}, "timings": timings,
                "support_size": int(result.support.sum())}
@@ -255,4 +257,5 @@ def write_result_cxi(out, done, opts, model, device_label: str, timings: dict, *
               process=process, results=results, free_mask=result.free_mask, crop_offsets=result.crop_offsets,
               command=command,
               derived={"displacement": (done.arrays["displacement"], done.strain_meta.get("displacement_units", "")),
-                       "strain": (done.arrays["strain"], done.strain_meta.get("strain_units", ""))})
+                       "strain": (done.arrays["strain"], done.strain_meta.get("strain_units", "")),
+                       "shape": (done.arrays["shape"], "")})

@@ -17,6 +17,16 @@ def support_iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.logical_and(a, b).sum() / union) if union else 1.0
 
 
+def moved_mask(mask: np.ndarray, info: dict) -> np.ndarray:
+    """A mask on the reconstruction's grid moved onto the truth's with the alignment compare_to_truth found
+    (twin, sub-voxel shift), so that more masks of one reconstruction (its support, its shape) can be scored
+    against the truth without aligning again."""
+    rs = np.asarray(mask, dtype=float)
+    if info["twin"]:
+        rs = twin(rs).real
+    return fourier_shift(rs, info["shift"]).real > 0.5
+
+
 def compare_to_truth(recon, truth, truth_support=None, recon_support=None, threshold: float = 0.25,
                      upsample: int = 20, remove_ramp: bool = False, allow_twin: bool = True) -> dict:
     """Compare a reconstruction with the known complex object after twin / sub-voxel shift / phase alignment.
@@ -38,6 +48,8 @@ def compare_to_truth(recon, truth, truth_support=None, recon_support=None, thres
     truth_support = np.asarray(truth_support, dtype=bool)
     if truth_support.shape != truth.shape:
         raise InputError(f"truth support shape {truth_support.shape} differs from the truth shape {truth.shape}")
+    if recon_support is not None and np.shape(recon_support) != truth.shape:
+        raise InputError(f"recon support shape {np.shape(recon_support)} differs from the truth shape {truth.shape}")
     aligned, info = align(truth, recon, upsample=upsample, allow_twin=allow_twin)
     ramp = np.zeros(truth.ndim)
     if remove_ramp:
@@ -54,12 +66,7 @@ def compare_to_truth(recon, truth, truth_support=None, recon_support=None, thres
     if recon_support is None:
         rs = np.abs(aligned) > threshold * np.abs(aligned).max()
     else:
-        rs = np.asarray(recon_support, dtype=float)
-        if rs.shape != truth.shape:
-            raise InputError(f"recon support shape {rs.shape} differs from the truth shape {truth.shape}")
-        if info["twin"]:
-            rs = twin(rs).real
-        rs = fourier_shift(rs, info["shift"]).real > 0.5
+        rs = moved_mask(recon_support, info)
     inter = np.logical_and(rs, truth_support).sum()
     return {
         "twin": bool(info["twin"]),
@@ -74,6 +81,20 @@ def compare_to_truth(recon, truth, truth_support=None, recon_support=None, thres
         "complex_error": complex_error,
         "scale": float(abs(g)),
     }
+
+
+def score_result(obj, support, truth, truth_support=None, **kw) -> dict:
+    """compare_to_truth of a result as the product reports it: `iou` is the IoU of the crystal's shape
+    (physics.shape.crystal_shape, the amplitude isosurface inside the support, which the product writes and masks
+    the strain with), `iou_support` that of the phasing support, `volume_ratio` the shape's. The evaluations'
+    scoring (physics.success) since 2026-12-07; before, `iou` was the support's. kw: compare_to_truth's options."""
+    from physics.shape import crystal_shape
+
+    m = compare_to_truth(obj, truth, truth_support=truth_support, recon_support=support, **kw)
+    ts = np.abs(np.asarray(truth)) > 0.1 * np.abs(truth).max() if truth_support is None else np.asarray(truth_support, bool)
+    moved = moved_mask(crystal_shape(obj, support), m)
+    return {**m, "iou_support": m["iou"], "volume_ratio_support": m["volume_ratio"], "iou": support_iou(moved, ts),
+            "volume_ratio": float(moved.sum() / ts.sum()), "scored_on": "shape"}
 
 
 def data_metrics(obj, iobs, mask=None, free_mask=None, support=None, threshold: float = 0.25,

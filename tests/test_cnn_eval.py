@@ -29,8 +29,20 @@ def test_run_is_resumable_and_reports_targets_for_b_and_b_plus(results):
         assert len(recs) == 2 and {r["seed"] for r in recs} == {cnn_eval.test_crystals(1, 1)[0][0],
                                                                   cnn_eval.test_crystals(1, 1)[1][0]}
         assert all(0 <= r["iou"] <= 1 and r["phase_rmse"] >= 0 and r["wall_s"] > 0 for r in recs)
+        assert all(r["scored_on"] == "shape" and 0 <= r["iou_support"] <= 1 for r in recs)  # the product's shape
     assert cnn_eval.main(argv) == 0  # everything is done: nothing recomputed or appended
     assert {f: (results / f).read_text() for f in files} == before
+
+    # a row scored on the phasing support (before 2026-12-07) is recomputed on resume, and the reports say so
+    (cnn_file,) = results.glob("eval_cnn_unet_*.jsonl")
+    old = [json.loads(line) for line in cnn_file.read_text().splitlines()]
+    old[0].pop("scored_on")
+    assert "scored on the phasing support in 1 of 2 rows" in cnn_eval.scoring_note(old)
+    assert cnn_eval.scoring_note(old[1:]) == ""
+    cnn_file.write_text("".join(json.dumps(r) + "\n" for r in old))
+    assert cnn_eval.main(argv[:-5] + ["cnn"]) == 0
+    again = [json.loads(line) for line in cnn_file.read_text().splitlines()]
+    assert len(again) == 3 and again[-1]["seed"] == old[0]["seed"] and again[-1]["scored_on"] == "shape"
 
     (b_plus,) = results.glob("eval_cnn_raar_er_*.jsonl")
     rec = json.loads(b_plus.read_text().splitlines()[0])

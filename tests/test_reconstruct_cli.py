@@ -46,11 +46,15 @@ def test_64_cube_cnn_only_and_refined(crystal_npz, tmp_path):
     # the recorded recipe is the one that ran; --refine is the older name of --er-cycles
     assert d["process"]["recipe"] == "ER**40" and d["process"]["er_cycles"] == 40
     assert d["process"]["support_threshold"] == 0.25  # the schema's default, as for a REST job
-    # the pipeline's strain reaches the CLI's CXI: displacement and strain on the object grid, 0 outside the support
+    # the pipeline's strain reaches the CLI's CXI: displacement and strain on the object grid, 0 outside the
+    # crystal's shape (an image of data_type "shape", inside the phasing support, its definition in the process)
+    shape = d["derived"]["shape"] > 0.5
+    assert shape.any() and not np.any(shape & ~d["support"])
+    assert d["process"]["shape_level"] > 0 and d["process"]["shape_voxels"] == shape.sum()
     for name in ("displacement", "strain"):
         arr = d["derived"][name]
         assert arr.shape == d["obj"].shape and np.isfinite(arr).all()
-        assert np.all(arr[~d["support"]] == 0) and np.any(arr[d["support"]] != 0)
+        assert np.all(arr[~shape] == 0) and np.any(arr[shape] != 0)
 
 
 def test_pre_recipe_is_run_and_recorded(crystal_npz, tmp_path):
@@ -148,4 +152,5 @@ def test_offline_demo_runs_the_cli_pipeline_and_prints_the_verdict_and_the_truth
     assert d["process"]["confidence_status"] in ("ok", "uncertain") and d["derived"]["strain"].shape == d["obj"].shape
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["result"]["confidence"]["method"] == "cnn-er" and 0 <= summary["result"]["iou"] <= 1
+    assert 0 <= summary["result"]["iou_support"] <= 1 and "shape IoU" in r.stdout
     assert (tmp_path / "result_object.png").exists() and not (tmp_path / "standard.cxi").exists()

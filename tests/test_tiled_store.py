@@ -122,7 +122,7 @@ def test_write_read_round_trip_and_idempotent(tiled_env, result):
     path = write_result(client, REF, "job-0001", arrays, metadata, previews)
     assert path == "reconstructions/PtNP/PtNP_0001/1.1/job-0001"
     back, meta = read_result(client, path)
-    lab = {"amplitude_lab", "support_lab", "displacement_lab", "strain_lab"}
+    lab = {"amplitude_lab", "support_lab", "shape_lab", "displacement_lab", "strain_lab"}
     assert set(back) == set(REQUIRED_ARRAYS) | set(previews) | lab
     # same crystal volume on the lab grid as on the (sheared) detector grid
     det_voxel = abs(np.linalg.det(np.array(metadata["strain"]["real_space_basis_nm"])))
@@ -132,7 +132,10 @@ def test_write_read_round_trip_and_idempotent(tiled_env, result):
         expected = np.asarray(arrays[key])
         assert back[key].shape == expected.shape, key
         np.testing.assert_array_equal(back[key], expected.astype(back[key].dtype), err_msg=key)
-    assert back["object"].dtype == np.complex64 and back["support"].dtype == bool
+    assert back["object"].dtype == np.complex64 and back["support"].dtype == bool and back["shape"].dtype == bool
+    # the crystal's shape lies inside the phasing support, and strain is drawn inside the shape only
+    assert back["shape"].any() and not np.any(back["shape"] & ~back["support"])
+    assert not np.any(back["strain"][~back["shape"]]) and meta["strain"]["shape"]["voxels"] == back["shape"].sum()
     for key, rgb in previews.items():
         np.testing.assert_array_equal(back[key], rgb)
     assert meta["status"] == "complete" and meta["job_id"] == "job-0001"

@@ -156,7 +156,8 @@ def reconstruct(intensity: np.ndarray, mask: np.ndarray | None, predict: Callabl
 def result_arrays(obj: np.ndarray, support: np.ndarray, intensity_crop: np.ndarray,
                   reciprocal_phase_predicted: np.ndarray, scan_meta: dict | None = None,
                   binning=(1, 1, 1), lab_frame: bool = True) -> tuple[dict[str, np.ndarray], dict]:
-    """All result arrays from the refined object: amplitude, phases, displacement and strain (physics.strain).
+    """All result arrays from the refined object: amplitude, phases, the crystal's shape (physics.shape: the
+    amplitude isosurface inside the phasing support), and displacement and strain inside that shape (physics.strain).
 
     ``intensity_crop`` is the linear cropped intensity (stored as log10(1+I)). With ``scan_meta`` carrying the
     geometry (energy, angles, distance, pixels, rocking step) the strain is along G through the detector-frame basis;
@@ -164,10 +165,12 @@ def result_arrays(obj: np.ndarray, support: np.ndarray, intensity_crop: np.ndarr
     amplitude, support, displacement and strain are also resampled on an orthogonal lab grid (``*_lab``).
     Returns (arrays, strain metadata with units).
     """
+    from physics.shape import crystal_shape, shape_definition
     from physics.strain import Geometry, displacement_and_strain, to_lab_frame
 
     obj = np.asarray(obj).astype(np.complex64)
     support = np.asarray(support, dtype=bool)
+    shape = crystal_shape(obj, support)
     geometry = None
     if scan_meta:
         try:
@@ -175,23 +178,26 @@ def result_arrays(obj: np.ndarray, support: np.ndarray, intensity_crop: np.ndarr
             geometry.real_space_basis(obj.shape)
         except InputError:  # incomplete or inconsistent geometry: strain along the rocking axis, in rad/voxel
             geometry = None
-    derived, strain_meta = displacement_and_strain(obj, support, geometry)
+    derived, strain_meta = displacement_and_strain(obj, shape, geometry)
     strain_meta["geometry_used"] = geometry is not None
+    strain_meta["shape"] = {**shape_definition(), "voxels": int(shape.sum()), "support_voxels": int(support.sum())}
     lab: dict[str, np.ndarray] = {}
     if geometry is not None and lab_frame:
         basis = geometry.real_space_basis(obj.shape)
         lab["amplitude_lab"], lab_meta = to_lab_frame(np.abs(obj).astype(np.float32), basis)
         lab["support_lab"], _ = to_lab_frame(support, basis)
+        lab["shape_lab"], _ = to_lab_frame(shape, basis)
         lab["displacement_lab"], _ = to_lab_frame(derived["displacement"], basis)
         lab["strain_lab"], _ = to_lab_frame(derived["strain"], basis)
-        for key in ("displacement_lab", "strain_lab"):  # outside the lab-grid support: 0, as in the detector frame
-            lab[key] = np.where(lab["support_lab"], lab[key], 0.0).astype(np.float32)
+        for key in ("displacement_lab", "strain_lab"):  # outside the lab-grid shape: 0, as in the detector frame
+            lab[key] = np.where(lab["shape_lab"], lab[key], 0.0).astype(np.float32)
         strain_meta["lab_frame"] = lab_meta
     arrays = {
         "amplitude": np.abs(obj).astype(np.float32),
         "phase": derived["phase"],
         "phase_wrapped": derived["phase_wrapped"],
         "support": support,
+        "shape": shape,
         "object": obj,
         "reciprocal_phase_predicted": np.asarray(reciprocal_phase_predicted, dtype=np.float32),
         "intensity_crop": np.log10(1.0 + np.clip(np.asarray(intensity_crop, dtype=np.float32), 0, None)),
@@ -326,5 +332,6 @@ def run_job(spec: dict, progress: Progress = _noop, should_cancel: Callable[[], 
     progress("publish", 1.0)
     return {"tiled_path": path, "llk_poisson": llk.get("llk_poisson"), "llk_poisson_free": llk.get("llk_poisson_free"),
             "obj2_out": llk.get("obj2_out"), "support_size": int(res.support.sum()),
+            "shape_size": int(np.count_nonzero(arrays["shape"])),
             **{k: out.confidence.get(k) for k in ("method", "status", "winner", "nb_candidates", "seconds", "hint")},
             **{f"t_{k}": round(v, 4) for k, v in timings.items()}}

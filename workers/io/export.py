@@ -87,7 +87,7 @@ def result_to_cxi(client, job: str, out: str | os.PathLike, command: str | None 
     process, results = _process_and_results(meta, path)
     units = meta.get("strain") or {}
     derived = {k: (np.asarray(node[k].read(), dtype=np.float32), units.get(f"{k}_units", ""))
-               for k in ("displacement", "strain") if k in node}  # as `reconstruct` writes them
+               for k in ("displacement", "strain", "shape") if k in node}  # as `reconstruct` writes them
     write_cxi(out, obj, support, iobs=np.clip(iobs, 0, None).astype(np.float32), process=process, results=results,
               crop_offsets=meta.get("crop_offsets"), command=command, derived=derived or None,
               note="exported from the bcdi-recon service's Tiled result by `bcdi-recon fetch`")

@@ -246,11 +246,12 @@ def make_previews(arrays: dict[str, np.ndarray], geometry: dict | None = None,
                   title: str | None = None) -> dict[str, np.ndarray]:
     """The Tiled result's previews from its arrays as they are (no resampling, no undoing of logs); RGB uint8.
 
-    ``arrays``: support, amplitude and phase (or object), strain, intensity_crop (log10(counts + 1), crop grid)
+    ``arrays``: support (or shape, the crystal's, which is preferred: phase and strain are drawn inside it),
+    amplitude and phase (or object), strain, intensity_crop (log10(counts + 1), crop grid)
     and reciprocal_phase_predicted (the CNN's 64³ phase). ``geometry``: see preview_geometry (None: pixel axes).
     Returns preview_object, preview_strain (when strain is given) and preview_reciprocal (when the intensity is).
     """
-    support = np.asarray(arrays["support"], dtype=bool)
+    support = np.asarray(arrays["shape"] if "shape" in arrays else arrays["support"], dtype=bool)
     out: dict[str, np.ndarray] = {}
     if "amplitude" in arrays and "phase" in arrays:
         out["preview_object"] = object_preview(None, support, title=title, geometry=geometry,

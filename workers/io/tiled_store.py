@@ -39,13 +39,15 @@ __all__ = [
 ]
 
 RESULT_ROOT = "reconstructions"
-REQUIRED_ARRAYS = ("amplitude", "phase", "phase_wrapped", "support", "object", "reciprocal_phase_predicted",
+REQUIRED_ARRAYS = ("amplitude", "phase", "phase_wrapped", "support", "shape", "object", "reciprocal_phase_predicted",
                    "intensity_crop", "displacement", "strain")
 ARRAY_DOCS = {
     "amplitude": ("|object|", "arb. units"),
     "phase": ("phase, unwrapped, ramp and offset removed (mean 0 in the support)", "rad"),
     "phase_wrapped": ("phase wrapped to [0, 2π)", "rad"),
-    "support": ("support (1 = crystal)", "1"),
+    "support": ("phasing support, as phasing ended (1 inside; shrink-wrap leaves about a voxel of slack)", "1"),
+    "shape": ("the crystal's shape: amplitude isosurface inside the support (metadata strain.shape); phase "
+              "and strain are drawn inside it", "1"),
     "object": ("complex object (complex64)", "arb. units"),
     "reciprocal_phase_predicted": ("reciprocal-space phase predicted by the CNN on the 64³ grid", "rad"),
     "intensity_crop": ("log10(1 + cropped measured intensity)", "log10(counts)"),
@@ -53,9 +55,12 @@ ARRAY_DOCS = {
     "strain": ("heterogeneous strain along G", "see metadata strain.strain_units"),
     "amplitude_lab": ("|object| on an orthogonal lab grid (axes x downstream, y, z up)", "arb. units"),
     "support_lab": ("support on the lab grid", "1"),
+    "shape_lab": ("the crystal's shape on the lab grid", "1"),
     "displacement_lab": ("displacement along G on the lab grid", "see metadata strain.displacement_units"),
     "strain_lab": ("strain along G on the lab grid", "see metadata strain.strain_units"),
 }
+
+BOOL_ARRAYS = ("support", "shape", "support_lab", "shape_lab")  # stored 0/1 uint8, read back as bool
 
 
 class TiledUnavailable(ConnectionError):
@@ -313,14 +318,14 @@ def _validate_arrays(arrays: dict[str, np.ndarray], previews: dict[str, np.ndarr
     out: dict[str, np.ndarray] = {}
     for key, value in arrays.items():
         a = np.asarray(value)
-        if (key in ("amplitude", "phase", "phase_wrapped", "support", "object", "displacement", "strain")
+        if (key in ("amplitude", "phase", "phase_wrapped", "support", "shape", "object", "displacement", "strain")
                 or key.endswith("_lab")) and a.shape != shape:
             raise InputError(f"array {key} has shape {a.shape}, expected the object shape {shape}")
         if key == "reciprocal_phase_predicted" and a.ndim != 3:
             raise InputError(f"reciprocal_phase_predicted must be 3D (64³), got shape {a.shape}")
         if key == "object":
             a = a.astype(np.complex64)
-        elif key in ("support", "support_lab"):
+        elif key in BOOL_ARRAYS:
             a = a.astype(bool).astype(np.uint8)  # 0/1: viewable in the browser, exact round trip
         elif a.dtype.kind in "biuf":
             a = a.astype(np.float32)
@@ -417,7 +422,7 @@ def read_result(client, path: str) -> tuple[dict[str, np.ndarray], dict[str, Any
     """Read every array and the metadata of a result container (support back to bool)."""
     node = _node(client, path)
     arrays = {key: node[key].read() for key in node}
-    for key in ("support", "support_lab"):
+    for key in BOOL_ARRAYS:
         if key in arrays:
             arrays[key] = arrays[key].astype(bool)
     return arrays, dict(node.metadata)
