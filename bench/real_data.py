@@ -176,12 +176,12 @@ def _data_figures(obj, support, i_crop, m_crop, free) -> dict:
 
 
 def _truth_figures(obj, support, truth) -> dict:
-    from physics.metrics import score_result
+    from physics.metrics import compare_to_truth
 
     t_obj, t_sup = truth
-    m = score_result(obj, support, t_obj, truth_support=t_sup)
+    m = compare_to_truth(obj, t_obj, truth_support=t_sup, recon_support=support)
     return {"volume_ratio_truth": float(m["volume_ratio"]), "phase_rmse": float(m["phase_rmse"]),
-            "iou": float(m["iou"]), "iou_support": float(m["iou_support"]), "scored_on": m["scored_on"]}
+            "iou": float(m["iou"])}
 
 
 def run_method_on(method: str, data: dict, crop: tuple, model, nb_run: int, nb_keep: int) -> list[tuple]:
