@@ -306,21 +306,11 @@ def main(argv=None) -> int:
     t.add_argument("--cnn-oversampling", type=float, default=None,
                    help="the oversampling the front end aims the 64³ grid at (default: the shipped rule)")
     t.add_argument("--methods", nargs="+", default=["cnn_er", "cnn_raar_er"], choices=["cnn_er", "cnn_raar_er"])
-    r = sub.add_parser("report", help="write the docs/benchmarks.md section")
-    r.add_argument("--print", action="store_true", help="print instead of writing docs/benchmarks.md")
-    r.add_argument("--out", default=str(RESULTS), help="results folder (default bench/results)")
-    args = ap.parse_args(argv)
-    if args.cmd == "coherence":
-        coherence(args)
-    elif args.cmd == "target":
-        target(args)
-    elif args.cmd == "matched":
-        matched(args)
-    else:
-        from bench.common import print_or_write_section
+    from bench.common import add_report_parser, dispatch
 
-        print_or_write_section(SECTION, report(args), args.print)
-    return 0
+    add_report_parser(sub).add_argument("--out", default=str(RESULTS), help="results folder (default bench/results)")
+    return dispatch(ap.parse_args(argv), {"coherence": coherence, "target": target, "matched": matched}, SECTION,
+                    report)
 
 
 if __name__ == "__main__":

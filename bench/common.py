@@ -79,3 +79,36 @@ def print_or_write_section(heading: str, body: str, print_only: bool) -> None:
     else:
         write_section(heading, body)
         print(f"wrote section '{heading}' of docs/benchmarks.md")
+
+
+def bench_parser(prog: str, doc: str):
+    """(parser, subparsers) of a benchmark module run as `python -m prog`, its docstring as the help."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    return p, p.add_subparsers(dest="cmd", required=True)
+
+
+def add_run_parser(sub, help: str):
+    """The `run` subcommand with the options every model-driven benchmark takes (--model, --threads)."""
+    r = sub.add_parser("run", help=help)
+    r.add_argument("--model", default=None, help="weights (default: the shipped model)")
+    r.add_argument("--threads", type=int, default=1, help="torch threads (default 1, as in the evaluations)")
+    return r
+
+
+def add_report_parser(sub):
+    """The `report [--print]` subcommand of a benchmark that owns one docs/benchmarks.md section."""
+    rep = sub.add_parser("report", help="write the docs/benchmarks.md section")
+    rep.add_argument("--print", action="store_true", help="print instead of writing docs/benchmarks.md")
+    return rep
+
+
+def dispatch(args, commands: dict, section: str, report) -> int:
+    """Run the chosen subcommand (commands: name -> function of the parsed args), or the report: written as
+    `section` of docs/benchmarks.md, or printed with --print."""
+    if args.cmd == "report":
+        print_or_write_section(section, report(args), args.print)
+    else:
+        commands[args.cmd](args)
+    return 0

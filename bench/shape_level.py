@@ -14,14 +14,13 @@ setting that brings the most of them to IoU >= 0.7 over both sets together; ties
 """
 from __future__ import annotations
 
-import argparse
 import itertools
 import sys
 
 import numpy as np
 
 from bench.cnn_eval import RESULTS, SUCCESS, _append, _jsonl, _shard, free_mask_for
-from bench.common import machine, model_tag, print_or_write_section
+from bench.common import add_report_parser, add_run_parser, bench_parser, dispatch, machine, model_tag
 
 SECTION = "Crystal shape level (calibration crystals)"
 FILE = "shape_level_{tag}.jsonl"
@@ -140,29 +139,19 @@ def report(args) -> str:
     return "\n".join(lines)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bench.shape_level", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="cmd", required=True)
-    r = sub.add_parser("run", help="run the adaptive method on calibration crystals and score every shape setting")
+def build_parser():
+    p, sub = bench_parser("python -m bench.shape_level", __doc__)
+    r = add_run_parser(sub, "run the adaptive method on calibration crystals and score every shape setting")
     r.add_argument("--crystals", choices=("paper", "wide"), default="paper")
-    r.add_argument("--n", type=int, default=24, help="crystals (a quarter of them under pi; default 24)")
-    r.add_argument("--model", default=None)
-    r.add_argument("--threads", type=int, default=1)
+    r.add_argument("--n", type=int, default=32, help="crystals (a quarter of them under pi; default 32)")
     r.add_argument("--shard", type=_shard, default=(0, 1), metavar="K/N",
                    help="run every N-th crystal from the K-th: processes split the work (appends are line-atomic)")
-    rep = sub.add_parser("report", help="write the docs/benchmarks.md section")
-    rep.add_argument("--print", action="store_true", help="print instead of writing docs/benchmarks.md")
+    add_report_parser(sub)
     return p
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.cmd == "run":
-        run(args)
-    else:
-        print_or_write_section(SECTION, report(args), args.print)
-    return 0
+    return dispatch(build_parser().parse_args(argv), {"run": run}, SECTION, report)
 
 
 if __name__ == "__main__":

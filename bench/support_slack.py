@@ -11,13 +11,12 @@ the evaluations score it. The rows here keep what they measured: the phasing sup
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 from bench.cnn_eval import (RESULTS, SET_FIRST, SUCCESS, _append, _jsonl, _success, free_mask_for, set_params,
                             test_crystals)
-from bench.common import machine, model_tag, print_or_write_section
+from bench.common import add_report_parser, add_run_parser, bench_parser, dispatch, machine, model_tag
 
 SECTION = "Support slack on small crystals (wide set)"
 FILE = "support_slack_{tag}.jsonl"
@@ -102,26 +101,16 @@ def report(args) -> str:
     return "\n".join(lines)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bench.support_slack", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="cmd", required=True)
-    r = sub.add_parser("run", help="rerun the chosen wide-set crystals (resumable)")
+def build_parser():
+    p, sub = bench_parser("python -m bench.support_slack", __doc__)
+    r = add_run_parser(sub, "rerun the chosen wide-set crystals (resumable)")
     r.add_argument("--n-right", type=int, default=4, help="rows marked ok and right to add (default 4)")
-    r.add_argument("--model", default=None)
-    r.add_argument("--threads", type=int, default=1)
-    rep = sub.add_parser("report", help="write the docs/benchmarks.md section")
-    rep.add_argument("--print", action="store_true", help="print instead of writing docs/benchmarks.md")
+    add_report_parser(sub)
     return p
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.cmd == "run":
-        run(args)
-    else:
-        print_or_write_section(SECTION, report(args), args.print)
-    return 0
+    return dispatch(build_parser().parse_args(argv), {"run": run}, SECTION, report)
 
 
 if __name__ == "__main__":
