@@ -91,7 +91,9 @@ def score_result(obj, support, truth, truth_support=None, **kw) -> dict:
     from physics.shape import crystal_shape
 
     m = compare_to_truth(obj, truth, truth_support=truth_support, recon_support=support, **kw)
-    ts = np.abs(np.asarray(truth)) > 0.1 * np.abs(truth).max() if truth_support is None else np.asarray(truth_support, bool)
+    if truth_support is None:  # compare_to_truth's default
+        truth_support = np.abs(np.asarray(truth)) > 0.1 * np.abs(truth).max()
+    ts = np.asarray(truth_support, bool)
     moved = moved_mask(crystal_shape(obj, support), m)
     return {**m, "iou_support": m["iou"], "volume_ratio_support": m["volume_ratio"], "iou": support_iou(moved, ts),
             "volume_ratio": float(moved.sum() / ts.sum()), "scored_on": "shape"}

@@ -43,7 +43,7 @@ REQUIRED_ARRAYS = ("amplitude", "phase", "phase_wrapped", "support", "shape", "o
                    "intensity_crop", "displacement", "strain")
 ARRAY_DOCS = {
     "amplitude": ("|object|", "arb. units"),
-    "phase": ("phase, unwrapped, ramp and offset removed (mean 0 in the support)", "rad"),
+    "phase": ("phase, unwrapped, ramp and offset removed (mean 0 in the shape)", "rad"),
     "phase_wrapped": ("phase wrapped to [0, 2π)", "rad"),
     "support": ("phasing support, as phasing ended (1 inside; shrink-wrap leaves about a voxel of slack)", "1"),
     "shape": ("the crystal's shape: amplitude isosurface inside the support (metadata strain.shape); phase "
