@@ -78,6 +78,15 @@ def test_adaptive_target_lines_check_success_time_and_silent_failures(tmp_path, 
     assert "every failure marked uncertain: **missed** (1 silent" in text
     assert "< π (1 crystals): adaptive succeeds on 100 %" in text and "1/20 of (c)'s: **met** (1/50.0)" in text
     assert "Same machine, same run" not in text  # no timed pairs for this model
+    assert "scored on the phasing support" not in text  # neither side scored on the shape: nothing to say
+
+    # adaptive rows scored on the shape, (c)'s on the support: the most a rescore could lift (c) by is stated
+    shaped = {s: {**r, "scored_on": "shape"} for s, r in adaptive.items()}
+    short = {**standard, 1: {**standard[1], "iou": 0.6}}  # phase right, support IoU short: could turn right
+    text = "\n".join(cnn_eval.adaptive_target_lines(shaped, short, tmp_path / "eval_adaptive_x.jsonl",
+                                                    tmp_path / "eval_standard_y.jsonl"))
+    assert ("(c)'s IoU was scored on the phasing support in 3 of its 3 rows (not rerun); scored on the shape, at "
+            "most 1 more of them could succeed (phase right, IoU short): (c) ≤ 67 %") in text
 
     # pairs timed back to back in one run (bench.cnn_eval timing) are reported with their own verdict
     pairs = tmp_path / "timing_same_run.jsonl"
