@@ -23,6 +23,7 @@ import numpy as np
 
 from physics.align import align
 from physics.errors import InputError
+from physics.shape import crystal_shape
 
 
 @dataclass
@@ -160,7 +161,11 @@ def gate_values(obj: np.ndarray, support: np.ndarray, iobs: np.ndarray, mask: np
             "obj2_out": float(llk.get("obj2_out", float("nan"))),
             "chi": float(llk.get("r_factor_free", float("nan"))),
             "support_size": n_s, "support_ratio": n_s / max(ac_size, 1),
-            **amplitude_metrics(obj, support)}
+            **amplitude_metrics(obj, support),
+            # the same on the crystal's shape (physics.shape), without the support's border slack that inflates
+            # mean_to_max on small crystals: recorded for the next calibration, not judged yet
+            **{f"{k}_shape": v for k, v in
+               amplitude_metrics(obj, crystal_shape(obj, support) if n_s else support).items()}}
 
 
 def single_checks(values: dict, thr: GateThresholds) -> list[str]:

@@ -34,6 +34,14 @@ def test_gate_passes_the_true_crystal_and_rejects_a_random_object(crystal, one_t
     good = gate_values(crystal["object"], crystal["support"], crystal["intensity"], crystal["mask"], free)
     assert good["llk_free"] < 2.0 and good["obj2_out"] < 0.05
     assert thr.min_support_ratio <= good["support_ratio"] <= thr.max_support_ratio
+    # the amplitude figures on the crystal's shape are recorded beside the support's (not judged yet); with a
+    # support one voxel wider than the crystal, the shape's mean_to_max stays near the crystal's own
+    from scipy.ndimage import binary_dilation
+
+    slack = gate_values(crystal["object"], binary_dilation(crystal["support"]), crystal["intensity"],
+                        crystal["mask"], free)
+    assert slack["mean_to_max"] > good["mean_to_max"] + 0.05
+    assert abs(slack["mean_to_max_shape"] - good["mean_to_max_shape"]) < 0.05 and "sharpness_shape" in good
     # a second, independent-looking candidate: the same crystal's twin, shifted by 1.5 voxels, other phase offset
     other = fourier_shift(twin(crystal["object"]), (1.5, -1.0, 0.5)) * np.exp(1j * 2.0)
     m = agreement(crystal["object"], other)
