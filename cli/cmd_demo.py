@@ -27,7 +27,7 @@ highly strained crystal (phase range --phase-range π inside it). The demo's dat
 ID01 BLISS file and registers it in Tiled; the RunEngine callback trigger (service.triggers.BcdiTrigger) posts
 the scan to the gateway when the run stops with success; a worker reconstructs it (--method, by default
 adaptive: the CNN path first, standard runs only if it fails the data-only quality gate) and publishes the result
-to Tiled. The command prints the quality gate's verdict and figures, the result's phase RMSE and support IoU
+to Tiled. The command prints the quality gate's verdict and figures, the result's phase RMSE and shape IoU (the crystal's shape, physics/shape.py)
 against the simulated truth, the Tiled browser URLs of the result and of the raw scan and timings, then keeps everything running until Ctrl-C (or exits at once with --exit). Ctrl-C stops the
 worker, gateway, Tiled and Redis in that order; no process is left behind.
 

@@ -13,7 +13,7 @@ Reconstructs held-out simulated crystals (test seeds never used in training or v
   (c) the standard recipe HIO**400,RAAR**1000,ER**300, 20 runs, best 5 by free LLK, first mode, and
   adaptive, the default method of `reconstruct` and the service ((b+) judged by the data-only quality gate,
   then standard runs one at a time until one passes; its records also hold ok / uncertain),
-compares each with the truth (twin / sub-voxel shift / phase aligned: phase RMSE, support IoU) and with the
+compares each with the truth (twin / sub-voxel shift / phase aligned: phase RMSE, IoU of the crystal's shape) and with the
 data (LLK, free LLK on the same withheld voxels), and reports per phase-range bin (< π, π-2π, 2π-5π): success
 rate (phase RMSE <= 0.5 rad and IoU >= 0.7), medians and wall time per crystal.
 Results are appended per crystal to bench/results/*.jsonl, so the command resumes where it stopped; (c) does

@@ -79,7 +79,7 @@ def test_demo_reconstructs_a_scan_heals_a_worker_and_ctrl_c_leaves_no_process(tm
         # the quality gate's verdict and the truth comparison are printed (the demo knows the simulated crystal)
         gate = re.search(r"^quality gate: (ok|uncertain) \(method adaptive, winner (\S+), (\d+) candidate", out, re.M)
         assert gate, out[-2000:]
-        truth = re.search(r"against the simulated truth: phase RMSE ([\d.]+) rad, support IoU ([\d.]+)", out)
+        truth = re.search(r"against the simulated truth: phase RMSE ([\d.]+) rad, shape IoU ([\d.]+)", out)
         assert truth and 0 <= float(truth.group(1)) < 4 and 0 <= float(truth.group(2)) <= 1
 
         summary = json.loads((tmp_path / "stack" / "demo_summary.json").read_text())
