@@ -280,6 +280,9 @@ def scoring_note(recs) -> str:
     old = sum(not scored_today(r) for r in recs)
     if not old:
         return ""
+    if old == len(recs):
+        return (f"IoU scored on the phasing support in all {old} rows (measured before 2026-12-07 and not rerun "
+                "since), not on the crystal's shape (physics.shape).")
     return (f"IoU scored on the phasing support in {old} of {len(recs)} rows (measured before 2026-12-07 and not "
             "rerun since); the others on the crystal's shape (physics.shape).")
 

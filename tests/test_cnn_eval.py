@@ -39,6 +39,7 @@ def test_run_is_resumable_and_reports_targets_for_b_and_b_plus(results):
     old[0].pop("scored_on")
     assert "scored on the phasing support in 1 of 2 rows" in cnn_eval.scoring_note(old)
     assert cnn_eval.scoring_note(old[1:]) == ""
+    assert "in all 1 rows" in cnn_eval.scoring_note(old[:1])
     cnn_file.write_text("".join(json.dumps(r) + "\n" for r in old))
     assert cnn_eval.main(argv[:-5] + ["cnn"]) == 0
     again = [json.loads(line) for line in cnn_file.read_text().splitlines()]
