@@ -201,7 +201,11 @@ def report(args) -> str:
              "run after that refit. Both sets' silent failures (four, mean_to_max 0.50-0.53) had been seen before "
              "the confirmation zone was added (its edge comes from the calibration by a fixed rule, "
              "bench.calibrate_gate.confirm_zone_choice); the rows it changed were then recomputed (counted under each "
-             "table). Neither set is a clean out-of-sample figure for the zone.", ""]
+             "table). Neither set is a clean out-of-sample figure for the zone. On 2026-12-07 the first (held-out) "
+             "and the wide set were rerun whole to score the crystal's shape (physics.shape; bench.cnn_eval.SCORED_ON), "
+             "on another machine (AMD EPYC; the earlier rows ran on an Intel Xeon) beside each other and the test "
+             "suite: their times are longer than the earlier rows', and phasing on other last-bit numerics picked other "
+             "runs on a few crystals; tables whose rows were not rerun say so.", ""]
     files = sorted(Path(args.out).glob("eval_adaptive_*.jsonl"))
     if not files:
         return "\n".join(lines + ["No results yet."])
