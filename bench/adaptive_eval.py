@@ -21,6 +21,7 @@ import numpy as np
 from bench.cnn_eval import (BINS, RESULTS, SET_FIRST, _append, _jsonl, _shard, _success, resumed_row, run_strategy,
                             scored_today, scoring_note, set_params, size_of, test_crystals)
 from bench.common import model_tag
+from physics.success import SUCCESS
 
 SECTION = "Adaptive reconstruction on the held-out crystals"
 CALIB_SECTION = "Adaptive fallback: the recipe of the CNN-seeded run (calibration crystals)"
@@ -180,6 +181,11 @@ def reference_lines(rows: dict, out: Path, size: str) -> list[str]:
                              f"{sum(_success(rows[s]) for s in sel)} successes; median wall "
                              f"{np.median([ref[s]['wall_s'] for s in sel]):.1f} s against "
                              f"{np.median([rows[s]['wall_s'] for s in sel]):.1f} s.")
+        if note := scoring_note(ref[s] for s in common):
+            lift = sum(ref[s]["phase_rmse"] <= SUCCESS["phase_rmse"] and not _success(ref[s])
+                       and not scored_today(ref[s]) for s in common)
+            lines.append(f"- The standard rows: {note} Scored on the shape, at most {lift} more of them could "
+                         "succeed (phase right, IoU short).")
         lines.append("")
     return lines
 
