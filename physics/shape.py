@@ -15,7 +15,7 @@ from physics.errors import InputError
 
 # Chosen by bench/shape_level.py's fixed rule on 64 calibration crystals (32 paper-family, 32 wide-condition;
 # docs/benchmarks.md, 'Crystal shape level'): 45 % of the 95th percentile of the amplitude in the support. On the 57
-# whose phase was right, every one reached IoU >= 0.7 (the phasing support: 56), median IoU 0.983 (support: 0.886).
+# whose phase was right, every one reached IoU >= 0.7 (the phasing support: 55), median IoU 0.983 (support: 0.880).
 SHAPE_LEVEL = 0.45
 SHAPE_REFERENCE = "q95"  # the amplitude the level is relative to: "max", or a percentile "qNN" in the support
 SHAPE_FILL_HOLES = True
