@@ -307,7 +307,7 @@ def run(args) -> int:
     from physics.shape import crystal_shape, shape_definition
 
     shape = crystal_shape(obj, support)  # the crystal's shape, as `reconstruct` writes it
-    process.update({f"shape_{k}": v for k, v in shape_definition().items()}, shape_voxels=int(shape.sum()))
+    process.update({f"shape_{k}": v for k, v in shape_definition(shape, support).items()})
     write_cxi(out, obj, support, iobs=iobs, mask=mask, process=process, results=results, free_mask=free_mask,
               note=NOTE, derived={"shape": (shape, "")},
               command="bcdi-recon " + " ".join(sys.argv[1:]) if sys.argv else None)

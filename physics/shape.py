@@ -21,10 +21,16 @@ SHAPE_REFERENCE = "q95"  # the amplitude the level is relative to: "max", or a p
 SHAPE_FILL_HOLES = True
 
 
-def shape_definition() -> dict:
-    """How the shape is drawn, for the metadata of every result that carries one."""
-    return {"level": SHAPE_LEVEL, "reference": SHAPE_REFERENCE, "fill_holes": SHAPE_FILL_HOLES,
-            "definition": "amplitude >= level x reference inside the phasing support (physics.shape)"}
+def shape_definition(shape: np.ndarray | None = None, support: np.ndarray | None = None) -> dict:
+    """How the shape is drawn, for the metadata of every result that carries one; with the shape and the
+    support, their voxel counts too."""
+    out = {"level": SHAPE_LEVEL, "reference": SHAPE_REFERENCE, "fill_holes": SHAPE_FILL_HOLES,
+           "definition": "amplitude >= level x reference inside the phasing support (physics.shape)"}
+    if shape is not None:
+        out["voxels"] = int(np.count_nonzero(shape))
+    if support is not None:
+        out["support_voxels"] = int(np.count_nonzero(support))
+    return out
 
 
 def amplitude_reference(amp: np.ndarray, support: np.ndarray, reference: str = SHAPE_REFERENCE) -> float:

@@ -180,7 +180,7 @@ def result_arrays(obj: np.ndarray, support: np.ndarray, intensity_crop: np.ndarr
             geometry = None
     derived, strain_meta = displacement_and_strain(obj, shape, geometry)
     strain_meta["geometry_used"] = geometry is not None
-    strain_meta["shape"] = {**shape_definition(), "voxels": int(shape.sum()), "support_voxels": int(support.sum())}
+    strain_meta["shape"] = shape_definition(shape, support)
     lab: dict[str, np.ndarray] = {}
     if geometry is not None and lab_frame:
         basis = geometry.real_space_basis(obj.shape)
