@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.cnn_eval import BINS, PRE_RECIPE, _append, _jsonl, _success, _truth_metrics, free_mask_for
+from bench.cnn_eval import BINS, PRE_RECIPE, _append, _jsonl, _shard, _success, _truth_metrics, free_mask_for
 from bench.common import model_tag
 from physics.quality import GateThresholds
 
@@ -117,7 +117,8 @@ def run(args) -> None:
     done = _jsonl(out)
     model = load_model(args.model)
     tag = model_tag(model)
-    for seed, params in crystals(args.n_high, args.n_low, wide):
+    k, n = args.shard
+    for seed, params in crystals(args.n_high, args.n_low, wide)[k::n]:
         old = done.get(seed)
         todo = [n for n in args.candidates if old is None or n not in old["candidates"]]
         if "std_pynx" in todo and not (HIGH_SEED0 <= seed < HIGH_SEED0 + args.pynx_high):
@@ -253,6 +254,10 @@ def confusion(recs: list[dict], thr, names=CANDIDATES) -> dict:
 
 
 MODES = (False, True, "independent")  # no agreement, agreement with any other candidate, between independent starts
+AMPLITUDES = ("support", "shape")  # where mean_to_max is judged (GateThresholds.amplitude_on); 'shape' only on
+# records that have mean_to_max_shape (calibrations recorded from 2026-12-07 on)
+MEAN_TO_MAX_GRID = (0.30, 0.35, 0.40, 0.45, 0.50, 0.55, 0.60, 1.0)  # 0.30, 0.35 added with the shape's values,
+# which sit lower than the support's (no border slack)
 
 
 def grid_confusions(recs: list[dict], modes=MODES) -> list[tuple]:
@@ -261,18 +266,19 @@ def grid_confusions(recs: list[dict], modes=MODES) -> list[tuple]:
     from physics.quality import GateThresholds
 
     vals = [v for r in recs for v in r["candidates"].values() if "error" not in v]
+    amps = [a for a in AMPLITUDES if all(GateThresholds(amplitude_on=a).amplitude_key in v for v in vals)]
     lf = sorted({round(float(q), 3) for q in np.quantile([v["llk_free"] for v in vals], np.linspace(0.05, 0.95, 19))}
                 | {1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 50.0})
     out = []
     for agree in modes:
         for mlf in lf:
-            for o2, m2m in itertools.product((0.02, 0.05, 0.10, 0.20), (0.40, 0.45, 0.50, 0.55, 0.60, 1.0)):
+            for o2, m2m, amp in itertools.product((0.02, 0.05, 0.10, 0.20), MEAN_TO_MAX_GRID, amps):
                 for lo, hi in ((0.0, 1.0), (0.05, 0.25), (0.08, 0.2), (0.10, 0.20)):
                     for mm in ((0.05, 0.1, 0.15, 0.2, 0.3) if agree else (1.0,)):
                         thr = GateThresholds(max_llk_free=mlf, max_obj2_out=o2, max_mean_to_max=m2m,
                                              min_support_ratio=lo, max_support_ratio=hi, max_mismatch=mm,
                                              require_agreement=bool(agree), independent_partners=agree == "independent",
-                                             confirm_mean_to_max=None)
+                                             confirm_mean_to_max=None, amplitude_on=amp)
                         out.append((agree, thr, confusion(recs, thr)))
     return out
 
@@ -325,7 +331,7 @@ def confirm_zone_choice(recs: list[dict], single: GateThresholds):
 
     base = replace(single, confirm_mean_to_max=None, require_agreement=False)
     edge, strict = None, None
-    for m in np.arange(round(0.30 / ZONE_STEP), round(single.max_mean_to_max / ZONE_STEP) + 1) * ZONE_STEP:
+    for m in np.arange(round(0.10 / ZONE_STEP), round(single.max_mean_to_max / ZONE_STEP) + 1) * ZONE_STEP:
         c = confusion(recs, replace(base, max_mean_to_max=float(round(m, 4))))
         if c["fp"] == 0:
             edge, strict = float(round(m, 4)), c
@@ -369,7 +375,7 @@ def replay_adaptive(rec: dict, thr, order=REPLAY_ORDER) -> dict:
 
 def _limits(t, agree=None) -> str:
     """The limits of a gate setting, in words."""
-    return (f"free LLK ≤ {t.max_llk_free:g}, obj2_out ≤ {t.max_obj2_out:g}, mean_to_max ≤ {t.max_mean_to_max:g}, "
+    return (f"free LLK ≤ {t.max_llk_free:g}, obj2_out ≤ {t.max_obj2_out:g}, {t.amplitude_key} ≤ {t.max_mean_to_max:g}, "
             f"support ratio in [{t.min_support_ratio:g}, {t.max_support_ratio:g}]"
             + (f", mismatch ≤ {t.max_mismatch:g}" if (t.require_agreement if agree is None else agree) else ""))
 
@@ -677,6 +683,8 @@ def main(argv=None) -> int:
                            help="paper: the paper's families (the shipped calibration, default); wide: the wide "
                                 "conditions on seeds 5,200,000+ / 5,700,000+ (file %s; `wide-report`)" % WIDE_FILE)
             p.add_argument("--candidates", nargs="+", default=list(CANDIDATES), choices=CANDIDATES)
+            p.add_argument("--shard", type=_shard, default=(0, 1), metavar="K/N",
+                           help="compute every N-th crystal from the K-th (0-based), to run N processes side by side")
             p.add_argument("--model", default=None, help="weights (default: the shipped model)")
             p.add_argument("--er-cycles", type=int, default=400)
             p.add_argument("--pynx-high", type=int, default=10,

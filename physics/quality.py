@@ -59,6 +59,9 @@ class GateThresholds:
     # .confirm_zone_choice, on a 0.01 grid); None: no zone
     require_agreement: bool = False
     independent_partners: bool = False  # agreement only counts between candidates of different starts (groups)
+    amplitude_on: str = "support"  # where max_mean_to_max and the zone's edge apply: 'support' (mean_to_max, over
+    # the phasing support) or 'shape' (mean_to_max_shape, over the crystal's shape, physics.shape: without the
+    # border slack of a loose support, which raises mean_to_max on right results of small or faint crystals)
 
     def __post_init__(self):
         if not self.max_llk_free > 0 or not 0 < self.max_obj2_out <= 1:
@@ -71,11 +74,23 @@ class GateThresholds:
             raise InputError(f"max_mismatch must be in (0, 1], got {self.max_mismatch}")
         if self.confirm_mean_to_max is not None and not 0 <= self.confirm_mean_to_max <= 1:
             raise InputError(f"confirm_mean_to_max must be in [0, 1] or None, got {self.confirm_mean_to_max}")
+        if self.amplitude_on not in ("support", "shape"):
+            raise InputError(f"amplitude_on must be 'support' or 'shape', got {self.amplitude_on!r}")
+
+    @property
+    def amplitude_key(self) -> str:
+        """The gate value the mean_to_max limits apply to."""
+        return "mean_to_max" if self.amplitude_on == "support" else "mean_to_max_shape"
+
+    def mean_to_max(self, values: dict) -> float:
+        """The judged mean_to_max of one candidate's gate values (NaN when not recorded: the check then fails)."""
+        v = values.get(self.amplitude_key)
+        return float("nan") if v is None else float(v)
 
     def in_confirm_zone(self, values: dict) -> bool:
         """True when a candidate that passes the single checks still needs an independent candidate to agree."""
         z = self.confirm_mean_to_max
-        return z is not None and values.get("mean_to_max", float("nan")) > z
+        return z is not None and self.mean_to_max(values) > z
 
     def for_pattern(self, truncated: bool) -> "GateThresholds":
         """The limits for one pattern. A truncated pattern (still bright at the ends of the array: a cut scan, which
@@ -163,7 +178,7 @@ def gate_values(obj: np.ndarray, support: np.ndarray, iobs: np.ndarray, mask: np
             "support_size": n_s, "support_ratio": n_s / max(ac_size, 1),
             **amplitude_metrics(obj, support),
             # the same on the crystal's shape (physics.shape), without the support's border slack that inflates
-            # mean_to_max on small crystals: recorded for the next calibration, not judged yet
+            # mean_to_max on small crystals (judged instead of mean_to_max when GateThresholds.amplitude_on is 'shape')
             **{f"{k}_shape": v for k, v in
                amplitude_metrics(obj, crystal_shape(obj, support) if n_s else support).items()}}
 
@@ -181,9 +196,9 @@ def single_checks(values: dict, thr: GateThresholds) -> list[str]:
         o2 = float("nan")
     if not np.isfinite(o2) or o2 > thr.max_obj2_out:
         why.append(f"obj2_out {o2:.3g} > {thr.max_obj2_out:g}")
-    mm = values.get("mean_to_max", float("nan"))
+    mm = thr.mean_to_max(values)
     if not mm <= thr.max_mean_to_max:
-        why.append(f"mean_to_max {mm:.3g} > {thr.max_mean_to_max:g}")
+        why.append(f"{thr.amplitude_key} {mm:.3g} > {thr.max_mean_to_max:g}")
     r = values.get("support_ratio", float("nan"))
     if not thr.min_support_ratio <= r <= thr.max_support_ratio:
         why.append(f"support / autocorrelation {r:.3g} outside [{thr.min_support_ratio:g}, "
@@ -203,8 +218,8 @@ def judge(values: dict, thr: GateThresholds, mismatch: float | None = None) -> t
     candidate), needed when needs_partner says so."""
     why = single_checks(values, thr)
     if not why and needs_partner(values, thr):
-        zone = "agreement required: " if thr.require_agreement else (f"mean_to_max {values['mean_to_max']:.3g} > "
-                                                 f"{thr.confirm_mean_to_max:g} needs confirmation: ")
+        zone = "agreement required: " if thr.require_agreement else (
+            f"{thr.amplitude_key} {thr.mean_to_max(values):.3g} > {thr.confirm_mean_to_max:g} needs confirmation: ")
         if mismatch is None:
             why.append(zone + "no second candidate to agree with")
         elif not mismatch <= thr.max_mismatch:

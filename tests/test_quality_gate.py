@@ -146,3 +146,20 @@ def test_confirmation_zone_needs_an_independent_partner(crystal):
     assert judge_set(None, [zone, clear], thr, {(0, 1): 0.01}, groups=["a", "b"])[0]["status"] == "ok"
     with pytest.raises(InputError, match="confirm_mean_to_max"):
         GateThresholds(confirm_mean_to_max=1.5)
+
+
+def test_amplitude_on_selects_which_mean_to_max_is_judged():
+    """amplitude_on='shape' applies the mean_to_max limits to mean_to_max_shape (over the crystal's shape), so a
+    right result whose loose support raises mean_to_max passes; a record without that value fails, not passes."""
+    slack = {"llk_free": 1.0, "obj2_out": 0.0, "support_ratio": 0.12, "mean_to_max": 0.62, "mean_to_max_shape": 0.30}
+    on_support = GateThresholds(confirm_mean_to_max=None)
+    on_shape = GateThresholds(confirm_mean_to_max=None, amplitude_on="shape")
+    status, why = judge(slack, on_support)
+    assert status == "uncertain" and why[0].startswith("mean_to_max 0.62")
+    assert judge(slack, on_shape) == ("ok", [])
+    status, why = judge({k: v for k, v in slack.items() if k != "mean_to_max_shape"}, on_shape)
+    assert status == "uncertain" and why[0].startswith("mean_to_max_shape nan")
+    zoned = GateThresholds(amplitude_on="shape", confirm_mean_to_max=0.25)
+    assert zoned.in_confirm_zone(slack) and not zoned.in_confirm_zone(dict(slack, mean_to_max_shape=0.2))
+    with pytest.raises(InputError, match="amplitude_on"):
+        GateThresholds(amplitude_on="volume")
