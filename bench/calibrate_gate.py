@@ -612,6 +612,59 @@ def mean_to_max_by_condition(wide: list[dict], paper: list[dict]) -> list[str]:
     return lines + [""]
 
 
+def scoring_text(recs: list[dict], label: str) -> str:
+    """What the records' success labels were scored on: the crystal's shape (physics.shape, today's criterion) or
+    the phasing support (records from before 2026-12-07: a right result on a loose support can count as wrong, so
+    their precision is conservative and their recall pessimistic)."""
+    n = sum(len([v for v in r["candidates"].values() if "error" not in v]) for r in recs)
+    shape = sum(v.get("scored_on") == "shape" for r in recs for v in r["candidates"].values() if "error" not in v)
+    if not n:
+        return ""
+    if shape == n:
+        return f"The {label} records' IoU is scored on the crystal's shape (physics.shape), as the evaluations'."
+    return (f"The {label} records' IoU is scored on the phasing support in {n - shape} of {n} candidates (recorded "
+            "before 2026-12-07; not rerun): a right result on a loose support counts as wrong there.")
+
+
+def replay_lines(wide: list[dict], paper: list[dict]) -> list[str]:
+    """The adaptive order replayed with the shipped gate on both calibration sets: crystals marked ok, wrong ok,
+    and right but uncertain (the gate's cost in recall, per crystal rather than per candidate)."""
+    out = ["", "The adaptive order replayed on these records with the shipped gate (bench.calibrate_gate."
+           "replay_adaptive; per crystal):", ""]
+    for label, recs in (("wide", wide), ("paper families", paper)):
+        rp = [replay_adaptive(r, GateThresholds()) for r in recs]
+        if rp:
+            out.append(f"- {label} ({len(rp)} crystals): {sum(x['success'] for x in rp)} right, "
+                       f"{sum(x['ok'] for x in rp)} marked ok, {sum(x['ok'] and not x['success'] for x in rp)} "
+                       f"wrong and marked ok, {sum(x['success'] and not x['ok'] for x in rp)} right but uncertain.")
+    return out + [""]
+
+
+def amplitude_lines(recs: list[dict], grid: list, label: str) -> list[str]:
+    """Where mean_to_max separates right from wrong better: over the phasing support or over the crystal's shape
+    (GateThresholds.amplitude_on), compared at each precision floor by the best single-check setting of each."""
+    amps = sorted({t.amplitude_on for _, t, _ in grid})
+    if len(amps) < 2:
+        return [f"- mean_to_max on the crystal's shape against on the support, on {label}: not comparable "
+                "(some records have no mean_to_max_shape, recorded from 2026-12-07 on)."]
+    parts, shape_wins = [], 0
+    for floor in FLOORS:
+        best = {}
+        for a in amps:
+            _, _, per_mode = choose_thresholds(recs, floor, [e for e in grid if e[1].amplitude_on == a])
+            best[a] = per_mode[False]
+        shape_wins += bool(best["shape"]) and (not best["support"]
+                                                or best["shape"][2]["recall"] > best["support"][2]["recall"])
+        parts.append(f"{100 * floor:.0f} %: " + ", ".join(
+            f"{a} {100 * b[2]['recall']:.1f} %" if b else f"{a} none" for a, b in best.items()))
+    return [f"- mean_to_max on the crystal's shape against on the support, on {label}: the best single-check "
+            "recall at each precision floor, " + "; ".join(parts) + ". "
+            + (f"The shape's value separates better at {shape_wins} of {len(FLOORS)} floors." if shape_wins else
+               "The support's value separates better at every floor: mean_to_max stays judged on the support "
+               "(GateThresholds.amplitude_on 'support'); the shape takes the slack off right results, but it also "
+               "drops the low-amplitude voxels that give wrong ones away (the likely reason).")]
+
+
 def wide_report(args) -> str:
     """The shipped gate on the wide-condition calibration crystals, beside the paper-family ones, and what the
     shipping rule would choose on the wide crystals alone and on both: measured for the next calibration, not
@@ -637,7 +690,8 @@ def wide_report(args) -> str:
              f"{WIDE_HIGH_SEED0:,}+ and {WIDE_LOW_SEED0:,}+, which no evaluation set draws; the same candidates as the "
              f"shipped calibration (section above), {n_c} in all (a crystal whose data the front end refuses, measured "
              "oversampling ≤ 2 on an axis, has no candidate and no record: the run prints it). Nothing here is "
-             "shipped: the gate stays the one the paper-family calibration chose.", "",
+             "shipped: the gate stays the one the paper-family calibration chose. "
+             + scoring_text(wide, "wide") + " " + scoring_text(paper, "paper-family") + "", "",
              "| crystals | gate | precision, recall (per candidate) |", "|---|---|---|"]
     for label, recs in (("wide", wide), ("paper families", paper)):
         if recs:
@@ -651,8 +705,10 @@ def wide_report(args) -> str:
     lines.append("- Right wide candidates that the shipped single checks refuse, by check (a candidate can fail "
                  "several): " + (", ".join(f"{k} {n}" for k, n in refused.most_common()) or "none") + ".")
     lines += mean_to_max_by_condition(wide, paper)
+    lines += replay_lines(wide, paper)
     for label, recs in (("the wide crystals alone", wide), ("both sets together", wide + paper)):
         grid = grid_confusions(recs, modes=(False,))
+        lines += amplitude_lines(recs, grid, label)
         choice = shipping_choice(recs, grid)
         if choice is None:
             _, _, per_mode = choose_thresholds(recs, TARGET_PRECISION, grid)

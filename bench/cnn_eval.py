@@ -293,6 +293,10 @@ def row_truncated(rec: dict) -> bool:
     return any(fe["truncated"]) if "truncated" in fe else any("truncated" in w for w in fe.get("warnings", ()))
 
 
+RECORDED_BEFORE = {"amplitude_on": "support"}  # limits added to GateThresholds later: what a record without them ran
+# under (until 2026-12-07 mean_to_max was judged on the phasing support only)
+
+
 def verdict_stands(rec: dict, thr=None) -> bool:
     """Whether a recorded gated result (run_strategy's record) is what today's gate would produce, so a resumed
     run keeps it: true when its candidates, replayed in run order with single checks only, stop at the same
@@ -304,7 +308,7 @@ def verdict_stands(rec: dict, thr=None) -> bool:
     from physics.quality import GateThresholds, single_checks
 
     thr = (thr or GateThresholds()).for_pattern(row_truncated(rec))  # the strategy's own rule (workers.strategy)
-    if rec.get("thresholds") is not None and rec["thresholds"] == thr.as_dict():
+    if rec.get("thresholds") is not None and {**RECORDED_BEFORE, **rec["thresholds"]} == thr.as_dict():
         return True  # recorded under today's limits
     cands = rec.get("candidates") or []
     if not cands or thr.require_agreement:
