@@ -332,24 +332,28 @@ def on_bound(values: dict, ac: int) -> bool:
 
 def rebound_row(rec: dict, crop) -> dict | None:
     """A gated row with its support ratios against today's autocorrelation bound of its crop (crop: crop_for_cnn's
-    intensity, mask, offsets and FrontEnd; workers.strategy.autocorrelation_bound), or None when the row was
-    measured against today's bound (or has no candidates). physics.quality changed the bound on 2026-12-07 (masked
+    intensity, mask, offsets and FrontEnd; workers.strategy.autocorrelation_bound) and its candidates' photon-noise
+    share of obj2_out (workers.strategy.photon_noise, added to the gate on 2026-12-07), or None when the row has
+    both already (or has no candidates). physics.quality changed the bound on 2026-12-07 (masked
     voxels filled, a Poisson noise floor); the runs do not depend on it, only the verdicts, so the returned row
     stands when verdict_stands, replaying today's gate on it, says so (it carries no thresholds for that check)."""
     import copy
 
-    from workers.strategy import autocorrelation_bound
+    from physics.quality import obj2_out_noise
+    from workers.strategy import autocorrelation_bound, photon_noise
 
     c = next((c for c in rec.get("candidates") or () if c.get("support_ratio") and c.get("support_size")), None)
     if c is None:
         return None
     ac = autocorrelation_bound(crop[0], crop[1], crop[3])
-    if on_bound(c, ac):
+    if on_bound(c, ac) and all("obj2_out_noise" in v for v in rec["candidates"] if v.get("support_size")):
         return None
+    noise = photon_noise(crop[0], crop[1], crop[3])
     new = copy.deepcopy(rec)
     for v in [*new["candidates"], new.get("gate") or {}]:
         if v.get("support_size") is not None:
             v["support_ratio"] = v["support_size"] / max(ac, 1)
+            v["obj2_out_noise"] = obj2_out_noise(noise, v["support_size"], crop[0].size)
     new.pop("thresholds", None)
     return new | {"ac_size": ac}
 

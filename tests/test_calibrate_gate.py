@@ -179,12 +179,16 @@ def test_rows_measured_against_an_older_autocorrelation_bound_are_replayed_on_to
 
     def cand(size, bound, **kw):
         return {"llk_free": 2.0, "obj2_out": 0.01, "mean_to_max": 0.3, "support_size": size,
-                "support_ratio": size / bound, **kw}
+                "support_ratio": size / bound, "obj2_out_noise": 0.001, **kw}
 
     fail = cand(int(0.12 * ac), ac, llk_free=900.0)
     today = {"method": "adaptive", "status": "ok", "nb_candidates": 2,
              "candidates": [fail, cand(int(0.12 * ac), ac)]}
     assert rebound_row(today, crop) is None and resumed_row(today, crop) == (True, None)
+    # a row recorded before the gate had the photon-noise share of obj2_out: given it from the data, replayed
+    before = {**today, "candidates": [{k: v for k, v in c.items() if k != "obj2_out_noise"} for c in today["candidates"]]}
+    stands, row = resumed_row(before, crop)
+    assert stands and all(0 < c["obj2_out_noise"] < 0.01 for c in row["candidates"])  # a bright pattern: tiny
     # the first candidate failed only on a bound 5x too large (support ratio 0.024): today it passes, so the
     # strategy would have stopped there: rerun
     stale = {**today, "candidates": [cand(int(0.12 * ac), 5 * ac), cand(int(0.12 * ac), 5 * ac)],

@@ -163,3 +163,26 @@ def test_amplitude_on_selects_which_mean_to_max_is_judged():
     assert zoned.in_confirm_zone(slack) and not zoned.in_confirm_zone(dict(slack, mean_to_max_shape=0.2))
     with pytest.raises(InputError, match="amplitude_on"):
         GateThresholds(amplitude_on="volume")
+
+
+def test_photon_noise_share_of_obj2_out():
+    """photon_noise_fraction: what photon noise alone adds to a magnitude projection, from the data; it grows as
+    the peak gets fainter, and the gate judges obj2_out less obj2_out_noise_weight of it (0: the plain limit)."""
+    from physics.quality import obj2_out_noise, photon_noise_fraction
+
+    bright = simulate_sample(7, SimParams(peak_counts=(1e6, 1e6)))
+    faint = simulate_sample(7, SimParams(peak_counts=(1e3, 1e3)))
+    f_bright, f_faint = (photon_noise_fraction(s["intensity"], s["mask"]) for s in (bright, faint))
+    assert f_bright < 0.005 < 0.02 < f_faint < 0.5
+    # a flat pattern of 1e4 photons per voxel: 1/4 photon of noise energy per voxel
+    assert photon_noise_fraction(np.full((16, 16, 16), 1e4)) == pytest.approx(0.25 / 1e4, rel=0.02)
+    # in photons: the same counts stored as 10x the intensity give the same share with photon_scale 0.1
+    assert photon_noise_fraction(faint["intensity"] * 10, faint["mask"], photon_scale=0.1) == pytest.approx(f_faint)
+    assert obj2_out_noise(0.1, 100, 1000) == pytest.approx(0.09)
+    vals = {"llk_free": 1.0, "obj2_out": 0.08, "support_ratio": 0.12, "mean_to_max": 0.3, "obj2_out_noise": 0.08}
+    assert judge(vals, GateThresholds(confirm_mean_to_max=None))[0] == "ok"  # 0.08 - 0.5 x 0.08 <= 0.05
+    status, why = judge(vals, GateThresholds(confirm_mean_to_max=None, obj2_out_noise_weight=0.0))
+    assert status == "uncertain" and why == ["obj2_out 0.08 > 0.05"]
+    assert "(photon noise)" in judge(dict(vals, obj2_out=0.2), GateThresholds())[1][0]
+    with pytest.raises(InputError, match="obj2_out_noise_weight"):
+        GateThresholds(obj2_out_noise_weight=2.0)

@@ -16,7 +16,7 @@ import numpy as np
 
 from physics.errors import InputError
 from physics.quality import (GateThresholds, autocorrelation_support_size, gate_values, judge, judge_set,
-                             single_checks)
+                             photon_noise_fraction, single_checks)
 from workers.pipeline import ReconOptions, ReconResult, crop_for_cnn, reconstruct
 
 from contract.options import METHODS  # noqa: E402  (the one list: the options schema validates `method`)
@@ -203,6 +203,13 @@ def autocorrelation_bound(i_crop, m_crop, frontend) -> int:
     return autocorrelation_support_size(i_crop, m_crop, photon_scale=scale)
 
 
+def photon_noise(i_crop, m_crop, frontend) -> float:
+    """The gate's photon-noise share of the crop (physics.quality.photon_noise_fraction), in photons by the front
+    end's photon scale."""
+    scale = frontend.photon_scale if frontend is not None else 1.0
+    return photon_noise_fraction(i_crop, m_crop, photon_scale=scale)
+
+
 def thresholds_for(thr: GateThresholds, frontend) -> GateThresholds:
     """The gate's limits for one pattern: on a pattern the front end reports truncated, an 'ok' needs an independent
     start that agrees (GateThresholds.for_pattern)."""
@@ -280,9 +287,11 @@ def adaptive(intensity, mask, predict, opts: StrategyOptions = StrategyOptions()
         if base is None:
             base = r
             ac = autocorrelation_bound(r.intensity_crop, r.mask_crop, r.frontend)
+            noise = photon_noise(r.intensity_crop, r.mask_crop, r.frontend)
             thr = thresholds_for(opts.thresholds, r.frontend)
         timings[name] = sec
-        vals = gate_values(r.obj, r.support, r.intensity_crop, r.mask_crop, r.free_mask, llk=r.llk, ac_size=ac)
+        vals = gate_values(r.obj, r.support, r.intensity_crop, r.mask_crop, r.free_mask, llk=r.llk, ac_size=ac,
+                           noise_fraction=noise)
         cands.append(Candidate(name, r.obj, r.support, dict(r.llk), vals, sec, group="cnn"))
         if _judge(cands, thr, cache):
             passed = True
@@ -305,7 +314,7 @@ def adaptive(intensity, mask, predict, opts: StrategyOptions = StrategyOptions()
             nb_runs += 1
             timings[f"fallback_{nb_runs}"] = last
             vals = gate_values(run["obj"], run["support"], base.intensity_crop, base.mask_crop, base.free_mask,
-                               llk=run["llk"], ac_size=ac)
+                               llk=run["llk"], ac_size=ac, noise_fraction=noise)
             cands.append(Candidate(f"standard-run-{nb_runs}", run["obj"], run["support"], dict(run["llk"]), vals,
                                    last, {"style": opts.fallback_style, "seeding": kind,
                                           "recipe": f"{opts.fallback_style}-style {recipe}",
@@ -322,7 +331,8 @@ def cnn_only(method: str, intensity, mask, predict, opts: StrategyOptions = Stra
     t0 = time.perf_counter()
     r, sec = _cnn_candidate(method, intensity, mask, predict, opts, progress, should_cancel, free_mask)
     ac = autocorrelation_bound(r.intensity_crop, r.mask_crop, r.frontend)
-    vals = gate_values(r.obj, r.support, r.intensity_crop, r.mask_crop, r.free_mask, llk=r.llk, ac_size=ac)
+    vals = gate_values(r.obj, r.support, r.intensity_crop, r.mask_crop, r.free_mask, llk=r.llk, ac_size=ac,
+                       noise_fraction=photon_noise(r.intensity_crop, r.mask_crop, r.frontend))
     cands = [Candidate(method, r.obj, r.support, dict(r.llk), vals, sec, group="cnn")]
     thr = thresholds_for(opts.thresholds, r.frontend)
     _judge(cands, thr, {})
@@ -348,7 +358,8 @@ def standard(intensity, mask, opts: StrategyOptions = StrategyOptions(), progres
                      progress=lambda d, n: progress("standard", d / n), should_cancel=should_cancel)
     sec = time.perf_counter() - t0
     ac = autocorrelation_bound(i_crop, m_crop, fe)
-    vals = gate_values(res.obj, res.support, i_crop, m_crop, free_mask, ac_size=ac)
+    vals = gate_values(res.obj, res.support, i_crop, m_crop, free_mask, ac_size=ac,
+                       noise_fraction=photon_noise(i_crop, m_crop, fe))
     ms = [res.runs[k]["align"]["mismatch"] for k in res.kept[1:] if "align" in res.runs[k]]
     mismatch = min(ms) if ms else None
     thr = thresholds_for(opts.thresholds, fe)  # the kept runs are independent random starts
