@@ -293,8 +293,8 @@ def row_truncated(rec: dict) -> bool:
     return any(fe["truncated"]) if "truncated" in fe else any("truncated" in w for w in fe.get("warnings", ()))
 
 
-RECORDED_BEFORE = {"amplitude_on": "support"}  # limits added to GateThresholds later: what a record without them ran
-# under (until 2026-12-07 mean_to_max was judged on the phasing support only)
+RECORDED_BEFORE = {"amplitude_on": "support", "obj2_out_noise_weight": 0.0}  # limits added to GateThresholds later:
+# what a record without them ran under (until 2026-12-07 mean_to_max on the phasing support, obj2_out as measured)
 
 
 def verdict_stands(rec: dict, thr=None) -> bool:
@@ -308,8 +308,16 @@ def verdict_stands(rec: dict, thr=None) -> bool:
     from physics.quality import GateThresholds, single_checks
 
     thr = (thr or GateThresholds()).for_pattern(row_truncated(rec))  # the strategy's own rule (workers.strategy)
-    if rec.get("thresholds") is not None and {**RECORDED_BEFORE, **rec["thresholds"]} == thr.as_dict():
-        return True  # recorded under today's limits
+    if rec.get("thresholds") is not None:
+        ran = {**RECORDED_BEFORE, **rec["thresholds"]}
+        if ran == thr.as_dict():
+            return True  # recorded under today's limits
+        if ran == {**thr.as_dict(), "obj2_out_noise_weight": ran["obj2_out_noise_weight"]} and all(
+                c.get("obj2_out_noise") is not None for c in rec.get("candidates") or ()):
+            # today's limits but for the photon-noise share of obj2_out: the same run when no candidate's single
+            # checks change with it (then every agreement sought is the same too)
+            before = GateThresholds(**ran)
+            return all(not single_checks(c, before) == (not single_checks(c, thr)) for c in rec["candidates"])
     cands = rec.get("candidates") or []
     if not cands or thr.require_agreement:
         return False
@@ -346,7 +354,8 @@ def rebound_row(rec: dict, crop) -> dict | None:
     if c is None:
         return None
     ac = autocorrelation_bound(crop[0], crop[1], crop[3])
-    if on_bound(c, ac) and all("obj2_out_noise" in v for v in rec["candidates"] if v.get("support_size")):
+    same_bound = on_bound(c, ac)
+    if same_bound and all("obj2_out_noise" in v for v in rec["candidates"] if v.get("support_size")):
         return None
     noise = photon_noise(crop[0], crop[1], crop[3])
     new = copy.deepcopy(rec)
@@ -354,7 +363,8 @@ def rebound_row(rec: dict, crop) -> dict | None:
         if v.get("support_size") is not None:
             v["support_ratio"] = v["support_size"] / max(ac, 1)
             v["obj2_out_noise"] = obj2_out_noise(noise, v["support_size"], crop[0].size)
-    new.pop("thresholds", None)
+    if not same_bound:
+        new.pop("thresholds", None)  # on its own bound it kept the limits it ran under (verdict_stands)
     return new | {"ac_size": ac}
 
 

@@ -161,6 +161,13 @@ def test_resumed_evaluations_recompute_only_rows_whose_verdicts_change():
     assert verdict_stands({**row, "candidates": [fail, zone], "thresholds": before})
     assert not verdict_stands({**row, "candidates": [fail, zone], "thresholds": before},
                               GateThresholds(amplitude_on="shape"))
+    # recorded before the photon-noise share of obj2_out: stands when no candidate's single checks change with it
+    faint = dict(zone, obj2_out=0.08, obj2_out_noise=0.1)  # failed obj2_out then, passes it today
+    noisy = [dict(fail, obj2_out_noise=0.1), dict(zone, obj2_out_noise=0.001)]
+    before = {k: v for k, v in before.items() if k != "obj2_out_noise_weight"}
+    assert verdict_stands({**row, "candidates": noisy, "thresholds": before})  # a zone ok confirmed as then
+    assert not verdict_stands({**row, "candidates": [faint, noisy[1]], "thresholds": before})  # would stop earlier
+    assert not verdict_stands({**row, "candidates": [fail, zone], "thresholds": before})  # share unknown: replayed
 
 
 def test_rows_measured_against_an_older_autocorrelation_bound_are_replayed_on_todays():
