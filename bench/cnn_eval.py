@@ -317,7 +317,7 @@ def verdict_stands(rec: dict, thr=None) -> bool:
             # today's limits but for the photon-noise share of obj2_out: the same run when no candidate's single
             # checks change with it (then every agreement sought is the same too)
             before = GateThresholds(**ran)
-            return all(not single_checks(c, before) == (not single_checks(c, thr)) for c in rec["candidates"])
+            return all(bool(single_checks(c, before)) == bool(single_checks(c, thr)) for c in rec["candidates"])
     cands = rec.get("candidates") or []
     if not cands or thr.require_agreement:
         return False
