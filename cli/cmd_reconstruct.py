@@ -34,8 +34,9 @@ retrieval from random starts often fails:
 first candidate and judges it by a quality gate computed from the data alone (free LLK, obj2_out less half of
 what photon noise alone puts outside the support, mean_to_max, support size against the autocorrelation's; a
 candidate with mean_to_max in 0.48-0.55 also needs a candidate from another start that agrees with it); if the
-gate refuses it, standard runs (HIO**400,RAAR**1000,ER**300, cohere-style shrink-wrap, seeded from the CNN's object, the autocorrelation or the CNN's support) follow one at a
-time until one passes or --max-runs / --max-seconds are spent. cnn-er is the paper's path alone, cnn-raar-er b+
+gate refuses it, standard runs (HIO**400,RAAR**1000,ER**300, cohere-style shrink-wrap, seeded from the CNN's
+object, the autocorrelation or the CNN's support) follow one at a time until one passes or --max-runs /
+--max-seconds are spent. cnn-er is the paper's path alone, cnn-raar-er b+
 alone, standard the multi-run recipe. Every result says ok or uncertain (with what to try next).
 
 INPUT is a centred 3D intensity (.npy, .npz[:KEY], .tif, .cxi/.h5[:/dataset], as for `phase`), or an ID01
