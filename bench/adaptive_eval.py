@@ -244,6 +244,12 @@ def report(args) -> str:
             lines += [f"{moved} of these crystals' rows were measured against the autocorrelation bound used until "
                       "2026-12-07 and kept, their support ratios moved to today's bound, because today's gate "
                       "stops at the same run with them (bench.cnn_eval.rebound_row); the others were rerun.", ""]
+        noise = _rebounded(f, "noise")
+        if noise:
+            lines += [f"{noise} of these crystals' rows were given the photon-noise share of obj2_out from their data "
+                      "(physics.quality.photon_noise_fraction, in the gate since 2026-12-07) and kept, because no "
+                      "candidate's single checks change with it (bench.cnn_eval.verdict_stands); the others were "
+                      "rerun.", ""]
         redone = _recomputed(f)
         if redone:
             lines += [f"{redone} of these crystals {'was' if redone == 1 else 'were'} recomputed on resume (the "
@@ -262,9 +268,12 @@ def _recomputed(path: Path) -> int:
     return sum(n > 1 for n in seeds.values())
 
 
-def _rebounded(path: Path) -> int:
-    """How many crystals' rows were brought to today's autocorrelation bound without a rerun."""
-    return len({r["seed"] for r in _jsonl(path).values() if r.get("rebound")})
+def _rebounded(path: Path, kind: str = "bound") -> int:
+    """How many crystals' rows were kept without a rerun, brought to today's autocorrelation bound (kind 'bound';
+    rows flagged True before the photon-noise share existed) or only given the photon-noise share of obj2_out
+    (kind 'noise'); bench.cnn_eval.rebound_row."""
+    return len({r["seed"] for r in _jsonl(path).values()
+                if r.get("rebound") and (r["rebound"] == kind or (r["rebound"] is True and kind == "bound"))})
 
 
 def calib_report(args) -> str:

@@ -365,7 +365,7 @@ def rebound_row(rec: dict, crop) -> dict | None:
             v["obj2_out_noise"] = obj2_out_noise(noise, v["support_size"], crop[0].size)
     if not same_bound:
         new.pop("thresholds", None)  # on its own bound it kept the limits it ran under (verdict_stands)
-    return new | {"ac_size": ac}
+    return new | {"ac_size": ac, "rebound": "bound" if not same_bound else "noise"}
 
 
 def resumed_row(rec: dict, crop, thr=None) -> tuple[bool, dict | None]:
@@ -379,8 +379,7 @@ def resumed_row(rec: dict, crop, thr=None) -> tuple[bool, dict | None]:
         return verdict_stands(rec, thr), None
     if not verdict_stands(new, thr):
         return False, None
-    return True, new | {"thresholds": (thr or GateThresholds()).for_pattern(row_truncated(rec)).as_dict(),
-                        "rebound": True}
+    return True, new | {"thresholds": (thr or GateThresholds()).for_pattern(row_truncated(rec)).as_dict()}
 
 
 FRONTEND_DECISIONS = ("crop_shape", "crop_offsets", "cnn_binning", "cnn_resampled", "refine_binning")

@@ -196,6 +196,7 @@ def test_rows_measured_against_an_older_autocorrelation_bound_are_replayed_on_to
     before = {**today, "candidates": [{k: v for k, v in c.items() if k != "obj2_out_noise"} for c in today["candidates"]]}
     stands, row = resumed_row(before, crop)
     assert stands and all(0 < c["obj2_out_noise"] < 0.01 for c in row["candidates"])  # a bright pattern: tiny
+    assert row["rebound"] == "noise" and row["thresholds"] == GateThresholds().as_dict()
     # the first candidate failed only on a bound 5x too large (support ratio 0.024): today it passes, so the
     # strategy would have stopped there: rerun
     stale = {**today, "candidates": [cand(int(0.12 * ac), 5 * ac), cand(int(0.12 * ac), 5 * ac)],
@@ -205,7 +206,7 @@ def test_rows_measured_against_an_older_autocorrelation_bound_are_replayed_on_to
     moved = {**today, "candidates": [cand(int(0.12 * ac), 1.5 * ac, llk_free=900.0), cand(int(0.12 * ac), 1.5 * ac)],
              "gate": cand(int(0.12 * ac), 1.5 * ac)}
     stands, row = resumed_row(moved, crop)
-    assert stands and row["rebound"] and row["ac_size"] == ac
+    assert stands and row["rebound"] == "bound" and row["ac_size"] == ac
     assert row["candidates"][1]["support_ratio"] == pytest.approx(int(0.12 * ac) / ac)
     assert row["gate"]["support_ratio"] == pytest.approx(int(0.12 * ac) / ac)
     assert row["thresholds"] == GateThresholds().as_dict() and resumed_row(row, crop) == (True, None)
