@@ -211,7 +211,13 @@ def report(args) -> str:
              "and the wide set were rerun whole to score the crystal's shape (physics.shape; bench.cnn_eval.SCORED_ON), "
              "on another machine (AMD EPYC; the earlier rows ran on an Intel Xeon) beside each other and the test "
              "suite: their times are longer than the earlier rows', and phasing on other last-bit numerics picked other "
-             "runs on a few crystals; tables whose rows were not rerun say so.", ""]
+             "runs on a few crystals; tables whose rows were not rerun say so (the second and third 64³ sets were "
+             "then rerun as far as the session allowed, one process each). Later that day the gate gained its "
+             "photon-noise allowance of obj2_out (physics.quality.photon_noise_fraction): the first and the wide 64³ "
+             "sets were replayed under it (bench.cnn_eval.verdict_stands) and rerun where a candidate's verdict "
+             "changed (none on the first set, 8 crystals on the wide set), the second and third sets' reruns ran "
+             "under it; the rows at 128³ and 128×256×256 were not replayed: their tables are the gate's without the "
+             "allowance.", ""]
     files = sorted(Path(args.out).glob("eval_adaptive_*.jsonl"))
     if not files:
         return "\n".join(lines + ["No results yet."])
