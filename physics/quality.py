@@ -185,8 +185,9 @@ def photon_noise_fraction(iobs: np.ndarray, mask: np.ndarray | None = None, phot
     sum over measured voxels of E[(sqrt(X) - sqrt(lambda))^2] for X ~ Poisson(lambda) (1/4 photon for a bright
     voxel, about 2 lambda for a faint one), lambda the data smoothed over 1 voxel (a speckle spans 2 or more at
     oversampling >= 2), over the measured photons. Noise is spread over the whole array, so a support of n_s of N
-    voxels has about (1 - n_s / N) of it outside: gate_values' obj2_out_noise. Below 1e-3 for a 1e6-photon peak,
-    0.1-0.15 for a 1e3-photon peak (64³, bench.calibrate_gate wide crystals). photon_scale: photons per unit."""
+    voxels has about (1 - n_s / N) of it outside: gate_values' obj2_out_noise. At 64³: below 1e-3 for a
+    1e6-photon peak, about 0.05 for a 1e3-photon one, 0.1-0.15 with a background of 0.1-0.2 photon per voxel as
+    well (bench.calibrate_gate wide crystals). photon_scale: photons per unit."""
     from scipy.ndimage import gaussian_filter
 
     if not photon_scale > 0:
