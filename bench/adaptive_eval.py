@@ -212,11 +212,11 @@ def report(args) -> str:
              "on another machine (AMD EPYC; the earlier rows ran on an Intel Xeon) beside each other and the test "
              "suite: their times are longer than the earlier rows', and phasing on other last-bit numerics picked other "
              "runs on a few crystals; tables whose rows were not rerun say so (the second and third 64³ sets were "
-             "then rerun as far as the session allowed, one process each). Later that day the gate gained its "
+             "then rerun whole too). Later that day the gate gained its "
              "photon-noise allowance of obj2_out (physics.quality.photon_noise_fraction): the first and the wide 64³ "
              "sets were replayed under it (bench.cnn_eval.verdict_stands) and rerun where a candidate's verdict "
-             "changed (none on the first set, 8 crystals on the wide set), the second and third sets' reruns ran "
-             "under it; the rows at 128³ and 128×256×256 were not replayed: their tables are the gate's without the "
+             "changed (none on the first set, 8 crystals on the wide set); the second and third sets were rerun "
+             "under it, their rows from earlier that day replayed the same way; the rows at 128³ and 128×256×256 were not replayed: their tables are the gate's without the "
              "allowance.", ""]
     files = sorted(Path(args.out).glob("eval_adaptive_*.jsonl"))
     if not files:
