@@ -216,8 +216,8 @@ def report(args) -> str:
              "photon-noise allowance of obj2_out (physics.quality.photon_noise_fraction): the first and the wide 64³ "
              "sets were replayed under it (bench.cnn_eval.verdict_stands) and rerun where a candidate's verdict "
              "changed (none on the first set, 8 crystals on the wide set); the second and third sets were rerun "
-             "under it, their rows from earlier that day replayed the same way; the rows at 128³ and 128×256×256 were not replayed: their tables are the gate's without the "
-             "allowance.", ""]
+             "under it, their rows from earlier that day replayed the same way; the rows at 128³ and 128×256×256 "
+             "were not replayed: their tables are the gate's without the allowance.", ""]
     files = sorted(Path(args.out).glob("eval_adaptive_*.jsonl"))
     if not files:
         return "\n".join(lines + ["No results yet."])

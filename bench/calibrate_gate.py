@@ -44,9 +44,10 @@ SECTION = "Quality gate calibration and fallback recipe (simulated crystals outs
 TARGET_PRECISION, TARGET_RECALL = 0.95, 0.90
 STRICT_PRECISION = 1.0  # no false 'ok' among the calibration's candidates
 PREVIOUS_GATE = GateThresholds(max_llk_free=50.0, max_obj2_out=0.05, min_support_ratio=0.08,
-                               max_support_ratio=0.20, max_mean_to_max=0.55,
-                               confirm_mean_to_max=None, obj2_out_noise_weight=0.0)  # the default fitted on 30 crystals
-GATE_UNTIL_1207 = GateThresholds(max_obj2_out=0.02, obj2_out_noise_weight=0.0)  # the rule's choice on the first 53 crystals (old bound)
+                               max_support_ratio=0.20, max_mean_to_max=0.55, confirm_mean_to_max=None,
+                               obj2_out_noise_weight=0.0)  # the default fitted on 30 crystals
+GATE_UNTIL_1207 = GateThresholds(max_obj2_out=0.02,
+                                 obj2_out_noise_weight=0.0)  # the rule's choice on the first 53 crystals (old bound)
 ZONE_STEP = 0.01  # the confirmation zone's lower edge is sought on this mean_to_max grid
 ZONE_MISMATCHES = (0.05, 0.08, 0.10, 0.12, 0.15, 0.20, 0.30)
 FLOORS = (1.0, 0.99, 0.98, 0.97, 0.96, 0.95)  # the shipping rule: the highest floor that keeps recall >= 90 %
@@ -126,7 +127,7 @@ def run(args) -> None:
         sample = simulate_sample(seed, params)
         ac = autocorrelation_support_size(sample["intensity"], sample["mask"])
         noise = photon_noise_fraction(sample["intensity"], sample["mask"])
-        if old is not None and (rebound(old, ac) | renoise(old, noise, sample["intensity"].size)):
+        if old is not None and (rebound(old, ac) | renoise(old, noise, sample["intensity"].size)):  # `|`: both
             _append(out, old)  # the same candidates, against today's bound and photon-noise estimate
             print(f"seed {seed}: support ratios against today's autocorrelation bound ({ac} voxels), photon-noise "
                   f"share {noise:.3g}", flush=True)

@@ -193,7 +193,8 @@ def test_rows_measured_against_an_older_autocorrelation_bound_are_replayed_on_to
              "candidates": [fail, cand(int(0.12 * ac), ac)]}
     assert rebound_row(today, crop) is None and resumed_row(today, crop) == (True, None)
     # a row recorded before the gate had the photon-noise share of obj2_out: given it from the data, replayed
-    before = {**today, "candidates": [{k: v for k, v in c.items() if k != "obj2_out_noise"} for c in today["candidates"]]}
+    before = {**today, "candidates": [{k: v for k, v in c.items() if k != "obj2_out_noise"}
+                                      for c in today["candidates"]]}
     stands, row = resumed_row(before, crop)
     assert stands and all(0 < c["obj2_out_noise"] < 0.01 for c in row["candidates"])  # a bright pattern: tiny
     assert row["rebound"] == "noise" and row["thresholds"] == GateThresholds().as_dict()
