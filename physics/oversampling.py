@@ -41,7 +41,8 @@ from scipy import ndimage
 
 from physics.errors import InputError
 
-__all__ = ["autocorrelation", "Oversampling", "estimate_oversampling", "fill_masked", "per_axis", "tukey_window"]
+__all__ = ["autocorrelation", "Oversampling", "estimate_oversampling", "fill_compact", "fill_masked", "per_axis",
+           "tukey_window"]
 
 ALIAS_DECADES = 0.5  # outer-slab excess (log10) over the other axes that means the autocorrelation wrapped
 OUTER = 0.46  # |shift| >= OUTER * N on some axis: outside the autocorrelation of any crystal with oversampling > 2.17
@@ -78,6 +79,39 @@ def fill_masked(intensity: np.ndarray, mask: np.ndarray | None, sigma: float = 1
             out[todo] = 0.0
             break
     return np.clip(out, 0.0, None)
+
+
+COMPACT_SCHEDULE = (1e-2, 5e-3, 3e-3, 2e-3)  # fill_compact's support thresholds (x max), loosened in turn
+COMPACT_ITERATIONS = 200
+
+
+def fill_compact(intensity: np.ndarray, mask: np.ndarray | None, schedule=COMPACT_SCHEDULE,
+                 iterations: int = COMPACT_ITERATIONS) -> np.ndarray:
+    """Masked voxels extrapolated from the measured ones by the autocorrelation's compactness (Gerchberg-Papoulis).
+
+    An oversampled pattern is the Fourier transform of a compact autocorrelation, so a gap is redundant: starting
+    from fill_masked, alternate (1) keep the autocorrelation's voxels above t x its maximum, (2) back to reciprocal
+    space, keep the measured voxels, the positive part of the rest. t falls through ``schedule`` (a tight support
+    first, so the gap's own artefact is not kept). Why: a local mean cannot bridge a 6-voxel gap through the Bragg
+    peak; the error left is a cylinder in the autocorrelation along the gap's normal, which grew the gate's bound
+    (physics.quality) 1.9x in the median and up to 4.7x on 18 gapped simulated patterns (bench.calibrate_gate
+    --crystals wide seeds); after this fill, 1.02x median, 0.86-1.05x (vs the same data with the gap measured).
+    Limit: a 6-plane gap across the centre of a weakly strained crystal's sharp peak converges slowly (1.6x at 200
+    iterations, 1.4x at 600; 2.3x with fill_masked). Unmasked data come back unchanged (a copy)."""
+    data = np.asarray(intensity, dtype=np.float32)
+    x = fill_masked(data, mask)
+    if mask is None or not np.any(mask):
+        return x
+    m = np.asarray(mask, dtype=bool)
+    shape = data.shape
+    for k in range(iterations):
+        t = schedule[min(k * len(schedule) // iterations, len(schedule) - 1)]
+        a = sfft.rfftn(x, workers=-1)
+        mag = np.abs(a)
+        a[mag <= t * mag.max()] = 0
+        y = sfft.irfftn(a, s=shape, workers=-1)
+        x[m] = np.maximum(y[m], 0.0)
+    return x
 
 
 def tukey_window(shape, alpha: float = TUKEY_ALPHA) -> np.ndarray:

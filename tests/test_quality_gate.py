@@ -7,6 +7,7 @@ import pytest
 
 from physics.align import fourier_shift, twin
 from physics.errors import InputError
+from physics.oversampling import fill_masked
 from physics.quality import (GateThresholds, agreement, amplitude_metrics, autocorrelation_support_size,
                              gate_values, judge, judge_set)
 from physics.simulate import SimParams, simulate_sample
@@ -89,6 +90,16 @@ def test_autocorrelation_bound_and_amplitude_metrics(crystal):
     zeroed = np.where(mask, 0, crystal["intensity"])
     assert autocorrelation_support_size(zeroed, None) > 2 * ac  # what the data do to a bound that ignores the mask
     assert 0.8 * ac < autocorrelation_support_size(zeroed, mask) < 1.25 * ac
+    # a detector gap (6 planes) across the Bragg peak: a local mean cannot bridge it, the autocorrelation's
+    # compactness can (physics.oversampling.fill_compact)
+    strained = simulate_sample(5_900_000, SimParams(phase_range=(2 * math.pi, 5 * math.pi)))
+    i_s = strained["intensity"]
+    gap = np.zeros(i_s.shape, bool)
+    gap[:, c[1] - 3:c[1] + 3, :] = True
+    i_gap, ac_s = np.where(gap, 0, i_s), autocorrelation_support_size(i_s, None)
+    local = np.abs(np.fft.fftn(fill_masked(i_gap, gap)))
+    assert (local > 1e-3 * local.max()).sum() > 1.5 * ac_s  # the bound as it was (local mean): 1.7x
+    assert 0.7 * ac_s < autocorrelation_support_size(i_gap, gap) < 1.2 * ac_s  # measured 0.84x
     # a faint pattern (3e3 photons at the peak): the bound stands above the Poisson noise floor, in photons
     faint = simulate_sample(5_900_000, SimParams(phase_range=(0.5, math.pi), peak_counts=(3e3, 3e3)))
     n_f, i_f = int(faint["support"].sum()), faint["intensity"]
