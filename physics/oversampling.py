@@ -81,8 +81,8 @@ def fill_masked(intensity: np.ndarray, mask: np.ndarray | None, sigma: float = 1
     return np.clip(out, 0.0, None)
 
 
-COMPACT_SCHEDULE = (1e-2, 5e-3, 3e-3, 2e-3)  # fill_compact's support thresholds (x max), loosened in turn
-COMPACT_ITERATIONS = 200
+COMPACT_SCHEDULE = (1e-1, 3e-2, 1e-2, 5e-3, 3e-3, 2e-3)  # fill_compact's support thresholds (x max), in turn
+COMPACT_ITERATIONS = 300
 
 
 def fill_compact(intensity: np.ndarray, mask: np.ndarray | None, schedule=COMPACT_SCHEDULE,
@@ -91,13 +91,14 @@ def fill_compact(intensity: np.ndarray, mask: np.ndarray | None, schedule=COMPAC
 
     An oversampled pattern is the Fourier transform of a compact autocorrelation, so a gap is redundant: starting
     from fill_masked, alternate (1) keep the autocorrelation's voxels above t x its maximum, (2) back to reciprocal
-    space, keep the measured voxels, the positive part of the rest. t falls through ``schedule`` (a tight support
-    first, so the gap's own artefact is not kept). Why: a local mean cannot bridge a 6-voxel gap through the Bragg
-    peak; the error left is a cylinder in the autocorrelation along the gap's normal, which grew the gate's bound
-    (physics.quality) 1.9x in the median and up to 4.7x on 18 gapped simulated patterns (bench.calibrate_gate
-    --crystals wide seeds); after this fill, 1.02x median, 0.86-1.05x (vs the same data with the gap measured).
-    Limit: a 6-plane gap across the centre of a weakly strained crystal's sharp peak converges slowly (1.6x at 200
-    iterations, 1.4x at 600; 2.3x with fill_masked). Unmasked data come back unchanged (a copy)."""
+    space, keep the measured voxels, the positive part of the rest. t falls through ``schedule``: a tight support
+    first, so that the gap's own artefact is not kept (starting at 1e-2, a weakly strained crystal's gap through its
+    sharp peak stayed 1.5-1.7x). Why: a local mean cannot bridge a 5-10-voxel gap through the Bragg peak; the error
+    left is a cylinder in the autocorrelation along the gap's normal, which grew the gate's bound (physics.quality)
+    2.0x in the median and up to 10.6x on the 43 gapped wide-calibration crystals; after this fill 0.96x, 0.74-1.16x,
+    against the same data with the gap measured (docs/benchmarks.md, "Autocorrelation bound on gapped patterns").
+    Limit: a 6-plane gap across the very centre of a weakly strained crystal's peak still reads 1.5x.
+    Unmasked data come back unchanged (a copy)."""
     data = np.asarray(intensity, dtype=np.float32)
     x = fill_masked(data, mask)
     if mask is None or not np.any(mask):
