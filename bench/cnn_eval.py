@@ -343,7 +343,8 @@ def rebound_row(rec: dict, crop) -> dict | None:
     intensity, mask, offsets and FrontEnd; workers.strategy.autocorrelation_bound) and its candidates' photon-noise
     share of obj2_out (workers.strategy.photon_noise, added to the gate on 2026-12-07), or None when the row has
     both already (or has no candidates). physics.quality changed the bound on 2026-12-07 (masked
-    voxels filled, a Poisson noise floor); the runs do not depend on it, only the verdicts, so the returned row
+    voxels filled, a Poisson noise floor) and on 2026-12-08 (masked voxels extrapolated,
+    physics.oversampling.fill_compact); the runs do not depend on it, only the verdicts, so the returned row
     stands when verdict_stands, replaying today's gate on it, says so (it carries no thresholds for that check)."""
     import copy
 
