@@ -26,23 +26,17 @@ FILE = "autocorrelation_bound.jsonl"
 GAPPED = 0.01  # masked fraction above which a pattern counts as gapped (isolated bad pixels alone: 1e-3)
 
 
-def _bound(intensity, photons: float) -> int:
-    """physics.quality's bound of already-filled data (1e-3 of the maximum, Poisson floor in photons)."""
-    ac = np.abs(np.fft.fftn(np.asarray(intensity, np.float64)))
-    return int((ac > max(1e-3 * ac.max(), math.sqrt(photons * math.log(ac.size)))).sum())
-
-
 def measure(name: str, intensity, mask, measured) -> dict:
-    """One pattern's three bounds (local mean, compact, gap measured) and fill_compact's time."""
+    """One pattern's three bounds (physics.quality.autocorrelation_support_size: of the local mean's fill, of
+    today's, and of the gap measured) and fill_compact's time."""
     from physics.oversampling import fill_compact, fill_masked
+    from physics.quality import autocorrelation_support_size as bound
 
-    photons = float(np.asarray(intensity, np.float64).sum())
     t = time.perf_counter()
-    compact = fill_compact(intensity, mask)
+    fill_compact(intensity, mask)
     seconds = time.perf_counter() - t
-    return {"seed": name, "masked_fraction": float(np.mean(mask)), "local_mean": _bound(fill_masked(intensity, mask),
-            photons), "compact": _bound(compact, photons), "measured": _bound(measured, photons),
-            "seconds": seconds}
+    return {"seed": name, "masked_fraction": float(np.mean(mask)), "local_mean": bound(fill_masked(intensity, mask)),
+            "compact": bound(intensity, mask), "measured": bound(measured), "seconds": seconds}
 
 
 def run(args) -> None:

@@ -95,7 +95,7 @@ def fill_compact(intensity: np.ndarray, mask: np.ndarray | None, schedule=COMPAC
     first, so that the gap's own artefact is not kept (starting at 1e-2, a weakly strained crystal's gap through its
     sharp peak stayed 1.5-1.7x). Why: a local mean cannot bridge a 5-10-voxel gap through the Bragg peak; the error
     left is a cylinder in the autocorrelation along the gap's normal, which grew the gate's bound (physics.quality)
-    2.0x in the median and up to 10.6x on the 43 gapped wide-calibration crystals; after this fill 0.96x, 0.74-1.16x,
+    2.0x in the median and up to 10.6x on the 43 gapped wide-calibration crystals; after this fill 0.95x, 0.66-1.16x,
     against the same data with the gap measured (docs/benchmarks.md, "Autocorrelation bound on gapped patterns").
     Limit: a 6-plane gap across the very centre of a weakly strained crystal's peak still reads 1.5x.
     Unmasked data come back unchanged (a copy)."""

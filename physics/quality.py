@@ -128,7 +128,7 @@ def autocorrelation_support_size(iobs: np.ndarray, mask: np.ndarray | None = Non
     were marked uncertain (bench.adaptive_eval --crystals wide, 2026-12-07). A local mean cannot bridge a detector
     gap through the peak either: the bound grew 2.0x (median; up to 10.6x) on gapped patterns, and right results of
     the wide calibration fell below the support-ratio floor; since 2026-12-08 masked voxels are extrapolated from
-    the autocorrelation's compactness (fill_compact: 0.74-1.16x the bound of the same data with the gap measured).
+    the autocorrelation's compactness (fill_compact: 0.66-1.16x the bound of the same data with the gap measured).
     Noise floor: Poisson noise is white, so every Fourier coefficient of it has a variance of N, the total photon
     count, and |coefficient| exceeds t with probability exp(-t²/N); at t = sqrt(N ln n_voxels) about one voxel of
     noise is expected above it. Below about 1e7 photons in all (peak ~1e5 at 64³) that floor lies above 1e-3 of
