@@ -413,7 +413,8 @@ def report(args) -> str:
         return "No calibration results yet."
     nb = {name: sum(lo <= r["phase_range"] < hi for r in recs) for name, lo, hi in BINS}
     lines = [f"Commands: `nice -n 10 .venv/bin/python -m bench.calibrate_gate run --n-high {args.n_high} "
-             f"--n-low {args.n_low} --pynx-high {args.pynx_high}` (resumable), then `.venv/bin/python -m bench.calibrate_gate report`; "
+             f"--n-low {args.n_low} --pynx-high {args.pynx_high}` (resumable), then "
+             "`.venv/bin/python -m bench.calibrate_gate report`; "
              f"machine: {machine()}, 1 torch thread, shared with other benchmarks and tests.", "",
              f"Crystals: {len(recs)} simulated 64³ crystals ("
              + ", ".join(f"{n} at {b}" for b, n in nb.items() if n) + "), seeds 5,000,000+ (2π–5π) and 5,500,000+ "
