@@ -220,7 +220,7 @@ def report(args) -> str:
              "were not replayed: their tables are the gate's without the allowance. On 2026-12-08 the gate's "
              "autocorrelation bound came to extrapolate masked voxels (physics.oversampling.fill_compact; the "
              "held-out sets have no mask, so only the wide set moved): the wide set was replayed on it and 23 of its "
-             "crystals rerun.", ""]
+             "crystals rerun; the first set at 128×256×256 was rerun whole (shape-scored, with the allowance).", ""]
     files = sorted(Path(args.out).glob("eval_adaptive_*.jsonl"))
     if not files:
         return "\n".join(lines + ["No results yet."])
